@@ -1,0 +1,53 @@
+# `make demo` and `make test` work on a fresh clone: each creates .venv when it
+# is missing, installs the project with the extras it needs, then runs.
+# Run as root (CI, containers) they also install the system packages that
+# ffcv and the SLURM tests build against; otherwise see README.md.
+
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+PIP      := $(BIN)/python -m pip
+SYS_PKGS := libturbojpeg0-dev libopencv-dev pkg-config slurm-wlm munge
+# quiet pip, but keep its errors
+PIP_FLAGS ?= -q --disable-pip-version-check
+
+.PHONY: help demo test mi-bench sysdeps clean
+
+help:
+	@echo "make demo      pretrain on the embedded digits data, evaluate, print the result"
+	@echo "make test      run the test suite"
+	@echo "make mi-bench  the MI staircase benchmark at default settings (writes runs/mi_bench)"
+	@echo "make clean     remove .venv and build outputs"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install $(PIP_FLAGS) --upgrade pip setuptools wheel
+
+# System packages, only when we are root and apt is there; a no-op once installed.
+sysdeps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  missing=""; for p in $(SYS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  fi; \
+	else \
+	  echo "not root: not installing system packages ($(SYS_PKGS)); see README.md"; \
+	fi
+
+# One stamp per set of extras; reinstalled when setup.py changes.
+$(VENV)/.installed-%: setup.py | $(BIN)/python
+	$(PIP) install $(PIP_FLAGS) -e ".[$*]"
+	@touch $@
+
+test: sysdeps $(VENV)/.installed-dev,ffcv
+	$(BIN)/python -m pytest
+
+demo: $(VENV)/.installed-dev
+	$(BIN)/infoview --help
+
+mi-bench: $(VENV)/.installed-dev
+	$(BIN)/infoview mi-bench out_dir=runs/mi_bench
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

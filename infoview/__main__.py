@@ -1,0 +1,5 @@
+import sys
+
+from infoview.cli import main
+
+sys.exit(main())

@@ -1,0 +1,9 @@
+"""Errors a user can act on. The CLI prints them as one line, without a traceback."""
+
+
+class InfoviewError(Exception):
+    """Bad input: the message names what was wrong and what was expected."""
+
+
+class ConfigError(InfoviewError, ValueError):
+    """An unknown key, a value of the wrong type, or a missing config file."""

@@ -1,0 +1,579 @@
+"""The Gaussian MI staircase: how much mutual information does each bound certify?
+
+x and y are standard normal vectors in R^dim with y = rho * x + sqrt(1 - rho^2) * eps,
+so the true MI is -(dim / 2) * log(1 - rho^2) nats. rho is set so that the true MI
+steps through `levels` (2, 4, 6, 8, 10 nats by default), `steps_per_level` steps each.
+One critic per estimator is trained with Adam on fresh batches of `batch_size`
+pairs, continuing from level to level. Each step the critic scores every (x_i, y_j)
+pair of the batch; the diagonal holds the positives and the rest of each row its
+negatives (objectives.matrix_pairs), the objective turns them into a loss and an MI
+lower bound, and the bound is recorded. Every critic starts from the same weights
+and sees the same batches, so differences between estimators come from the
+objectives alone. InfoNCE can never certify more than log(batch_size) nats.
+
+critic=separable scores g(x)^T h(y) with two MLPs (embedding `embed_dim`);
+critic=concat scores f([x, y]) with one MLP over all batch_size^2 pairs (slower).
+The MLPs have `layers` hidden layers of `hidden` ReLU units (2 x 256).
+
+estimators: objective names, comma separated. `name:key=value[:key=value]` (or
+`name(key=value)`) sets an objective's parameters, so one run can compare several:
+`estimators=infonce,ml_cpc:alpha=0.1,ml_cpc:alpha=0.01`; the result is keyed
+`ml_cpc(alpha=0.1)`. A plain `ml_cpc` takes its alpha from the `alpha` key.
+
+Writes to out_dir: results.json ({"batch_size", "levels", "estimates": {estimator:
+[mean estimate over the last quarter of each level]}, ...}), estimates.csv (every
+step), mi_bench.png (estimates against step, true MI, log batch_size) and
+config.yaml. threads=0 keeps torch's default thread count.
+
+Example: infoview mi-bench out_dir=runs/mi_bench steps_per_level=1000
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from infoview.errors import ConfigError, InfoviewError
+
+DEFAULTS: dict[str, Any] = {
+    "out_dir": "runs/mi_bench",
+    "estimators": ["infonce", "ml_cpc", "nwj", "js"],
+    "alpha": 0.01,
+    "levels": [2, 4, 6, 8, 10],
+    "dim": 20,
+    "steps_per_level": 4000,
+    "batch_size": 64,
+    "critic": "separable",
+    "hidden": 256,
+    "layers": 2,
+    "embed_dim": 32,
+    "lr": 5e-4,
+    "seed": 0,
+    "device": "auto",
+    "threads": 0,
+}
+
+CRITICS = ("separable", "concat")
+# estimators whose plain entry takes a value from a top-level key
+_TOP_LEVEL_PARAMS = {"ml_cpc": ("alpha",)}
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+@dataclass
+class EstimatorSpec:
+    key: str  # the name in results.json: "infonce", "ml_cpc(alpha=0.1)"
+    objective: str  # the registry name
+    params: dict[str, Any] = field(default_factory=dict)  # given in the entry
+    built_with: dict[str, Any] = field(default_factory=dict)  # everything passed to build()
+
+
+def _parse_scalar(text: str) -> Any:
+    text = text.strip()
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("null", "none"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _fmt_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _parse_entry(entry: Any) -> tuple[str, dict[str, Any], bool]:
+    """One estimators entry -> (objective name, parameters, had parameters)."""
+    if isinstance(entry, dict):
+        # from a YAML file: {name: ml_cpc, alpha: 0.1} or {ml_cpc: {alpha: 0.1}}
+        if "name" in entry:
+            params = {k: v for k, v in entry.items() if k != "name"}
+            return str(entry["name"]), params, bool(params)
+        if len(entry) == 1:
+            (name, params), = entry.items()
+            params = dict(params or {})
+            return str(name), params, bool(params)
+        raise ConfigError(f"estimators: cannot read entry {entry!r}; write it as name:key=value")
+    if not isinstance(entry, str):
+        raise ConfigError(f"estimators: expected objective names, got {entry!r}")
+    text = entry.strip()
+    m = re.fullmatch(r"([\w.-]+)\s*\((.*)\)", text)
+    if m:
+        name, rest = m.group(1), [p for p in re.split(r"[,:]", m.group(2)) if p.strip()]
+    else:
+        name, *rest = text.split(":")
+        rest = [p for p in rest if p.strip()]
+    params: dict[str, Any] = {}
+    for item in rest:
+        if "=" not in item:
+            raise ConfigError(
+                f"estimators: cannot read '{item}' in '{entry}'; parameters are written "
+                "name:key=value, e.g. ml_cpc:alpha=0.1"
+            )
+        k, v = item.split("=", 1)
+        params[k.strip()] = _parse_scalar(v)
+    name = name.strip()
+    if not name:
+        raise ConfigError(f"estimators: entry '{entry}' has no objective name")
+    return name, params, bool(params)
+
+
+def parse_estimators(entries: Sequence[Any], top_level: dict[str, Any] | None = None) -> list[EstimatorSpec]:
+    """Read the `estimators` list; check every name and parameter against the registry."""
+    from infoview.objectives import available, objective_params
+
+    top_level = top_level or {}
+    if isinstance(entries, str):
+        entries = [e for e in entries.split(",") if e.strip()]
+    if not entries:
+        raise ConfigError("estimators is empty; name at least one objective, e.g. estimators=infonce")
+    specs: list[EstimatorSpec] = []
+    seen: set[str] = set()
+    for entry in entries:
+        name, params, had_params = _parse_entry(entry)
+        if name not in available():
+            from infoview.config import nearest
+
+            hint = nearest(name, available())
+            msg = f"estimators: unknown estimator '{name}'"
+            if hint:
+                msg += f"; did you mean '{hint}'?"
+            raise ConfigError(msg + " Available: " + ", ".join(available()))
+        accepted = objective_params(name)
+        for k in params:
+            if k not in accepted:
+                raise ConfigError(
+                    f"estimators: '{name}' has no parameter '{k}'; its parameters: "
+                    + (", ".join(accepted) or "none")
+                )
+        built = dict(params)
+        for k in _TOP_LEVEL_PARAMS.get(name, ()):
+            if k not in built and top_level.get(k) is not None and k in accepted:
+                built[k] = top_level[k]
+        key = name
+        if had_params:
+            key = f"{name}(" + ",".join(f"{k}={_fmt_value(v)}" for k, v in params.items()) + ")"
+        if key in seen:
+            raise ConfigError(f"estimators: '{key}' is listed twice")
+        seen.add(key)
+        specs.append(EstimatorSpec(key=key, objective=name, params=params, built_with=built))
+    return specs
+
+
+def build_objectives(specs: Sequence[EstimatorSpec]) -> list:
+    from infoview.objectives import build
+
+    objs = []
+    for spec in specs:
+        try:
+            objs.append(build(spec.objective, **spec.built_with))
+        except InfoviewError as exc:
+            raise ConfigError(f"estimators: {spec.key}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"estimators: cannot build '{spec.key}': {exc}") from None
+    return objs
+
+
+# --------------------------------------------------------------------------- data
+
+
+def rho_for(mi: float, dim: int) -> float:
+    """Per-dimension correlation giving a total MI of `mi` nats over `dim` dimensions."""
+    return math.sqrt(1.0 - math.exp(-2.0 * mi / dim))
+
+
+def true_mi(rho: float, dim: int) -> float:
+    return -0.5 * dim * math.log(1.0 - rho * rho)
+
+
+# --------------------------------------------------------------------------- critics
+
+
+class StackedCritic:
+    """E independent critics of the same shape, held as parameters of shape (E, ...).
+
+    One batched matmul per layer serves every estimator; since Adam is elementwise,
+    one optimiser over the stacked tensors is E independent optimisers.
+    """
+
+    def __init__(
+        self, kind: str, n_critics: int, dim: int, hidden: int, layers: int, embed_dim: int, seed: int, device
+    ):
+        import torch
+
+        self.kind = kind
+        self.E = n_critics
+        gen = torch.Generator().manual_seed(seed)
+
+        def layer(fan_in: int, fan_out: int):
+            # nn.Linear's default initialisation, drawn once and copied to every critic
+            bound = 1.0 / math.sqrt(fan_in)
+            w = (torch.rand(fan_in, fan_out, generator=gen) * 2 - 1) * bound
+            b = (torch.rand(1, fan_out, generator=gen) * 2 - 1) * bound
+            return [
+                t.unsqueeze(0).repeat(n_critics, 1, 1).to(device).requires_grad_()
+                for t in (w, b)
+            ]
+
+        def mlp(fan_in: int, fan_out: int) -> list:
+            widths = [fan_in] + [hidden] * layers + [fan_out]
+            return [p for a, b in zip(widths[:-1], widths[1:]) for p in layer(a, b)]
+
+        if kind == "separable":
+            self.g = mlp(dim, embed_dim)
+            self.h = mlp(dim, embed_dim)
+            self.params = self.g + self.h
+        elif kind == "concat":
+            first = mlp(2 * dim, 1)
+            w1, self.b1 = first[0], first[1]
+            # [x, y] @ W1 = x @ W1[:dim] + y @ W1[dim:]: the first layer never sees n^2 inputs
+            self.wx = w1[:, :dim].detach().clone().requires_grad_()
+            self.wy = w1[:, dim:].detach().clone().requires_grad_()
+            self.rest = first[2:]
+            self.params = [self.wx, self.wy, self.b1] + self.rest
+        else:
+            raise ConfigError(f"critic must be one of {', '.join(CRITICS)}, got '{kind}'")
+
+    @staticmethod
+    def _layers(h, ps):
+        """Apply (w, b) pairs with ReLU between them; h is (E, rows, fan_in)."""
+        import torch
+
+        last = len(ps) - 2
+        for i in range(0, len(ps), 2):
+            h = torch.baddbmm(ps[i + 1], h, ps[i])
+            if i < last:
+                h = torch.relu(h)
+        return h
+
+    def _mlp(self, x, ps):
+        return self._layers(x.expand(self.E, -1, -1), ps)
+
+    def __call__(self, x, y):
+        """x, y: (n, dim) -> scores (E, n, n), scores[e, i, j] = critic_e(x_i, y_j)."""
+        import torch
+
+        if self.kind == "separable":
+            return torch.bmm(self._mlp(x, self.g), self._mlp(y, self.h).transpose(1, 2))
+        E, n = self.E, x.shape[0]
+        a = torch.matmul(x, self.wx)  # (E, n, H)
+        b = torch.baddbmm(self.b1, y.expand(E, -1, -1), self.wy)  # (E, n, H)
+        h = torch.relu(a.unsqueeze(2) + b.unsqueeze(1)).view(E, n * n, -1)
+        return self._layers(h, self.rest).view(E, n, n)
+
+
+def _adam(params, lr: float):
+    import torch
+
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _resolve_device(name: str):
+    import torch
+
+    name = str(name).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InfoviewError(f"device={name} but no CUDA device is available; use device=cpu or auto")
+        return torch.device(name)
+    raise ConfigError(f"device must be auto, cpu or cuda, got '{name}'")
+
+
+def train_staircase(
+    objectives: Sequence,
+    levels: Sequence[float],
+    *,
+    dim: int,
+    steps_per_level: int,
+    batch_size: int,
+    critic: str = "separable",
+    hidden: int = 256,
+    layers: int = 2,
+    embed_dim: int = 32,
+    lr: float = 5e-4,
+    seed: int = 0,
+    device=None,
+    progress: bool = True,
+    labels: Sequence[str] | None = None,
+):
+    """Train one critic per objective through the staircase.
+
+    Returns (per-step MI estimates as a float64 numpy array (steps, E), log m).
+    """
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from infoview.objectives import matrix_pairs
+
+    device = torch.device(device or "cpu")
+    torch.manual_seed(seed)  # objectives that draw random numbers
+    E, n, S = len(objectives), batch_size, steps_per_level
+    labels = list(labels or [getattr(o, "name", str(i)) for i, o in enumerate(objectives)])
+    objectives = [o.to(device) for o in objectives]
+    model = StackedCritic(critic, E, dim, hidden, layers, embed_dim, seed, device)
+    params = list(model.params) + [p for o in objectives for p in o.parameters() if p.requires_grad]
+    opt = _adam(params, lr)
+    scheduled = [o for o in objectives if type(o).set_epoch is not _base_set_epoch()]
+
+    total = S * len(levels)
+    record = torch.empty(total, E, dtype=torch.float32, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    chunk = max(1, min(S, 1000, (1 << 22) // max(1, 2 * n * dim)))
+    every = max(1, min(200, S // 10))
+    log_m = math.log(n)
+    bar = tqdm(total=total, desc="mi-bench", unit="step", disable=not progress, mininterval=0.5,
+               dynamic_ncols=True)
+    t = 0
+    try:
+        for level in levels:
+            rho = rho_for(float(level), dim)
+            noise = math.sqrt(1.0 - rho * rho)
+            for start in range(0, S, chunk):
+                c = min(chunk, S - start)
+                z = torch.randn(c, 2, n, dim, generator=gen, device=device)
+                xs = z[:, 0]
+                ys = rho * xs + noise * z[:, 1]
+                for i in range(c):
+                    if scheduled:
+                        for o in scheduled:
+                            o.set_epoch(t / S)
+                    scores = model(xs[i], ys[i])
+                    losses, mis = [], []
+                    for e, obj in enumerate(objectives):
+                        pos, neg = matrix_pairs(scores[e])
+                        out = obj(pos, neg)
+                        losses.append(out.loss)
+                        mis.append(out.mi)
+                    log_m = out.log_m
+                    opt.zero_grad(set_to_none=True)
+                    torch.stack(losses).sum().backward()
+                    opt.step()
+                    record[t] = torch.stack(mis)
+                    t += 1
+                    if progress and t % every == 0:
+                        last = record[t - every:t].mean(0).tolist()
+                        bar.set_postfix_str(
+                            f"MI={float(level):g} " + " ".join(f"{k}={v:.2f}" for k, v in zip(labels, last)),
+                            refresh=False,
+                        )
+                        bar.update(every)
+        bar.update(total - bar.n)
+    finally:
+        bar.close()
+    return record.double().cpu().numpy(), float(log_m)
+
+
+def _base_set_epoch():
+    from infoview.objectives import Objective
+
+    return Objective.set_epoch
+
+
+def level_means(record, steps_per_level: int, n_levels: int, reduce: str = "mean") -> list[list[float]]:
+    """Mean (or median) of each estimator over the last quarter of each level: E lists of n_levels."""
+    import numpy as np
+
+    S = steps_per_level
+    q = max(1, S // 4)
+    fn = np.median if reduce == "median" else np.mean
+    out = [fn(record[lev * S + S - q: (lev + 1) * S], axis=0) for lev in range(n_levels)]
+    return np.stack(out, axis=1).tolist()  # (E, n_levels)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _smooth(values, steps_per_level: int):
+    """Centred moving average within each level (so the staircase steps stay sharp)."""
+    import numpy as np
+
+    w = max(1, steps_per_level // 40)
+    out = np.empty_like(values)
+    for s in range(0, len(values), steps_per_level):
+        seg = values[s: s + steps_per_level]
+        c = np.concatenate([[0.0], np.cumsum(seg)])
+        idx = np.arange(len(seg))
+        lo = np.clip(idx - w // 2, 0, len(seg))
+        hi = np.clip(idx + w // 2 + 1, 0, len(seg))
+        out[s: s + len(seg)] = (c[hi] - c[lo]) / (hi - lo)
+    return out
+
+
+def plot(path, record, keys, levels, steps_per_level, log_m, batch_size, title="") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from infoview.utils.io import atomic_path
+
+    steps = np.arange(1, record.shape[0] + 1)
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
+    # raw lines first, smoothed ones on top, so no estimator's noise hides another's trend
+    for e in range(len(keys)):
+        ax.plot(steps, record[:, e], color=f"C{e % 10}", alpha=0.15, lw=0.5)
+    for e, key in enumerate(keys):
+        ax.plot(steps, _smooth(record[:, e], steps_per_level), color=f"C{e % 10}", lw=1.6, label=key)
+    edges = np.arange(len(levels) + 1) * steps_per_level
+    ax.stairs([float(v) for v in levels], edges, color="black", lw=2, label="true MI", baseline=None)
+    ax.axhline(log_m, color="0.35", ls="--", lw=1.2, label=f"log m = log {batch_size} = {log_m:.2f}")
+    top = max(max(float(v) for v in levels), log_m)
+    ax.set_ylim(-1.0, top * 1.25 + 1.0)
+    ax.set_xlim(0, record.shape[0])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("MI estimate (nats)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_csv(path, record, keys, levels, steps_per_level) -> Path:
+    from infoview.utils.io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["step", "true_mi", *keys])
+    for t, row in enumerate(record):
+        level = levels[t // steps_per_level]
+        w.writerow([t + 1, level, *(f"{v:.6g}" for v in row)])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def _finite_or_none(x: float, ndigits: int = 5):
+    return round(x, ndigits) if math.isfinite(x) else None
+
+
+# --------------------------------------------------------------------------- command
+
+
+def _check_cfg(cfg) -> dict[str, Any]:
+    c = {k: cfg[k] for k in DEFAULTS}
+    levels = c["levels"]
+    if isinstance(levels, (int, float)) and not isinstance(levels, bool):
+        levels = [levels]
+    if not levels or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in levels):
+        raise ConfigError(f"levels must be a list of positive MI values in nats, e.g. [2,4,6], got {levels!r}")
+    c["levels"] = [int(v) if float(v).is_integer() else float(v) for v in levels]
+    for key, low in (("dim", 1), ("steps_per_level", 1), ("batch_size", 2), ("hidden", 1), ("layers", 1), ("embed_dim", 1)):
+        if c[key] < low:
+            raise ConfigError(f"{key} must be at least {low}, got {c[key]}")
+    if c["threads"] < 0:
+        raise ConfigError(f"threads must be 0 (torch's default) or a positive count, got {c['threads']}")
+    if not c["lr"] > 0:
+        raise ConfigError(f"lr must be positive, got {c['lr']}")
+    if c["critic"] not in CRITICS:
+        raise ConfigError(f"critic must be one of {', '.join(CRITICS)}, got '{c['critic']}'")
+    if c["alpha"] is not None and not c["alpha"] > 0:
+        raise ConfigError(f"alpha must be positive, got {c['alpha']}")
+    if not str(c["out_dir"]).strip():
+        raise ConfigError("out_dir is empty")
+    out = Path(c["out_dir"])
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir '{out}' exists and is not a folder")
+    return c
+
+
+def run(cfg) -> dict:
+    import torch
+    from omegaconf import OmegaConf
+
+    from infoview.config import save_config
+    from infoview.utils.io import atomic_write_text
+    from infoview.utils.provenance import provenance
+
+    c = _check_cfg(cfg)
+    estimators = c["estimators"]
+    if not isinstance(estimators, str):
+        estimators = OmegaConf.to_container(estimators) if OmegaConf.is_config(estimators) else list(estimators)
+    # everything a user can get wrong is checked before any training
+    specs = parse_estimators(estimators, {"alpha": c["alpha"]})
+    objectives = build_objectives(specs)
+    device = _resolve_device(c["device"])
+    if c["threads"]:
+        torch.set_num_threads(int(c["threads"]))
+    out_dir = Path(c["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    keys = [s.key for s in specs]
+    t0 = time.perf_counter()
+    record, log_m = train_staircase(
+        objectives,
+        c["levels"],
+        dim=c["dim"],
+        steps_per_level=c["steps_per_level"],
+        batch_size=c["batch_size"],
+        critic=c["critic"],
+        hidden=c["hidden"],
+        layers=c["layers"],
+        embed_dim=c["embed_dim"],
+        lr=c["lr"],
+        seed=c["seed"],
+        device=device,
+        labels=keys,
+    )
+    seconds = time.perf_counter() - t0
+    means = level_means(record, c["steps_per_level"], len(c["levels"]))
+    medians = level_means(record, c["steps_per_level"], len(c["levels"]), "median")
+
+    estimates = {k: [_finite_or_none(v) for v in row] for k, row in zip(keys, means)}
+    results = {
+        "batch_size": c["batch_size"],
+        "levels": c["levels"],
+        "estimates": estimates,
+        # the same window's median: NWJ and JS have heavy lower tails that drag the mean
+        "medians": {k: [_finite_or_none(v) for v in row] for k, row in zip(keys, medians)},
+        "log_m": round(log_m, 5),
+        "steps_per_level": c["steps_per_level"],
+        "dim": c["dim"],
+        "critic": c["critic"],
+        "lr": c["lr"],
+        "seed": c["seed"],
+        "estimators": {s.key: {"objective": s.objective, "params": s.built_with} for s in specs},
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "seconds": round(seconds, 1),
+        "provenance": provenance(),
+    }
+    title = (
+        f"Gaussian staircase: dim {c['dim']}, batch {c['batch_size']}, {c['critic']} critic, "
+        f"{c['steps_per_level']} steps per level"
+    )
+    write_csv(out_dir / "estimates.csv", record, keys, c["levels"], c["steps_per_level"])
+    plot(out_dir / "mi_bench.png", record, keys, c["levels"], c["steps_per_level"], log_m, c["batch_size"], title)
+    save_config(cfg, out_dir / "config.yaml")
+    # results.json last: its presence means the run finished
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+    summary = {k: v for k, v in results.items() if k not in ("provenance", "estimators", "medians")}
+    summary["out_dir"] = str(out_dir)
+    return summary

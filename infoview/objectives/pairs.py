@@ -1,0 +1,148 @@
+"""Build (pos, neg) critic scores from embeddings.
+
+- :func:`in_batch_pairs`: SimCLR-style, every other view of the same image is a
+  positive and every view of every other image a negative (NT-Xent for 2 views);
+  with ``all_views`` the candidates come from a batch gathered across ranks.
+- :func:`matrix_pairs`: an (n, n) critic matrix with positives on the diagonal.
+- :func:`queue_logits`: MoCo-style, one positive key per query and a queue of
+  negatives.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+Views = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def _stack_views(views: Views, name: str) -> torch.Tensor:
+    if isinstance(views, torch.Tensor):
+        z = views
+    else:
+        views = list(views)
+        if not views or not all(isinstance(v, torch.Tensor) for v in views):
+            raise ValueError(f"{name} must be a (V, B, D) tensor or a list of V (B, D) tensors")
+        shapes = {tuple(v.shape) for v in views}
+        if len(shapes) != 1:
+            raise ValueError(f"{name}: all views must have the same (B, D) shape, got {sorted(shapes)}")
+        z = torch.stack(views)
+    if z.dim() != 3:
+        raise ValueError(f"{name} must be (V, B, D) (views, images, embedding dim), got shape {tuple(z.shape)}")
+    return z
+
+
+def _check_temperature(temperature: float) -> float:
+    temperature = float(temperature)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return temperature
+
+
+def in_batch_pairs(
+    views: Views,
+    temperature: float = 0.1,
+    normalize: bool = True,
+    all_views: torch.Tensor | None = None,
+    offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-batch positives and negatives for V >= 2 views of B images.
+
+    Scores are cosine similarities / temperature (dot products if
+    ``normalize=False``). Every (anchor view v, other view w != v, image i) is a
+    row: its positive is the score of view v of image i against view w of image
+    i, its negatives are the scores against all V views of every other image.
+    Rows are ordered (v, w, i) with w running over the views other than v, and
+    each row's negatives (w', j) with j != i. So N = V (V - 1) B and
+    K = V (B_total - 1); for V = 2 this is SimCLR's NT-Xent (2B rows of 2B - 2
+    negatives).
+
+    For data parallel training pass ``all_views``, the (V, B_total, D) views of
+    the whole global batch gathered from all ranks (with gradients), in which
+    this rank's images are columns ``offset .. offset + B``. Anchors are then the
+    local ``views`` and candidates come from ``all_views``.
+
+    Returns ``(pos (N,), neg (N, K))`` in the dtype of the embeddings.
+    """
+    z = _stack_views(views, "views")
+    temperature = _check_temperature(temperature)
+    v, b, d = z.shape
+    if v < 2:
+        raise ValueError(f"views: need at least 2 views per image for positives, got V = {v}")
+    if all_views is None:
+        if offset != 0:
+            raise ValueError("offset is only meaningful together with all_views")
+        cands = z
+    else:
+        cands = _stack_views(all_views, "all_views")
+        if cands.shape[0] != v or cands.shape[2] != d:
+            raise ValueError(
+                f"all_views must be (V, B_total, D) = ({v}, B_total, {d}) like views, got {tuple(cands.shape)}"
+            )
+        if not 0 <= offset <= cands.shape[1] - b:
+            raise ValueError(
+                f"offset must place the {b} local images inside all_views' {cands.shape[1]} columns, got {offset}"
+            )
+    bt = cands.shape[1]
+    if bt < 2:
+        raise ValueError(f"need at least 2 images in the batch for negatives, got {bt}")
+
+    if normalize:
+        z = F.normalize(z, dim=-1)
+        cands = z if all_views is None else F.normalize(cands, dim=-1)
+
+    # scores[v, i, w, j] = <z[v, i], cands[w, j]> / t
+    scores = torch.einsum("vid,wjd->viwj", z, cands) / temperature
+
+    # positives: the local image's own column in every other view
+    own = cands[:, offset : offset + b]  # (V, B, D)
+    pos_all = torch.einsum("vid,wid->vwi", z, own) / temperature  # (V, V, B)
+    off_diag = ~torch.eye(v, dtype=torch.bool, device=z.device)
+    pos = pos_all[off_diag].reshape(-1)  # rows (v, w != v, i)
+
+    # negatives: drop column offset + i of each row, in all V candidate views
+    cols = torch.arange(bt - 1, device=z.device).unsqueeze(0)  # (1, Bt - 1)
+    own_col = (torch.arange(b, device=z.device) + offset).unsqueeze(1)  # (B, 1)
+    keep = cols + (cols >= own_col).long()  # (B, Bt - 1): j != offset + i
+    index = keep.view(1, b, 1, bt - 1).expand(v, b, v, bt - 1)
+    neg = scores.gather(3, index).reshape(v, 1, b, v * (bt - 1))
+    # a row's negatives do not depend on which view w is its positive
+    neg = neg.expand(v, v - 1, b, v * (bt - 1)).reshape(-1, v * (bt - 1))
+    return pos, neg
+
+
+def matrix_pairs(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split an (n, n) critic matrix: diagonal -> pos (n,), off-diagonal row by row -> neg (n, n - 1)."""
+    if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"scores must be a square (n, n) matrix, got shape {tuple(scores.shape)}")
+    n = scores.shape[0]
+    if n < 2:
+        raise ValueError("scores must be at least 2 x 2 to hold a negative per row")
+    mask = ~torch.eye(n, dtype=torch.bool, device=scores.device)
+    return scores.diagonal(), scores[mask].reshape(n, n - 1)
+
+
+def queue_logits(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float = 0.2,
+    normalize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoCo scores: pos_i = <q_i, k_i> / t (B,), neg = q queue^T / t (B, Q).
+
+    ``q`` are the queries (B, D), ``k`` their positive keys (B, D) (from the
+    momentum encoder, detached by the caller), ``queue`` the (Q, D) negative keys.
+    With ``normalize`` all three are L2-normalised first (cosine similarity).
+    """
+    if q.dim() != 2 or k.shape != q.shape:
+        raise ValueError(f"q and k must both be (B, D), got {tuple(q.shape)} and {tuple(k.shape)}")
+    if queue.dim() != 2 or queue.shape[1] != q.shape[1] or queue.shape[0] < 1:
+        raise ValueError(f"queue must be (Q, D) with D = {q.shape[1]} and Q >= 1, got {tuple(queue.shape)}")
+    temperature = _check_temperature(temperature)
+    if normalize:
+        q, k, queue = F.normalize(q, dim=-1), F.normalize(k, dim=-1), F.normalize(queue, dim=-1)
+    pos = (q * k).sum(dim=-1) / temperature
+    neg = q @ queue.t() / temperature
+    return pos, neg

@@ -1,0 +1,96 @@
+"""Ring discrimination: negatives drawn from a band of similarity (Wu et al. 2020)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from infoview.objectives.base import Objective, register
+
+
+def _ceil(x: float) -> int:
+    # 0.1 * 30 is 3.0000000000000004 in floating point: round off such noise first
+    return math.ceil(round(x, 9))
+
+
+def _floor(x: float) -> int:
+    return math.floor(round(x, 9))
+
+
+def ring_ranks(outer: float, inner: float, k: int) -> tuple[int, int]:
+    """(n_in, n_out): keep the negatives ranked n_in .. n_out - 1, hardest first.
+
+    n_out = max(1, ceil(outer K)) and n_in = floor(inner n_out).
+    """
+    n_out = min(k, max(1, _ceil(outer * k)))
+    n_in = _floor(inner * n_out)
+    return n_in, n_out
+
+
+@register("ring")
+class Ring(Objective):
+    r"""Ring NCE (Wu, Zhuang, Mosse, Yamins, Goodman, "On Mutual Information in
+    Contrastive Learning for Visual Representations", 2020).
+
+    Each row keeps only the negatives in a "ring" of similarity around its
+    anchor: sort the K negatives by score, most similar first, and keep ranks
+    n_in .. n_out - 1, where n_out = max(1, ceil(outer K)) and
+    n_in = floor(inner n_out). The loss is the cross-entropy of the positive
+    against itself plus the kept negatives R_i::
+
+        loss = mean_i [ log( exp(pos_i) + sum_{j in R_i} exp(neg_ij) ) - pos_i ]
+        mi   = log(1 + n_out - n_in) - loss
+
+    ``outer`` drops the easy (far) negatives, ``inner`` drops the very closest
+    ones, which are likely to be views of the same class (false negatives). Wu
+    et al. show that negatives drawn from such a restricted conditional
+    distribution still give a lower bound on MI (their conditional NCE), a looser
+    one; ``mi`` is InfoNCE on the kept candidates, capped at log(1 + n_out - n_in).
+
+    ``anneal_epochs`` > 0 starts with outer = 1 (all negatives) and shrinks it
+    linearly to the target over that many epochs; call :meth:`set_epoch` (with
+    fractional epochs if you like) and read :attr:`current_outer`.
+    """
+
+    def __init__(self, outer: float = 0.1, inner: float = 0.1, anneal_epochs: float = 0.0) -> None:
+        super().__init__()
+        outer, inner, anneal_epochs = float(outer), float(inner), float(anneal_epochs)
+        if not 0.0 < outer <= 1.0:
+            raise ValueError(f"ring: outer must be in (0, 1], got {outer}")
+        if not 0.0 <= inner < 1.0:
+            raise ValueError(f"ring: inner must be in [0, 1), got {inner}")
+        if not (anneal_epochs >= 0.0 and math.isfinite(anneal_epochs)):
+            raise ValueError(f"ring: anneal_epochs must be >= 0, got {anneal_epochs}")
+        self.outer = outer
+        self.inner = inner
+        self.anneal_epochs = anneal_epochs
+        self.current_outer = 1.0 if anneal_epochs > 0 else outer
+
+    def extra_repr(self) -> str:
+        return (
+            f"outer={self.outer}, inner={self.inner}, anneal_epochs={self.anneal_epochs}, "
+            f"current_outer={self.current_outer}"
+        )
+
+    def set_epoch(self, epoch: float) -> None:
+        """Move the outer threshold linearly from 1.0 (epoch 0) to ``outer``."""
+        if self.anneal_epochs <= 0:
+            return
+        frac = min(max(float(epoch) / self.anneal_epochs, 0.0), 1.0)
+        self.current_outer = self.outer * frac + 1.0 * (1.0 - frac)  # exact at both ends
+
+    def ranks(self, k: int) -> tuple[int, int]:
+        """(n_in, n_out) for rows of ``k`` negatives at the current threshold."""
+        return ring_ranks(self.current_outer, self.inner, k)
+
+    def compute(self, pos, neg):
+        k = neg.shape[1]
+        n_in, n_out = self.ranks(k)
+        if n_in == 0 and n_out == k:
+            kept = neg  # every negative: no selection needed
+        else:
+            kept = torch.topk(neg, n_out, dim=1, largest=True, sorted=True).values[:, n_in:]
+        logits = torch.cat([pos.unsqueeze(1), kept], dim=1)
+        loss = (torch.logsumexp(logits, dim=1) - pos).mean()
+        mi = math.log(1 + n_out - n_in) - loss
+        return loss, mi

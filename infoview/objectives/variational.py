@@ -1,0 +1,84 @@
+"""Variational bounds of Poole et al. (ICML 2019): NWJ, and the JS-trained NWJ."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from infoview.objectives.base import Objective, register
+
+
+class _MeanExp(torch.autograd.Function):
+    """mean(exp(x)) over all elements, with the value taken from a log-mean-exp.
+
+    The value overflows only when the mean itself does. The gradient is written
+    per element, exp(x_ij) / n, so an overflowing value gives inf gradients on
+    the elements that cause it and exact ones elsewhere, never NaN (autograd
+    through exp(logmeanexp(x)) would multiply inf by zero softmax weights).
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(torch.logsumexp(x.reshape(-1), dim=0) - math.log(x.numel()))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x - math.log(x.numel()))
+
+
+def nwj_bound(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """NWJ estimate in nats: mean(pos) - e^{-1} mean(exp(neg)) = 1 + E_p[f - 1] - E_q[e^{f - 1}].
+
+    It is -inf when exp(neg - 1) overflows (the bound is then vacuous), not NaN.
+    """
+    return pos.mean() - _MeanExp.apply(neg - 1.0)
+
+
+@register("nwj")
+class NWJ(Objective):
+    r"""NWJ / f-divergence bound (Nguyen, Wainwright, Jordan 2010), in the form of
+    Poole, Ozair, van den Oord, Alemi, Tucker, "On Variational Bounds of Mutual
+    Information", ICML 2019 (their I_NWJ, the TUBA bound with baseline e)::
+
+        mi   = 1 + E_p[f - 1] - E_q[exp(f - 1)]
+             = mean_i pos_i - e^{-1} mean_ij exp(neg_ij)
+        loss = -mi
+
+    Unlike InfoNCE it has no log m ceiling: it can certify large MI, but its
+    variance grows exponentially with the MI. The mean of exp is taken through a
+    log-mean-exp; huge negative scores (above ~88 in float32) make the value
+    -inf and the loss +inf, which is what the bound is there, but never NaN.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def compute(self, pos, neg):
+        mi = nwj_bound(pos, neg)
+        return -mi, mi
+
+
+@register("js")
+class JS(Objective):
+    r"""Jensen-Shannon-trained critic, evaluated with NWJ (Poole et al., ICML
+    2019, their I_JS; the f-GAN JS loss of Nowozin et al. 2016, as used by
+    Hjelm et al.'s Deep InfoMax)::
+
+        loss = mean_i softplus(-pos_i) + mean_ij softplus(neg_ij)
+        mi   = mean_i pos_i - e^{-1} mean_ij exp(neg_ij)     (NWJ on the same scores)
+
+    The JS loss has low variance and trains the critic stably; its optimal
+    critic is the log density ratio log r, which is also what NWJ needs up to a
+    shift: NWJ evaluated at log r reads I - 1/e (at log r + 1 it would be tight).
+    ``mi`` may be -inf when a negative score is huge; the loss stays finite.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def compute(self, pos, neg):
+        loss = F.softplus(-pos).mean() + F.softplus(neg).mean()
+        return loss, nwj_bound(pos, neg)

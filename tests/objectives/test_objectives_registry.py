@@ -1,0 +1,105 @@
+"""The registry a config file or a new objective goes through."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import infoview.objectives as objectives
+from infoview.objectives import Objective, available, build, objective_params, register
+from infoview.objectives import base
+
+SEVEN = ["debiased", "hard_negative", "infonce", "js", "ml_cpc", "nwj", "ring"]
+
+
+def test_available_lists_all_seven():
+    assert available() == SEVEN
+
+
+def test_unknown_name_lists_available_and_suggests_nearest():
+    with pytest.raises(ValueError) as err:
+        build("infonse")
+    msg = str(err.value)
+    assert "did you mean 'infonce'" in msg
+    for name in SEVEN:
+        assert name in msg
+
+
+def test_unknown_name_without_a_near_match_still_lists_names():
+    with pytest.raises(ValueError, match="Available: debiased, hard_negative"):
+        build("xyzzy")
+
+
+@pytest.mark.parametrize(
+    "name,kw,hint",
+    [("ml_cpc", {"alpah": 0.5}, "alpha"), ("ring", {"outter": 0.2}, "outer"), ("hard_negative", {"tauplus": 0.1}, "tau_plus"), ("debiased", {"temprature": 0.2}, "temperature")],
+)
+def test_unknown_parameter_suggests_nearest(name, kw, hint):
+    with pytest.raises(ValueError, match=f"did you mean '{hint}'"):
+        build(name, **kw)
+
+
+def test_debiased_has_no_beta():
+    with pytest.raises(ValueError, match="no parameter 'beta'"):
+        build("debiased", beta=1.0)
+
+
+def test_objective_params_give_defaults():
+    assert objective_params("ml_cpc") == {"alpha": 1.0}
+    assert objective_params("ring") == {"outer": 0.1, "inner": 0.1, "anneal_epochs": 0}
+    assert objective_params("hard_negative") == {"beta": 1.0, "tau_plus": 0.1, "temperature": 0.5}
+    assert objective_params("debiased") == {"tau_plus": 0.1, "temperature": 0.5}
+    assert objective_params("infonce") == {}
+
+
+@pytest.mark.parametrize(
+    "name,kw,word",
+    [
+        ("ml_cpc", {"alpha": 0.0}, "alpha"),
+        ("ring", {"outer": 0.0}, "outer"),
+        ("ring", {"outer": 1.5}, "outer"),
+        ("ring", {"inner": 1.0}, "inner"),
+        ("ring", {"anneal_epochs": -1}, "anneal_epochs"),
+        ("hard_negative", {"tau_plus": 1.0}, "tau_plus"),
+        ("debiased", {"temperature": 0.0}, "temperature"),
+    ],
+)
+def test_bad_parameter_values_name_the_parameter(name, kw, word):
+    with pytest.raises(ValueError, match=word):
+        build(name, **kw)
+
+
+@pytest.mark.parametrize(
+    "pos,neg,word",
+    [
+        (torch.zeros(4, 1), torch.zeros(4, 3), "pos must be"),
+        (torch.zeros(4), torch.zeros(4), "neg must be"),
+        (torch.zeros(4), torch.zeros(5, 3), "N = 4"),
+        (torch.zeros(4), torch.zeros(4, 0), "at least one negative"),
+    ],
+)
+def test_wrong_shapes_give_clear_errors(pos, neg, word):
+    with pytest.raises(ValueError, match=word):
+        build("infonce")(pos, neg)
+
+
+def test_register_a_new_objective(monkeypatch):
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+    @register("margin")
+    class Margin(Objective):
+        """Hinge on the hardest negative (not an MI bound: reports 0)."""
+
+        def __init__(self, margin: float = 1.0):
+            super().__init__()
+            self.margin = margin
+
+        def compute(self, pos, neg):
+            loss = torch.relu(self.margin - pos + neg.max(dim=1).values).mean()
+            return loss, torch.zeros_like(loss)
+
+    assert "margin" in objectives.available()
+    assert objective_params("margin") == {"margin": 1.0}
+    out = build("margin", margin=0.5)(torch.tensor([1.0]), torch.tensor([[0.8, 0.2]]))
+    assert out.loss.item() == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="already registered"):
+        register("margin")(type("Other", (Objective,), {}))

@@ -1,0 +1,64 @@
+import subprocess
+import sys
+
+import pytest
+
+from infoview import cli
+from infoview.cli import COMMANDS, main
+
+
+def test_help_lists_every_command_with_one_line(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name, (_, help_) in COMMANDS.items():
+        assert f"  {name}" in out and help_ in out
+
+
+def test_console_script_help_does_not_import_torch():
+    code = "import sys; from infoview.cli import main; main(['--help']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")
+
+
+def test_unknown_command_suggests_nearest(capsys):
+    assert main(["mi-bnch"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'mi-bnch'" in err and "did you mean 'mi-bench'" in err
+
+
+def test_command_help_shows_keys(capsys):
+    assert main(["mi-bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "steps_per_level" in out and "usage: infoview mi-bench" in out
+
+
+def test_unknown_key_is_a_one_line_error(capsys):
+    assert main(["mi-bench", "steps_per_lvl=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "did you mean 'steps_per_level'" in err
+
+
+def test_missing_config_file(capsys, tmp_path):
+    assert main(["mi-bench", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml' does not exist" in capsys.readouterr().err
+
+
+def test_stray_positional_and_flag_are_errors(capsys):
+    assert main(["mi-bench", "extra"]) == 2
+    assert "positional" in capsys.readouterr().err
+    assert main(["mi-bench", "--fast"]) == 2
+    assert "unknown option --fast" in capsys.readouterr().err
+
+
+def test_positional_arguments_fill_declared_keys(monkeypatch):
+    class Fake:
+        DEFAULTS = {"src": "", "out": "", "overwrite": False}
+        POSITIONAL = ("src", "out")
+
+    monkeypatch.setitem(COMMANDS, "fake", ("fake", "a fake"))
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: Fake)
+    _, cfg = cli.build_config("fake", ["digits", "/tmp/o.beton", "overwrite=true"])
+    assert (cfg.src, cfg.out, cfg.overwrite) == ("digits", "/tmp/o.beton", True)
+    with pytest.raises(Exception, match="needs OUT"):
+        cli.build_config("fake", ["digits"])

@@ -1,0 +1,91 @@
+import pytest
+import yaml
+
+from infoview.config import parse_overrides, read_yaml, resolve, save_config
+from infoview.errors import ConfigError
+
+DEFAULTS = {
+    "out_dir": "runs/x",
+    "optim": {"name": "sgd", "lr": 0.1, "weight_decay": 1e-4},
+    "train": {"epochs": 10, "device": "auto", "resume": False},
+    "levels": [2, 4],
+    "objective": {"name": "infonce"},
+}
+
+
+def test_overrides_are_typed_and_dotted():
+    cfg = resolve(DEFAULTS, None, parse_overrides(["optim.lr=0.5", "train.epochs=3", "train.resume=true"]))
+    assert cfg.optim.lr == 0.5 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.epochs == 3 and cfg.train.resume is True
+    assert cfg.optim.name == "sgd"  # untouched defaults stay
+
+
+def test_int_key_accepts_float_spelling_of_integer_but_not_text():
+    assert resolve(DEFAULTS, None, {"train.epochs": 4.0}).train.epochs == 4
+    with pytest.raises(ConfigError, match="train.epochs.*integer"):
+        resolve(DEFAULTS, None, parse_overrides(["train.epochs=ten"]))
+    with pytest.raises(ConfigError, match="optim.lr.*number"):
+        resolve(DEFAULTS, None, parse_overrides(["optim.lr=fast"]))
+
+
+def test_unknown_key_names_the_nearest_valid_key():
+    with pytest.raises(ConfigError, match="did you mean 'optim.lr'"):
+        resolve(DEFAULTS, None, parse_overrides(["optim.lrr=1"]))
+    with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
+        resolve(DEFAULTS, None, parse_overrides(["epochs=1"]))
+
+
+def test_file_then_command_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 0.3\n  name: adamw\ntrain:\n  epochs: 5\n")
+    cfg = resolve(DEFAULTS, read_yaml(f), parse_overrides(["optim.lr=0.01"]), source=str(f))
+    assert (cfg.optim.name, cfg.optim.lr, cfg.train.epochs) == ("adamw", 0.01, 5)
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  learning_rate: 0.3\n")
+    with pytest.raises(ConfigError, match=r"optim.learning_rate.*c.yaml"):
+        resolve(DEFAULTS, read_yaml(f), None, source=str(f))
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        read_yaml(scalar)
+
+
+def test_open_section_takes_any_key():
+    cfg = resolve(DEFAULTS, None, parse_overrides(["objective.alpha=0.1"]), open_sections=["objective"])
+    assert cfg.objective.alpha == 0.1
+    with pytest.raises(ConfigError):
+        resolve(DEFAULTS, None, parse_overrides(["objective.alpha=0.1"]))
+
+
+def test_list_values_from_comma_text():
+    assert list(resolve(DEFAULTS, None, parse_overrides(["levels=2,4,6"])).levels) == [2, 4, 6]
+    assert list(resolve(DEFAULTS, None, parse_overrides(["levels=[1,3]"])).levels) == [1, 3]
+
+
+def test_saved_config_reloads_to_the_same_values(tmp_path):
+    cfg = resolve(DEFAULTS, None, parse_overrides(["optim.lr=0.02"]))
+    path = save_config(cfg, tmp_path / "out" / "config.yaml")
+    saved = yaml.safe_load(path.read_text())
+    assert "git_commit" in saved["_provenance"]
+    again = resolve(DEFAULTS, read_yaml(path), None)
+    assert again == cfg
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_nearest_prefers_a_unique_prefix():
+    from infoview.config import nearest
+
+    assert nearest("tau", ["beta", "tau_plus", "temperature"]) == "tau_plus"
+    assert nearest("epoch", ["train.epochs", "optim.lr"]) == "train.epochs"
