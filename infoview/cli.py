@@ -24,6 +24,7 @@ from infoview.config import parse_overrides, read_yaml, resolve
 from infoview.errors import InfoviewError
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("infoview.data.prepare", "Write an image source (digits, folder:..., cifar10:...) to an ffcv .beton file."),
     "mi-bench": (
         "infoview.eval.mi_bench",
         "Train critics on the Gaussian MI staircase and compare what each bound certifies.",

@@ -1,0 +1,356 @@
+"""Loaders that deliver each image once, as a uint8 batch on the device.
+
+Why decode once and crop on the GPU: a multi-view method needs V random views
+of every image (2 for SimCLR, 2 + 6 for multi-crop). Making them on the CPU
+means V crops, V resizes and V float conversions per image in the workers,
+which is where CPU-bound pretraining spends its time, and V float copies over
+PCIe. Here the workers (or ffcv's compiled pipeline) decode and resize each
+image once to a fixed size and ship one uint8 image per sample; ``augment``
+then makes all V views on the accelerator in a few batched kernels.
+
+``build_loader(source, batch_size, ...)`` returns a loader that yields
+``(images, labels)``: images uint8 (B, 3, H, W) (memory may be channels-last)
+on the target device, labels int64 (B,). Two backends keep that contract:
+
+- ``ffcv``: reads a ``.beton`` (write one with ``infoview prepare``) with
+  ffcv's compiled pipeline, ``os_cache`` on by default. ffcv fills a ring of
+  reused buffers; we hand out copies, so a batch kept in a list stays intact
+  (``reuse_buffers=True`` skips the image copy when every batch is consumed
+  before the next few arrive, as in a training step).
+- ``pytorch``: a ``DataLoader`` whose workers decode and resize, pinned memory
+  when the device is CUDA; reads every source, ``.beton`` included (through
+  ``BetonSource``, no ffcv needed).
+
+``backend="auto"`` picks ffcv for a ``beton:`` source when ffcv imports, else
+pytorch. Both backends order samples with the same ``DistributedSampler``
+logic: for a given seed and epoch, the same order on either backend, and
+with ``distributed=True`` each rank gets its own shard (padded by repeating a
+few samples when the dataset does not divide evenly, like PyTorch's sampler).
+Iterating again moves to the next epoch; ``set_epoch(e)`` picks one.
+
+Images whose size differs from ``resolution`` are centre-cropped to a square
+(the full shorter side) and resized to ``resolution`` x ``resolution``;
+``resolution=None`` keeps the source's own size when all images share it,
+else uses the first image's shorter side.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from infoview.data.sources import ImageSource, open_source
+from infoview.errors import InfoviewError
+
+BACKENDS = ("auto", "ffcv", "pytorch")
+
+
+def fit_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop ``image`` (H, W, 3) to a square and resize it to ``size``."""
+    h, w = image.shape[:2]
+    if h == size and w == size:
+        return image
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    image = image[top : top + s, left : left + s]
+    if s == size:
+        return np.ascontiguousarray(image)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.BILINEAR))
+
+
+def default_resolution(source: ImageSource) -> int:
+    if source.image_size is not None:
+        return int(min(source.image_size))
+    if len(source) == 0:
+        raise InfoviewError(f"{source.name} has no images")
+    return int(min(source.load(0)[0].shape[:2]))
+
+
+def _resolve_ranks(distributed: bool, rank, world_size) -> tuple[int, int]:
+    if not distributed and (world_size is None or world_size == 1):
+        return 0, 1
+    if rank is None or world_size is None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise InfoviewError(
+                "distributed=True needs torch.distributed initialised, or rank= and world_size= given"
+            )
+        rank = dist.get_rank() if rank is None else rank
+        world_size = dist.get_world_size() if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise InfoviewError(f"rank {rank} is not in [0, world_size={world_size})")
+    return int(rank), int(world_size)
+
+
+def shard_order(n: int, *, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """The indices rank ``rank`` reads in ``epoch``: PyTorch's DistributedSampler order."""
+    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    return np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler))
+
+
+class _Base:
+    backend = ""
+
+    def __init__(self, source: ImageSource, batch_size: int, *, seed, shuffle, drop_last, rank, world_size, device, resolution):
+        if batch_size < 1:
+            raise InfoviewError(f"batch_size must be >= 1, got {batch_size}")
+        self.source = source
+        self.batch_size = int(batch_size)
+        self.seed, self.shuffle, self.drop_last = int(seed), bool(shuffle), bool(drop_last)
+        self.rank, self.world_size = rank, world_size
+        try:
+            self.device = torch.device(device)
+        except RuntimeError:
+            raise InfoviewError(f"device '{device}' is not a torch device (cpu, cuda, cuda:1, ...)") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InfoviewError(f"device={device} but no CUDA device is visible; use device=cpu")
+        self.resolution = int(resolution) if resolution else default_resolution(source)
+        self.classes = source.classes
+        self._next_epoch = 0
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.source)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank reads per epoch (padding included)."""
+        return -(-len(self.source) // self.world_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next iteration reads ``epoch``'s order (then epoch + 1, ...)."""
+        self._next_epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.source.name}, batch_size={self.batch_size}, "
+            f"resolution={self.resolution}, rank={self.rank}/{self.world_size}, device={self.device})"
+        )
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+class _DecodeOnce(torch.utils.data.Dataset):
+    def __init__(self, source: ImageSource, resolution: int):
+        self.source, self.resolution = source, resolution
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        image, label = self.source.load(int(index))
+        return fit_square(image, self.resolution), label
+
+
+def _collate(batch):
+    images = torch.from_numpy(np.stack([b[0] for b in batch]))  # (B, H, W, 3), contiguous
+    labels = torch.tensor([b[1] for b in batch], dtype=torch.int64)
+    return images, labels
+
+
+class TorchLoader(_Base):
+    """``DataLoader`` backend: workers decode and resize, batches stacked as uint8."""
+
+    backend = "pytorch"
+
+    def __init__(self, source: ImageSource, batch_size: int, *, num_workers: int, prefetch_factor: int = 4, **kw):
+        super().__init__(source, batch_size, **kw)
+        self.sampler = DistributedSampler(
+            range(len(source)), num_replicas=self.world_size, rank=self.rank,
+            shuffle=self.shuffle, seed=self.seed, drop_last=False,
+        )
+        self.num_workers = int(num_workers)
+        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if self.num_workers > 0 else {}
+        self._loader = DataLoader(
+            _DecodeOnce(source, self.resolution),
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            drop_last=self.drop_last,
+            **extra,
+        )
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(self._next_epoch)
+        self._next_epoch += 1
+        non_blocking = self.device.type == "cuda"
+        for images, labels in self._loader:
+            images = images.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2)
+            yield images, labels.to(self.device, non_blocking=non_blocking)
+
+
+# --------------------------------------------------------------------------- ffcv
+
+
+class FfcvLoader(_Base):
+    """ffcv backend over a checked ``.beton``."""
+
+    backend = "ffcv"
+
+    def __init__(
+        self, source, batch_size: int, *, num_workers: int, os_cache: bool = True, batches_ahead: int = 3,
+        reuse_buffers: bool = False, **kw,
+    ):
+        from infoview.data.beton import BetonSource, require_ffcv
+
+        if not isinstance(source, BetonSource):
+            raise InfoviewError(
+                f"the ffcv backend reads .beton files, not {source.name}; write one with "
+                f"`infoview prepare {source.name} OUT.beton`, or use backend=pytorch"
+            )
+        require_ffcv("backend=ffcv")
+        super().__init__(source, batch_size, **kw)
+        from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, SimpleRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
+
+        r = self.resolution
+        if source.file.image_size == (r, r):
+            decoder = SimpleRGBImageDecoder()
+        else:
+            decoder = CenterCropRGBImageDecoder((r, r), ratio=1.0)
+        image_pipe, label_pipe = [decoder, ToTensor()], [IntDecoder(), ToTensor()]
+        if self.device.type != "cpu":
+            image_pipe.append(ToDevice(self.device, non_blocking=True))
+            label_pipe.append(ToDevice(self.device, non_blocking=True))
+        image_pipe.append(ToTorchImage(channels_last=True))
+        names = source.file.field_names
+        pipelines = {names[source.file.image_field]: image_pipe}
+        if source.file.label_field is not None:
+            pipelines[names[source.file.label_field]] = label_pipe
+        for i, name in enumerate(names):
+            pipelines.setdefault(name, None)  # other fields: not decoded
+        self.num_workers = int(num_workers) if num_workers else (os.cpu_count() or 1)
+        threads = torch.get_num_threads()
+        self._loader = Loader(
+            str(source.path),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            os_cache=os_cache,
+            order=OrderOption.SEQUENTIAL,
+            distributed=False,
+            seed=self.seed,
+            pipelines=pipelines,
+            drop_last=self.drop_last,
+            batches_ahead=batches_ahead,
+        )
+        torch.set_num_threads(threads)  # ffcv's Loader sets it to num_workers
+        # ffcv's own distributed order needs torch.distributed initialised; ours
+        # takes rank and world size as given and matches the PyTorch backend.
+        self._loader.traversal_order = _make_ffcv_order(self._loader, self)
+        self._loader.first_traversal_order = self._loader.next_traversal_order()
+        self._has_labels = source.file.label_field is not None
+        self.reuse_buffers = bool(reuse_buffers)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._loader.next_epoch = self._next_epoch
+        self._next_epoch += 1
+        threads = torch.get_num_threads()
+        it = iter(self._loader)
+        torch.set_num_threads(threads)  # ffcv sets torch's thread count to its own; put it back
+        try:
+            for batch in it:
+                images = batch[0] if self.reuse_buffers else _copy(batch[0])
+                if self._has_labels:
+                    labels = _copy(batch[1].reshape(-1))  # ffcv's buffer is reused
+                else:
+                    labels = torch.full((images.shape[0],), -1, dtype=torch.int64, device=images.device)
+                yield images, labels
+        finally:
+            it.close()
+
+
+def _copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy with the same layout. On CPU through numpy: one single-threaded
+    memcpy, where torch's threaded copy can wait milliseconds for a busy core."""
+    if t.device.type != "cpu":
+        return t.clone()
+    return torch.from_numpy(t.numpy().copy(order="K"))
+
+
+def _make_ffcv_order(ffcv_loader, ours: _Base):
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class ShardOrder(TraversalOrder):
+        def sample_order(self, epoch: int):
+            idx = shard_order(
+                len(self.indices), seed=ours.seed, epoch=epoch, shuffle=ours.shuffle,
+                rank=ours.rank, world_size=ours.world_size,
+            )
+            return self.indices[idx]
+
+    return ShardOrder(ffcv_loader)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_loader(
+    source: str | ImageSource,
+    batch_size: int,
+    split: str = "train",
+    distributed: bool = False,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    num_workers: int | None = None,
+    shuffle: bool = True,
+    drop_last: bool | None = None,
+    backend: str = "auto",
+    resolution: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    download: bool = False,
+    os_cache: bool = True,
+    batches_ahead: int = 3,
+    reuse_buffers: bool = False,
+):
+    """A loader of ``(uint8 images (B,3,H,W) on device, int64 labels)``; see the module docstring.
+
+    ``num_workers=None``: all cores for ffcv (threads), up to 8 worker
+    processes for PyTorch. ``drop_last=None`` drops the last partial batch when
+    shuffling (training) and keeps it otherwise (evaluation). ``rank`` and
+    ``world_size`` default to torch.distributed's when ``distributed=True``.
+    ``os_cache``, ``batches_ahead`` and ``reuse_buffers`` are ffcv's.
+    """
+    if backend not in BACKENDS:
+        raise InfoviewError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    src = open_source(source, split=split, download=download)
+    if len(src) == 0:
+        raise InfoviewError(f"{src.name} has no images")
+    rank, world_size = _resolve_ranks(distributed, rank, world_size)
+    if drop_last is None:
+        drop_last = bool(shuffle)
+    common = dict(
+        seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size,
+        device=device, resolution=resolution,
+    )
+    from infoview.data.beton import BetonSource, ffcv_import_error
+
+    if backend == "auto":
+        backend = "ffcv" if isinstance(src, BetonSource) and ffcv_import_error() is None else "pytorch"
+    if backend == "ffcv":
+        return FfcvLoader(
+            src, batch_size, num_workers=num_workers or 0, os_cache=os_cache,
+            batches_ahead=batches_ahead, reuse_buffers=reuse_buffers, **common,
+        )
+    if num_workers is None:
+        num_workers = min(os.cpu_count() or 1, 8)
+    return TorchLoader(src, batch_size, num_workers=num_workers, **common)

@@ -1,0 +1,56 @@
+"""Write an image source to an ffcv .beton file: `infoview prepare SRC OUT.beton`.
+
+SRC is a source string: digits, shapes, cifar10:<root>, cifar100:<root>,
+stl10:<root>, folder:<path> (one subfolder per class; train/ and test/ inside
+are picked by split=), coco:<images>:<instances.json>, beton:<file>.
+
+The file is written under a temp name beside OUT and renamed when complete,
+and an existing OUT is kept unless overwrite=true. Images are stored raw
+(exact), as JPEG (jpg, smaller), or smart: raw up to 96x96, JPEG above;
+max_resolution caps the longer side (0 keeps every size). An unreadable image
+is an error naming the file, or, with skip_bad=true, is left out and counted.
+Prints a JSON summary: images written, skipped, bytes, seconds.
+
+Examples:
+  infoview prepare folder:../shared/data/cifar10 c10_train.beton split=train
+  infoview prepare cifar10:~/data c10_test.beton split=test write_mode=jpg jpeg_quality=95
+"""
+from __future__ import annotations
+
+DEFAULTS = {
+    "src": "",
+    "out": "",
+    "split": "train",
+    "max_resolution": 512,
+    "jpeg_quality": 90,
+    "write_mode": "smart",
+    "overwrite": False,
+    "skip_bad": False,
+    "num_workers": 0,
+    "download": False,
+}
+POSITIONAL = ("src", "out")
+
+
+def run(cfg) -> dict:
+    from pathlib import Path
+
+    from infoview.errors import InfoviewError
+
+    if Path(cfg.out).expanduser().exists() and not cfg.overwrite:  # before any slow reading
+        raise InfoviewError(f"{cfg.out} exists; pass overwrite=true to replace it")
+
+    from infoview.data.beton import write_beton
+    from infoview.data.sources import open_source
+
+    source = open_source(cfg.src, split=cfg.split, download=cfg.download)
+    return write_beton(
+        source,
+        cfg.out,
+        max_resolution=cfg.max_resolution,
+        jpeg_quality=cfg.jpeg_quality,
+        write_mode=cfg.write_mode,
+        overwrite=cfg.overwrite,
+        skip_bad=cfg.skip_bad,
+        num_workers=cfg.num_workers,
+    )
