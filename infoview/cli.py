@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -123,10 +124,18 @@ def build_config(name: str, args: Sequence[str]):
     return module, cfg
 
 
+def _print(text: str) -> None:
+    """Print, and stay quiet when the reader has gone (``infoview --help | head``)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more may reach the closed pipe
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
+        _print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
         from infoview import __version__
@@ -134,9 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"infoview {__version__}")
         return 0
     name, args = argv[0], argv[1:]
+    # Before torch is imported: idle OpenMP threads sleep instead of spinning,
+    # which otherwise stalls every op when loader workers share the cores
+    # (docs/results.md, Views). A user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         if any(a in ("-h", "--help") for a in args):
-            print(_command_help(name, load_command(name)))
+            _print(_command_help(name, load_command(name)))
             return 0
         module, cfg = build_config(name, args)
         result = module.run(cfg)

@@ -64,9 +64,15 @@ def _unknown_key_error(key: str, valid: Iterable[str], where: str) -> ConfigErro
 def parse_value(text: str) -> Any:
     """Parse the right-hand side of ``key=value`` as a YAML scalar or list."""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as text; a user means the number
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return value
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -89,3 +89,7 @@ def test_nearest_prefers_a_unique_prefix():
 
     assert nearest("tau", ["beta", "tau_plus", "temperature"]) == "tau_plus"
     assert nearest("epoch", ["train.epochs", "optim.lr"]) == "train.epochs"
+
+
+def test_exponent_without_dot_is_a_number():
+    assert parse_overrides(["alpha=1e-4", "name=e5", "x=nan"]) == {"alpha": 1e-4, "name": "e5", "x": "nan"}

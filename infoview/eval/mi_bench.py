@@ -23,7 +23,15 @@ estimators: objective names, comma separated. `name:key=value[:key=value]` (or
 Writes to out_dir: results.json ({"batch_size", "levels", "estimates": {estimator:
 [mean estimate over the last quarter of each level]}, ...}), estimates.csv (every
 step), mi_bench.png (estimates against step, true MI, log batch_size) and
-config.yaml. threads=0 keeps torch's default thread count.
+config.yaml.
+
+threads: CPU threads for torch. 1 (the default) is the fastest for these small
+critics on a shared machine: with 2 threads on 2 busy cores a run was 5-17x
+slower. 0 keeps torch's default (one per core).
+
+alpha: 1e-4 by default, the value that tracked the staircase best (lowest error
+per step over the five levels) while every level's estimate stayed below the
+true MI; see docs/mi_bench.md.
 
 Example: infoview mi-bench out_dir=runs/mi_bench steps_per_level=1000
 """
@@ -33,7 +41,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -45,7 +52,7 @@ from infoview.errors import ConfigError, InfoviewError
 DEFAULTS: dict[str, Any] = {
     "out_dir": "runs/mi_bench",
     "estimators": ["infonce", "ml_cpc", "nwj", "js"],
-    "alpha": 0.01,
+    "alpha": 0.0001,
     "levels": [2, 4, 6, 8, 10],
     "dim": 20,
     "steps_per_level": 4000,
@@ -57,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "lr": 5e-4,
     "seed": 0,
     "device": "auto",
-    "threads": 0,
+    "threads": 1,
 }
 
 CRITICS = ("separable", "concat")
@@ -74,6 +81,14 @@ class EstimatorSpec:
     objective: str  # the registry name
     params: dict[str, Any] = field(default_factory=dict)  # given in the entry
     built_with: dict[str, Any] = field(default_factory=dict)  # everything passed to build()
+
+    @property
+    def label(self) -> str:
+        """The key, plus the parameters a plain entry took from top-level keys (for the plot)."""
+        extra = {k: v for k, v in self.built_with.items() if k not in self.params}
+        if not extra:
+            return self.key
+        return f"{self.key} (" + ", ".join(f"{k}={_fmt_value(v)}" for k, v in extra.items()) + ")"
 
 
 def _parse_scalar(text: str) -> Any:
@@ -485,7 +500,8 @@ def _check_cfg(cfg) -> dict[str, Any]:
     if not levels or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in levels):
         raise ConfigError(f"levels must be a list of positive MI values in nats, e.g. [2,4,6], got {levels!r}")
     c["levels"] = [int(v) if float(v).is_integer() else float(v) for v in levels]
-    for key, low in (("dim", 1), ("steps_per_level", 1), ("batch_size", 2), ("hidden", 1), ("layers", 1), ("embed_dim", 1)):
+    minimum = {"dim": 1, "steps_per_level": 1, "batch_size": 2, "hidden": 1, "layers": 1, "embed_dim": 1}
+    for key, low in minimum.items():
         if c[key] < low:
             raise ConfigError(f"{key} must be at least {low}, got {c[key]}")
     if c["threads"] < 0:
@@ -520,28 +536,33 @@ def run(cfg) -> dict:
     specs = parse_estimators(estimators, {"alpha": c["alpha"]})
     objectives = build_objectives(specs)
     device = _resolve_device(c["device"])
-    if c["threads"]:
-        torch.set_num_threads(int(c["threads"]))
     out_dir = Path(c["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
 
     keys = [s.key for s in specs]
+    threads_before = torch.get_num_threads()
+    if c["threads"] and device.type == "cpu":
+        torch.set_num_threads(int(c["threads"]))
+    threads_used = torch.get_num_threads()
     t0 = time.perf_counter()
-    record, log_m = train_staircase(
-        objectives,
-        c["levels"],
-        dim=c["dim"],
-        steps_per_level=c["steps_per_level"],
-        batch_size=c["batch_size"],
-        critic=c["critic"],
-        hidden=c["hidden"],
-        layers=c["layers"],
-        embed_dim=c["embed_dim"],
-        lr=c["lr"],
-        seed=c["seed"],
-        device=device,
-        labels=keys,
-    )
+    try:
+        record, log_m = train_staircase(
+            objectives,
+            c["levels"],
+            dim=c["dim"],
+            steps_per_level=c["steps_per_level"],
+            batch_size=c["batch_size"],
+            critic=c["critic"],
+            hidden=c["hidden"],
+            layers=c["layers"],
+            embed_dim=c["embed_dim"],
+            lr=c["lr"],
+            seed=c["seed"],
+            device=device,
+            labels=keys,
+        )
+    finally:
+        torch.set_num_threads(threads_before)  # run() may be called from a larger program
     seconds = time.perf_counter() - t0
     means = level_means(record, c["steps_per_level"], len(c["levels"]))
     medians = level_means(record, c["steps_per_level"], len(c["levels"]), "median")
@@ -561,7 +582,7 @@ def run(cfg) -> dict:
         "seed": c["seed"],
         "estimators": {s.key: {"objective": s.objective, "params": s.built_with} for s in specs},
         "device": str(device),
-        "threads": torch.get_num_threads(),
+        "threads": threads_used,
         "seconds": round(seconds, 1),
         "provenance": provenance(),
     }
@@ -570,7 +591,8 @@ def run(cfg) -> dict:
         f"{c['steps_per_level']} steps per level"
     )
     write_csv(out_dir / "estimates.csv", record, keys, c["levels"], c["steps_per_level"])
-    plot(out_dir / "mi_bench.png", record, keys, c["levels"], c["steps_per_level"], log_m, c["batch_size"], title)
+    labels = [s.label for s in specs]
+    plot(out_dir / "mi_bench.png", record, labels, c["levels"], c["steps_per_level"], log_m, c["batch_size"], title)
     save_config(cfg, out_dir / "config.yaml")
     # results.json last: its presence means the run finished
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
