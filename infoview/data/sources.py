@@ -196,7 +196,26 @@ def load_image_file(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-class FolderSource(ImageSource):
+class FileListSource(ImageSource):
+    """A source backed by a list of image files and their labels (``files``, ``_labels``)."""
+
+    files: list[str]
+    _labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        return load_image_file(self.files[index]), int(self._labels[index])
+
+    def describe(self, index: int) -> str:
+        return self.files[index]
+
+    def labels(self) -> np.ndarray:
+        return self._labels.copy()
+
+
+class FolderSource(FileListSource):
     """ImageFolder layout: ``<root>/<class>/**/<image>``; classes sorted by name.
 
     When the folder holds ``train/``, ``test/`` or ``val/`` subfolders (and only
@@ -258,20 +277,7 @@ class FolderSource(ImageSource):
         self._labels = np.asarray(labels, dtype=np.int64)
         self.classes = subdirs
 
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def load(self, index: int) -> tuple[np.ndarray, int]:
-        return load_image_file(self.files[index]), int(self._labels[index])
-
-    def describe(self, index: int) -> str:
-        return self.files[index]
-
-    def labels(self) -> np.ndarray:
-        return self._labels.copy()
-
-
-class CocoSource(ImageSource):
+class CocoSource(FileListSource):
     """COCO photos with an instances JSON; image label = the most frequent category.
 
     Labels are contiguous indices into the sorted category ids (``classes`` has
@@ -320,18 +326,6 @@ class CocoSource(ImageSource):
         self.files, self._labels = files, np.asarray(labels, dtype=np.int64)
         self.classes = [c.get("name", str(c["id"])) for c in cats]
         self.image_ids = [im["id"] for im in images_meta]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def load(self, index: int) -> tuple[np.ndarray, int]:
-        return load_image_file(self.files[index]), int(self._labels[index])
-
-    def describe(self, index: int) -> str:
-        return self.files[index]
-
-    def labels(self) -> np.ndarray:
-        return self._labels.copy()
 
 
 # --------------------------------------------------------------------------- parsing
