@@ -148,7 +148,7 @@ def _parse_entry(entry: Any) -> tuple[str, dict[str, Any], bool]:
 
 def parse_estimators(entries: Sequence[Any], top_level: dict[str, Any] | None = None) -> list[EstimatorSpec]:
     """Read the `estimators` list; check every name and parameter against the registry."""
-    from infoview.objectives import available, objective_params
+    from infoview.objectives import objective_params
 
     top_level = top_level or {}
     if isinstance(entries, str):
@@ -159,15 +159,10 @@ def parse_estimators(entries: Sequence[Any], top_level: dict[str, Any] | None = 
     seen: set[str] = set()
     for entry in entries:
         name, params, had_params = _parse_entry(entry)
-        if name not in available():
-            from infoview.config import nearest
-
-            hint = nearest(name, available())
-            msg = f"estimators: unknown estimator '{name}'"
-            if hint:
-                msg += f"; did you mean '{hint}'?"
-            raise ConfigError(msg + " Available: " + ", ".join(available()))
-        accepted = objective_params(name)
+        try:
+            accepted = objective_params(name)  # names the nearest objective when unknown
+        except ConfigError as exc:
+            raise ConfigError(f"estimators: {exc}") from None
         for k in params:
             if k not in accepted:
                 raise ConfigError(
