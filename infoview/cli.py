@@ -21,7 +21,7 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from infoview.config import parse_overrides, read_yaml, resolve
+from infoview.config import did_you_mean, parse_overrides, read_yaml, resolve
 from infoview.errors import InfoviewError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,12 +54,7 @@ def _usage() -> str:
 
 def load_command(name: str):
     if name not in COMMANDS:
-        import difflib
-
-        hint = difflib.get_close_matches(name, list(COMMANDS), n=1)
-        msg = f"unknown command '{name}'"
-        if hint:
-            msg += f"; did you mean '{hint[0]}'?"
+        msg = f"unknown command '{name}'" + did_you_mean(name, COMMANDS)
         raise InfoviewError(msg + " Commands: " + ", ".join(sorted(COMMANDS)))
     return importlib.import_module(COMMANDS[name][0])
 

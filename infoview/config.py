@@ -51,14 +51,16 @@ def nearest(key: str, valid: Iterable[str]) -> str | None:
     return hits[0] if hits else None
 
 
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the nearest valid name, or ``""`` when none is near."""
+    hint = nearest(str(name), valid)
+    return f"; did you mean '{hint}'?" if hint else ""
+
+
 def _unknown_key_error(key: str, valid: Iterable[str], where: str) -> ConfigError:
     valid = sorted(valid)
-    hint = nearest(key, valid)
-    msg = f"unknown config key '{key}' ({where})"
-    if hint:
-        msg += f"; did you mean '{hint}'?"
-    msg += " Valid keys: " + ", ".join(valid)
-    return ConfigError(msg)
+    msg = f"unknown config key '{key}' ({where})" + did_you_mean(key, valid)
+    return ConfigError(msg + " Valid keys: " + ", ".join(valid))
 
 
 def parse_value(text: str) -> Any:

@@ -22,11 +22,11 @@ valid names.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from infoview.config import did_you_mean
 from infoview.errors import ConfigError
 
 # Every op with every parameter and its default. Probabilities are per sample.
@@ -118,10 +118,7 @@ class ViewSpec:
 
 def _unknown(kind: str, name: str, valid: Iterable[str], where: str) -> ConfigError:
     valid = sorted(valid)
-    hint = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
-    msg = f"unknown {kind} '{name}' {where}"
-    if hint:
-        msg += f"; did you mean '{hint[0]}'?"
+    msg = f"unknown {kind} '{name}' {where}" + did_you_mean(name, valid)
     return ConfigError(msg + "; valid: " + ", ".join(valid))
 
 

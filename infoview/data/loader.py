@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from infoview.data.sources import ImageSource, open_source
 from infoview.errors import InfoviewError
+from infoview.utils.device import resolve_device
 
 BACKENDS = ("auto", "ffcv", "pytorch")
 
@@ -105,12 +106,7 @@ class _Base:
         self.batch_size = int(batch_size)
         self.seed, self.shuffle, self.drop_last = int(seed), bool(shuffle), bool(drop_last)
         self.rank, self.world_size = rank, world_size
-        try:
-            self.device = torch.device(device)
-        except RuntimeError:
-            raise InfoviewError(f"device '{device}' is not a torch device (cpu, cuda, cuda:1, ...)") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise InfoviewError(f"device={device} but no CUDA device is visible; use device=cpu")
+        self.device = resolve_device(device)
         self.resolution = int(resolution) if resolution else default_resolution(source)
         self.classes = source.classes
         self._next_epoch = 0

@@ -297,21 +297,6 @@ def _adam(params, lr: float):
 # --------------------------------------------------------------------------- training
 
 
-def _resolve_device(name: str):
-    import torch
-
-    name = str(name).lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InfoviewError(f"device={name} but no CUDA device is available; use device=cpu or auto")
-        return torch.device(name)
-    raise ConfigError(f"device must be auto, cpu or cuda, got '{name}'")
-
-
 def train_staircase(
     objectives: Sequence,
     levels: Sequence[float],
@@ -333,7 +318,6 @@ def train_staircase(
 
     Returns (per-step MI estimates as a float64 numpy array (steps, E), log m).
     """
-    import numpy as np
     import torch
     from tqdm.auto import tqdm
 
@@ -530,7 +514,9 @@ def run(cfg) -> dict:
     # everything a user can get wrong is checked before any training
     specs = parse_estimators(estimators, {"alpha": c["alpha"]})
     objectives = build_objectives(specs)
-    device = _resolve_device(c["device"])
+    from infoview.utils.device import resolve_device
+
+    device = resolve_device(c["device"])
     out_dir = Path(c["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -21,7 +21,7 @@ from typing import Callable, TypeVar
 import torch
 from torch import nn
 
-from infoview.config import nearest
+from infoview.config import did_you_mean
 from infoview.errors import ConfigError
 
 _REGISTRY: dict[str, type["Objective"]] = {}
@@ -97,10 +97,7 @@ def objective_params(name: str) -> dict[str, object]:
 
 def _get(name: str) -> type[Objective]:
     if name not in _REGISTRY:
-        hint = nearest(name, _REGISTRY)
-        msg = f"unknown objective '{name}'"
-        if hint:
-            msg += f"; did you mean '{hint}'?"
+        msg = f"unknown objective '{name}'" + did_you_mean(name, _REGISTRY)
         raise ConfigError(msg + " Available: " + ", ".join(available()))
     return _REGISTRY[name]
 
@@ -111,9 +108,6 @@ def build(name: str, **kwargs) -> Objective:
     params = objective_params(name)
     for key in kwargs:
         if key not in params:
-            hint = nearest(key, params)
-            msg = f"objective '{name}' has no parameter '{key}'"
-            if hint:
-                msg += f"; did you mean '{hint}'?"
+            msg = f"objective '{name}' has no parameter '{key}'" + did_you_mean(key, params)
             raise ConfigError(msg + " Parameters: " + (", ".join(params) or "none"))
     return cls(**kwargs)
