@@ -26,7 +26,10 @@ pytorch. Both backends order samples with the same ``DistributedSampler``
 logic: for a given seed and epoch, the same order on either backend, and
 with ``distributed=True`` each rank gets its own shard (padded by repeating a
 few samples when the dataset does not divide evenly, like PyTorch's sampler).
-Iterating again moves to the next epoch; ``set_epoch(e)`` picks one.
+Iterating again moves to the next epoch; ``set_epoch(e)`` picks one, and
+``set_epoch(e, start_batch=k)`` starts that epoch at its k-th batch (what a
+resumed run needs to continue exactly where it stopped, without reading the
+skipped images).
 
 Images whose size differs from ``resolution`` are centre-cropped to a square
 (the full shorter side) and resized to ``resolution`` x ``resolution``;
@@ -110,6 +113,7 @@ class _Base:
         self.resolution = int(resolution) if resolution else default_resolution(source)
         self.classes = source.classes
         self._next_epoch = 0
+        self._start_batch = 0
 
     @property
     def dataset_size(self) -> int:
@@ -124,9 +128,26 @@ class _Base:
     def num_classes(self) -> int:
         return self.source.num_classes
 
-    def set_epoch(self, epoch: int) -> None:
-        """The next iteration reads ``epoch``'s order (then epoch + 1, ...)."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The next iteration reads ``epoch``'s order (then epoch + 1, ...), from batch ``start_batch`` on.
+
+        ``start_batch`` applies to that one iteration only.
+        """
+        if not 0 <= start_batch <= len(self):
+            raise InfoviewError(f"start_batch must be in [0, {len(self)}] (batches per epoch), got {start_batch}")
         self._next_epoch = int(epoch)
+        self._start_batch = int(start_batch)
+
+    def _take_start(self) -> int:
+        """The first sample index (into this rank's order) of the coming iteration."""
+        start, self._start_batch = self._start_batch * self.batch_size, 0
+        return start
+
+    def _order(self, epoch: int, n: int, start: int) -> np.ndarray:
+        order = shard_order(
+            n, seed=self.seed, epoch=epoch, shuffle=self.shuffle, rank=self.rank, world_size=self.world_size
+        )
+        return order[start:]
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -160,6 +181,19 @@ def _collate(batch):
     return images, labels
 
 
+class _OrderSampler(torch.utils.data.Sampler):
+    """Yields the order its loader set for the coming epoch (a shard, maybe from a mid-epoch start)."""
+
+    def __init__(self, loader: _Base, n: int):
+        self.order = loader._order(0, n, 0)
+
+    def __iter__(self):
+        return iter(self.order.tolist())
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 class TorchLoader(_Base):
     """``DataLoader`` backend: workers decode and resize, batches stacked as uint8."""
 
@@ -167,10 +201,7 @@ class TorchLoader(_Base):
 
     def __init__(self, source: ImageSource, batch_size: int, *, num_workers: int, prefetch_factor: int = 4, **kw):
         super().__init__(source, batch_size, **kw)
-        self.sampler = DistributedSampler(
-            range(len(source)), num_replicas=self.world_size, rank=self.rank,
-            shuffle=self.shuffle, seed=self.seed, drop_last=False,
-        )
+        self.sampler = _OrderSampler(self, len(source))
         self.num_workers = int(num_workers)
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if self.num_workers > 0 else {}
         self._loader = DataLoader(
@@ -185,7 +216,7 @@ class TorchLoader(_Base):
         )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.set_epoch(self._next_epoch)
+        self.sampler.order = self._order(self._next_epoch, len(self.source), self._take_start())
         self._next_epoch += 1
         non_blocking = self.device.type == "cuda"
         for images, labels in self._loader:
@@ -251,6 +282,7 @@ class FfcvLoader(_Base):
         torch.set_num_threads(threads)  # ffcv's Loader sets it to num_workers
         # ffcv's own distributed order needs torch.distributed initialised; ours
         # takes rank and world size as given and matches the PyTorch backend.
+        self._order_start = 0
         self._loader.traversal_order = _make_ffcv_order(self._loader, self)
         self._loader.first_traversal_order = self._loader.next_traversal_order()
         self._has_labels = source.file.label_field is not None
@@ -258,6 +290,7 @@ class FfcvLoader(_Base):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._loader.next_epoch = self._next_epoch
+        self._order_start = self._take_start()
         self._next_epoch += 1
         threads = torch.get_num_threads()
         it = iter(self._loader)
@@ -287,11 +320,7 @@ def _make_ffcv_order(ffcv_loader, ours: _Base):
 
     class ShardOrder(TraversalOrder):
         def sample_order(self, epoch: int):
-            idx = shard_order(
-                len(self.indices), seed=ours.seed, epoch=epoch, shuffle=ours.shuffle,
-                rank=ours.rank, world_size=ours.world_size,
-            )
-            return self.indices[idx]
+            return self.indices[ours._order(epoch, len(self.indices), ours._order_start)]
 
     return ShardOrder(ffcv_loader)
 

@@ -40,6 +40,10 @@ class Objective(nn.Module):
     """Base class: checks the inputs and computes in float32 (or float64)."""
 
     name: str = ""
+    #: True when the loss pools all rows into one normaliser (ML-CPC) instead of
+    #: averaging per-row terms; the engine then gathers every rank's rows before
+    #: calling it, so that under DDP it sees the global batch, as in one process.
+    pooled: bool = False
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> ObjectiveOutput:
         pos, neg = check_scores(pos, neg)

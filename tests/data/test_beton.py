@@ -75,6 +75,9 @@ def test_ffcv_shards_and_order_match_the_pytorch_backend(tmp_path):
         (xf, yf), (xt, yt) = read_loader(ffcv), read_loader(torch_)
         assert len(ffcv) == len(torch_) == 6 and xf.shape == (180, 3, 32, 32)
         assert torch.equal(xf, xt) and torch.equal(yf, yt)  # same images, same order
+        ffcv.set_epoch(3, start_batch=2), torch_.set_epoch(3, start_batch=2)
+        (xf2, _), (xt2, _) = read_loader(ffcv), read_loader(torch_)
+        assert torch.equal(xf2, xf[60:]) and torch.equal(xt2, xf[60:])  # a resumed epoch, on both
         shards.append({tuple(img.flatten()[::7].tolist()) for img in xf})
     assert len(shards[0]) + len(shards[1]) >= 355 and len(shards[0] & shards[1]) <= 5  # duplicates in digits aside
 

@@ -83,6 +83,20 @@ def test_order_is_fixed_by_seed_and_epoch():
     assert read_all(build_loader(src, batch_size=10, shuffle=False, num_workers=0)) == list(range(50))
 
 
+def test_an_epoch_can_start_mid_way_for_a_resumed_run():
+    src = numbered(50)
+    a = build_loader(src, batch_size=10, seed=3, num_workers=0)
+    a.set_epoch(2)
+    full = read_all(a)
+    a.set_epoch(2, start_batch=3)  # a run stopped after 3 batches of epoch 2 reads the rest
+    assert read_all(a) == full[30:]
+    assert read_all(a) != full  # then epoch 3 follows, in full
+    a.set_epoch(2)
+    assert read_all(a) == full  # the start applies to one iteration only
+    with pytest.raises(InfoviewError, match="start_batch"):
+        a.set_epoch(0, start_batch=6)
+
+
 def test_resolution_resizes_once_to_a_fixed_square():
     loader = build_loader("shapes", batch_size=4, resolution=32, split="test", num_workers=0)
     images, labels = next(iter(loader))

@@ -44,7 +44,7 @@ def test_debiased_has_no_beta():
 
 
 def test_objective_params_give_defaults():
-    assert objective_params("ml_cpc") == {"alpha": 1.0}
+    assert objective_params("ml_cpc") == {"alpha": 1.0, "alpha_start": None, "anneal_epochs": 0.0}
     assert objective_params("ring") == {"outer": 0.1, "inner": 0.1, "anneal_epochs": 0}
     assert objective_params("hard_negative") == {"beta": 1.0, "tau_plus": 0.1, "temperature": 0.5}
     assert objective_params("debiased") == {"tau_plus": 0.1, "temperature": 0.5}
