@@ -1,0 +1,24 @@
+"""Models: timm encoders, projector / predictor heads, the momentum encoder, negative stores.
+
+``build_encoder(arch, cifar_stem=False, ...)`` wraps any timm model as a
+feature extractor with ``.feature_dim``; the heads, the momentum encoder and
+the queue / memory bank are separate parts so that each can be tested alone.
+Importing this package builds nothing and does not import timm (timm is
+imported by the first ``build_encoder`` call).
+"""
+from infoview.models.encoder import Encoder, build_encoder
+from infoview.models.heads import MLP, predictor, projector
+from infoview.models.momentum import MomentumEncoder, momentum_at
+from infoview.models.queue import MemoryBank, NegativeQueue
+
+__all__ = [
+    "Encoder",
+    "build_encoder",
+    "MLP",
+    "projector",
+    "predictor",
+    "MomentumEncoder",
+    "momentum_at",
+    "NegativeQueue",
+    "MemoryBank",
+]
