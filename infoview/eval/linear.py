@@ -1,0 +1,218 @@
+"""Linear evaluation on frozen, cached features: the standard score of a pretrained encoder.
+
+Why a linear probe: it measures how much of the label information the
+representation makes linearly accessible, which is what the MI objectives aim
+at and what the SimCLR / MoCo papers report. Training only a linear layer on
+features extracted once (``infoview.eval.features.extract_features``) takes
+seconds to minutes instead of the hours of running the encoder every epoch;
+the price is no augmentation during the probe, which the fast linear-probe
+protocols accept.
+
+The protocol:
+
+- features are standardised with the train split's per-dimension mean and
+  standard deviation (``normalize="standardize"``), as the protocols that put
+  a ``BatchNorm1d(affine=False)`` before the linear layer do (MAE, solo-learn);
+  the same eps (1e-5) is added to the variance. ``normalize="none"`` keeps the
+  features as they are;
+- one ``nn.Linear(D, num_classes)``, weights drawn from N(0, 0.01^2), bias 0;
+- SGD with momentum on the cross-entropy, minibatches of ``batch_size`` drawn
+  in a fresh random order every epoch (the last, smaller batch is kept);
+- the learning rate peaks at ``lr * batch_size / 256`` (the linear scaling
+  rule: ``lr`` is the value at batch size 256) and follows a cosine to 0 over
+  all steps.
+
+Every random draw (initial weights, batch order) comes from one
+``torch.Generator`` seeded by ``seed``, and the global RNG is never touched, so
+on the CPU a given seed gives the same result to the last digit.
+
+``fit_linear`` returns the trained layer with the standardisation folded into
+its weights (W / std, b - W mean / std), so it applies to raw features;
+``train_linear_probe`` runs the same training and reports JSON-able accuracies.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from infoview.errors import ConfigError, InfoviewError
+from infoview.eval.features import check_features
+from infoview.utils.device import resolve_device
+
+NORMALIZE = ("standardize", "none")
+BN_EPS = 1e-5
+
+
+def _check_settings(epochs, batch_size, lr, weight_decay, momentum, normalize) -> None:
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    for name, value, ok, expected in (
+        ("lr", lr, lambda v: v > 0, "> 0"),
+        ("weight_decay", weight_decay, lambda v: v >= 0, ">= 0"),
+        ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
+            raise ConfigError(f"{name} must be a finite number {expected}, got {value!r}")
+    if normalize not in NORMALIZE:
+        raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+
+
+def _resolve_num_classes(num_classes, *label_sets: Tensor) -> int:
+    largest = max(int(labels.max()) for labels in label_sets)
+    if num_classes is None:
+        return largest + 1
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise InfoviewError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if largest >= num_classes:
+        raise InfoviewError(f"labels go up to {largest} but num_classes={num_classes}; expected labels < {num_classes}")
+    return int(num_classes)
+
+
+def _fit(x: Tensor, y: Tensor, num_classes: int, *, epochs, batch_size, lr, weight_decay, momentum, seed,
+         normalize, progress) -> tuple[nn.Linear, Tensor | None, Tensor | None]:
+    """The training loop on checked features; returns (layer on standardised features, mean, std)."""
+    n, dim = x.shape
+    mean = std = None
+    if normalize == "standardize":
+        mean = x.mean(dim=0)
+        std = torch.sqrt(x.var(dim=0, unbiased=False) + BN_EPS)
+        x = (x - mean) / std
+
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    layer = torch.nn.utils.skip_init(nn.Linear, dim, num_classes, device=x.device)  # no global-RNG init
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(num_classes, dim, generator=gen) * 0.01)
+        layer.bias.zero_()
+    peak = float(lr) * batch_size / 256
+    opt = torch.optim.SGD(layer.parameters(), lr=peak, momentum=float(momentum), weight_decay=float(weight_decay))
+
+    total = epochs * -(-n // batch_size)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(epochs), desc="linear probe", unit="epoch", disable=not progress, dynamic_ncols=True,
+               leave=False)
+    step = 0
+    try:
+        for _ in bar:
+            order = torch.randperm(n, generator=gen).to(x.device)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                for group in opt.param_groups:
+                    group["lr"] = 0.5 * peak * (1.0 + math.cos(math.pi * step / total))
+                loss = F.cross_entropy(layer(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+            if progress:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+    finally:
+        bar.close()
+    return layer.requires_grad_(False), mean, std
+
+
+def fit_linear(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    num_classes: int | None = None,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    seed: int = 0,
+    device="cpu",
+    normalize: str = "standardize",
+    progress: bool = False,
+) -> nn.Linear:
+    """Train the probe on (N, D) features; returns an ``nn.Linear`` for raw features, on ``device``.
+
+    See the module docstring for the protocol; the standardisation is folded
+    into the returned layer. ``num_classes=None`` takes the largest train
+    label plus one.
+    """
+    _check_settings(epochs, batch_size, lr, weight_decay, momentum, normalize)
+    x, y = check_features(train_feats, train_labels, "linear probe train", needed_by="the linear probe")
+    num_classes = _resolve_num_classes(num_classes, y)
+    device = resolve_device(device)
+    layer, mean, std = _fit(
+        x.to(device), y.to(device), num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, momentum=momentum, seed=seed, normalize=normalize, progress=progress,
+    )
+    if mean is not None:  # W (x - mean) / std + b  ==  (W / std) x + (b - (W / std) mean)
+        with torch.no_grad():
+            weight = layer.weight / std
+            layer.bias.sub_(weight @ mean)
+            layer.weight.copy_(weight)
+    return layer
+
+
+@torch.no_grad()
+def _accuracy(layer: nn.Linear, feats: Tensor, labels: Tensor, topk: int, chunk: int = 8192) -> float:
+    correct = 0
+    for start in range(0, feats.shape[0], chunk):
+        logits = layer(feats[start : start + chunk])
+        hits = logits.topk(topk, dim=1).indices == labels[start : start + chunk, None]
+        correct += int(hits.any(dim=1).sum())
+    return 100.0 * correct / feats.shape[0]
+
+
+def train_linear_probe(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    num_classes: int | None = None,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    seed: int = 0,
+    device="cpu",
+    normalize: str = "standardize",
+    progress: bool = False,
+) -> dict:
+    """Fit a linear probe on the train features, report accuracies in percent.
+
+    ``num_classes=None`` takes the largest label of either split plus one.
+    Returns ``{"top1", "top5" (only with >= 5 classes), "train_top1", "epochs",
+    "lr", "batch_size", "weight_decay", "normalize", "num_classes",
+    "num_train", "num_test"}``; ``lr`` is the value given (at batch size 256).
+    """
+    _check_settings(epochs, batch_size, lr, weight_decay, momentum, normalize)
+    x, y = check_features(train_feats, train_labels, "linear probe train", needed_by="the linear probe")
+    xt, yt = check_features(test_feats, test_labels, "linear probe test", needed_by="the linear probe's accuracy")
+    if xt.shape[1] != x.shape[1]:
+        raise InfoviewError(
+            f"train features have {x.shape[1]} dimensions but test features {xt.shape[1]}; expected the same"
+        )
+    num_classes = _resolve_num_classes(num_classes, y, yt)
+    device = resolve_device(device)
+    x, y, xt, yt = x.to(device), y.to(device), xt.to(device), yt.to(device)
+    layer, mean, std = _fit(
+        x, y, num_classes, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        momentum=momentum, seed=seed, normalize=normalize, progress=progress,
+    )
+    if mean is not None:  # score in the space the layer was trained in
+        x, xt = (x - mean) / std, (xt - mean) / std
+    result = {"top1": _accuracy(layer, xt, yt, 1)}
+    if num_classes >= 5:
+        result["top5"] = _accuracy(layer, xt, yt, 5)
+    result.update(
+        train_top1=_accuracy(layer, x, y, 1),
+        epochs=int(epochs),
+        lr=float(lr),
+        batch_size=int(batch_size),
+        weight_decay=float(weight_decay),
+        normalize=normalize,
+        num_classes=num_classes,
+        num_train=int(x.shape[0]),
+        num_test=int(xt.shape[0]),
+    )
+    return result
