@@ -26,6 +26,14 @@ from infoview.errors import InfoviewError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("infoview.data.prepare", "Write an image source (digits, folder:..., cifar10:...) to an ffcv .beton file."),
+    "pretrain": (
+        "infoview.pretrain.engine",
+        "Pretrain an encoder without labels (simclr or moco, any objective); checkpoints and resumes.",
+    ),
+    "linear": (
+        "infoview.eval.linear_eval",
+        "Linear probe of a frozen encoder (a checkpoint, or random:<...> for the baseline): top-1/top-5.",
+    ),
     "mi-bench": (
         "infoview.eval.mi_bench",
         "Train critics on the Gaussian MI staircase and compare what each bound certifies.",

@@ -1,0 +1,120 @@
+"""Checkpoints: written atomically, read with ``weights_only=True``, never half there.
+
+``save_checkpoint(state, OUT/checkpoints/last.pt)`` writes to a temporary
+name in the same folder, moves the previous ``last.pt`` to ``prev.pt``, then
+renames the new file to ``last.pt``. A process killed at any moment leaves
+either the new checkpoint or the previous one, whole. A checkpoint holds only
+tensors and plain Python values, so ``torch.load(..., weights_only=True)``
+reads it and nothing in it can run code.
+
+``load_checkpoint(path)`` turns every way a file can be bad (missing, empty,
+truncated, not a checkpoint) into an InfoviewError that names the file and,
+when there is one, the previous good checkpoint to resume from instead.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from infoview.errors import InfoviewError
+from infoview.utils.io import atomic_path
+
+LAST, PREV = "last.pt", "prev.pt"
+FORMAT = "infoview-pretrain-1"
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike, keep_previous: bool = True) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
+        if keep_previous and path.exists():
+            os.replace(path, path.with_name(PREV))
+    return path
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> None:
+    """Temporary files of saves that a killed process never finished."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(".*.pt.*.tmp"):
+            p.unlink(missing_ok=True)
+
+
+def find_resume(folder: str | os.PathLike) -> Path | None:
+    """``last.pt``, else ``prev.pt`` (a kill between the two renames), else None."""
+    folder = Path(folder)
+    for name in (LAST, PREV):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    prev = path.with_name(PREV)
+    hint = f"; the previous checkpoint {prev} may be good: resume from it with train.resume={prev}" if (
+        prev.is_file() and prev != path
+    ) else ""
+    if not path.is_file():
+        raise InfoviewError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise InfoviewError(f"checkpoint {path} is empty (0 bytes){hint}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InfoviewError(
+            f"checkpoint {path} is truncated or corrupt and cannot be read ({first}){hint}"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise InfoviewError(
+            f"{path} is not an infoview pretraining checkpoint (expected a dict with format={FORMAT!r})"
+        )
+    return state
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG a step may draw from, as tensors and plain values."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "python": _python_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_python_state_from_plain(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _python_state_to_plain(state):
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_state_from_plain(plain):
+    version, internal, gauss = plain
+    return (version, tuple(internal), gauss)

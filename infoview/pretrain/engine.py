@@ -1,0 +1,548 @@
+"""Pretrain an image encoder without labels, with any registered objective.
+
+`infoview pretrain [--config FILE] [key=value ...]` runs on one CPU, one GPU,
+or many GPUs under DDP (launched by torchrun or `infoview launch`). The loader
+decodes each image once; `augment` makes the views on the device; the method
+(`simclr` or `moco`) turns embeddings into positive and negative critic scores;
+the objective (`objective.name`, any of `infoview.objectives.available()`, with
+its own keys as `objective.<key>`) gives the loss and the MI lower bound it
+certifies, reported beside log m.
+
+data.batch_size is the global batch: each of W processes takes batch_size / W,
+and the peak learning rate is optim.lr scaled from optim.ref_batch to the global
+batch by optim.lr_scaling (linear or sqrt), so the same config trains alike on
+1 GPU or 16. Warm-up for optim.warmup_epochs, then cosine to optim.min_lr.
+train.max_steps > 0 sets the run's length in steps instead of train.epochs.
+
+Writes to out_dir: config.yaml (the effective config, with the commit),
+metrics.csv and tb/ (loss, mi, log_m, lr, images_per_sec, and every
+train.eval_every epochs the online kNN top-1 and online probe top-1 on
+data.eval_split), checkpoints/last.pt (every train.ckpt_every_steps steps, at
+each epoch's end and at the end; prev.pt is the one before), and
+pretrain.json (the final figures). train.resume=auto continues from
+checkpoints/last.pt when there is one; a path resumes from that file.
+
+Example: infoview pretrain --config demo out_dir=runs/demo
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from infoview.errors import ConfigError, InfoviewError
+
+DEFAULTS: dict[str, Any] = {
+    "out_dir": "runs/pretrain",
+    "method": "simclr",
+    "data": {
+        "source": "digits",
+        "split": "train",
+        "eval_split": "test",
+        "batch_size": 256,
+        "num_workers": 2,
+        "backend": "auto",
+        "resolution": 0,
+    },
+    "augment": {"recipe": "simclr", "size": 32, "num_views": 2, "normalize": "imagenet", "backend": "fused",
+                "overrides": {}},
+    "model": {
+        "arch": "resnet18",
+        "cifar_stem": False,
+        "kwargs": {},
+        "proj_hidden": 2048,
+        "proj_dim": 128,
+        "proj_layers": 2,
+        "proj_bn": True,
+        "proj_last_bn": False,
+        "pred_hidden": 0,
+        "sync_bn": False,
+    },
+    "objective": {"name": "infonce"},
+    "simclr": {"temperature": 0.2},
+    "moco": {"temperature": 0.2, "queue_size": 65536, "momentum": 0.99, "momentum_final": 1.0, "bn": "shuffle",
+             "symmetric": True},
+    "optim": {
+        "name": "sgd",
+        "lr": 0.3,
+        "lr_scaling": "linear",
+        "ref_batch": 256,
+        "weight_decay": 1e-4,
+        "momentum": 0.9,
+        "betas": [0.9, 0.999],
+        "warmup_epochs": 10.0,
+        "min_lr": 0.0,
+        "clip_grad": 0.0,
+        "probe_lr": 0.1,
+    },
+    "train": {
+        "epochs": 100,
+        "max_steps": 0,
+        "seed": 0,
+        "device": "auto",
+        "precision": "auto",
+        "channels_last": True,
+        "compile": False,
+        "ckpt_every_steps": 500,
+        "resume": "auto",
+        "eval_every": 10,
+        "log_every": 10,
+        "threads": 0,
+        "progress": True,
+    },
+    "monitor": {"knn_k": 200, "knn_t": 0.07, "probe": True, "max_images": 0},
+}
+OPEN_SECTIONS = ("objective", "model.kwargs", "augment.overrides")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MOCO_BN = ("shuffle", "sync", "none")
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def build_encoder_from_config(model_cfg, size: int):
+    """The encoder a config describes (also used to rebuild it from a checkpoint)."""
+    from infoview.models import build_encoder
+
+    kwargs = dict(model_cfg.get("kwargs") or {})
+    return build_encoder(model_cfg["arch"], cifar_stem=bool(model_cfg["cifar_stem"]), img_size=int(size), **kwargs)
+
+
+def build_objective(cfg):
+    from infoview.objectives import build, objective_params
+
+    from infoview.pretrain.methods import METHODS
+
+    if cfg.method not in METHODS:
+        from infoview.config import did_you_mean
+
+        raise ConfigError(f"unknown method '{cfg.method}'" + did_you_mean(cfg.method, METHODS)
+                          + f" Methods: {', '.join(METHODS)}")
+    params = {k: v for k, v in cfg.objective.items() if k != "name"}
+    name = cfg.objective.name
+    if "temperature" in objective_params(name) and "temperature" not in params:
+        # HCL/DCL's floor K exp(-1/t) must use the temperature the scores were divided by
+        params["temperature"] = cfg[cfg.method].temperature
+    try:
+        return build(name, **params)
+    except ValueError as exc:
+        raise ConfigError(f"objective.{name}: {exc}") from None
+
+
+def build_method(cfg, encoder, num_classes: int):
+    from infoview.models import predictor as make_predictor
+    from infoview.models import projector as make_projector
+    from infoview.pretrain.methods import MoCo, SimCLR
+
+    m = cfg.model
+    proj = make_projector(encoder.feature_dim, m.proj_hidden, m.proj_dim, m.proj_layers, m.proj_bn, m.proj_last_bn)
+    objective = build_objective(cfg)
+    if cfg.method == "simclr":
+        if m.pred_hidden:
+            raise ConfigError("model.pred_hidden (a predictor) is used by method=moco only; set it to 0 for simclr")
+        return SimCLR(encoder, proj, objective, num_classes, temperature=cfg.simclr.temperature)
+    if cfg.method == "moco":
+        mc = cfg.moco
+        if mc.bn not in MOCO_BN:
+            raise ConfigError(f"moco.bn must be one of {', '.join(MOCO_BN)}, got '{mc.bn}'")
+        pred = make_predictor(proj.out_dim, m.pred_hidden) if m.pred_hidden else None
+        return MoCo(
+            encoder, proj, objective, num_classes, temperature=mc.temperature, queue_size=mc.queue_size,
+            momentum=mc.momentum, momentum_final=mc.momentum_final, bn=mc.bn, symmetric=mc.symmetric,
+            predictor=pred, seed=cfg.train.seed,
+        )
+    raise AssertionError(cfg.method)  # build_objective checked it
+
+
+def _precision(name: str, device: torch.device) -> torch.dtype | None:
+    if name not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{name}'")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if name == "fp16" and device.type == "cpu":
+        raise ConfigError("train.precision=fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Trainer:
+    """Builds everything a run needs from its config; :meth:`fit` trains.
+
+    ``source``: an ``ImageSource`` to train on instead of opening
+    ``data.source`` (notebooks, benchmarks); the online monitors still read
+    ``data.source``'s ``data.eval_split``.
+    """
+
+    def __init__(self, cfg, source=None):
+        from infoview.augment import build_views
+        from infoview.augment.recipes import normalization
+        from infoview.data import build_loader
+        from infoview.pretrain import distributed as D
+        from infoview.pretrain.checkpoint import find_resume, load_checkpoint, remove_stale_temps
+        from infoview.pretrain.optim import build_optimizer, scaled_lr
+
+        self.cfg = cfg
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(int(t.threads))
+        self.info, self.device = D.setup(t.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its kernels
+        self.out = Path(cfg.out_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        world = self.info.world_size
+        gb = int(cfg.data.batch_size)
+        if gb < 2 or gb % world:
+            raise ConfigError(
+                f"data.batch_size={gb} is the global batch; it must be >= 2 and divide evenly over the "
+                f"{world} process(es)"
+            )
+        self.global_batch, self.local_batch = gb, gb // world
+        self.amp_dtype = _precision(t.precision, self.device)
+
+        # what to resume from is decided before anything is built
+        self.resume_path = None
+        if str(t.resume).lower() == "auto":
+            self.resume_path = find_resume(self.ckpt_dir)
+        elif str(t.resume).lower() in ("never", "none", "", "false"):
+            if find_resume(self.ckpt_dir) is not None:
+                raise InfoviewError(
+                    f"{self.ckpt_dir} already holds a checkpoint and train.resume={t.resume}; continue it with "
+                    "train.resume=auto, or choose another out_dir"
+                )
+        else:
+            self.resume_path = Path(str(t.resume))
+        state = load_checkpoint(self.resume_path) if self.resume_path is not None else None
+
+        _seed_all(int(t.seed))
+        self.loader = build_loader(
+            source if source is not None else cfg.data.source, self.local_batch, split=cfg.data.split, distributed=world > 1, rank=self.info.rank,
+            world_size=world, seed=int(t.seed), device=self.device, num_workers=cfg.data.num_workers,
+            shuffle=True, drop_last=True, backend=cfg.data.backend, resolution=cfg.data.resolution or None,
+        )
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"data.batch_size={gb} is larger than {cfg.data.source}'s {self.loader.dataset_size} images; "
+                "lower it"
+            )
+        self.total_steps = int(t.max_steps) if t.max_steps > 0 else int(t.epochs) * self.steps_per_epoch
+        if self.total_steps <= 0:
+            raise ConfigError("nothing to train: set train.epochs or train.max_steps to a positive number")
+        self.warmup_steps = min(int(round(cfg.optim.warmup_epochs * self.steps_per_epoch)), self.total_steps)
+
+        a = cfg.augment
+        self.mean, self.std = normalization(a.normalize, None, None)
+        view_seed = (int(t.seed) * 1_000_003 + 7 * self.info.rank + 1) % 2**62
+        self.views = build_views(
+            a.recipe, a.size, a.num_views, seed=view_seed, normalize=a.normalize,
+            overrides=OmegaConf.to_container(a.overrides) or None, backend=a.backend,
+        )
+
+        num_classes = self.loader.num_classes if cfg.monitor.probe else 0
+        torch.manual_seed(int(t.seed))  # the same initial weights on every rank and in a resumed run
+        self.encoder = build_encoder_from_config(cfg.model, a.size)
+        method = build_method(cfg, self.encoder, max(num_classes, 0))
+        if cfg.method == "moco" and len(self.views.specs) != 2:
+            raise ConfigError("method=moco takes augment.num_views=2 and a two-view recipe")
+        if (cfg.model.sync_bn or (cfg.method == "moco" and cfg.moco.bn == "sync")) and world > 1:
+            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        self.channels_last = bool(t.channels_last) and self.device.type == "cuda"
+        method.to(self.device)
+        if self.channels_last:
+            method.to(memory_format=torch.channels_last)
+        self.method = method
+
+        peak = scaled_lr(cfg.optim.lr, gb, cfg.optim.ref_batch, cfg.optim.lr_scaling)
+        self.peak_lr = peak
+        probe = method.probe_parameters()
+        self.optimizer = build_optimizer(
+            cfg.optim.name, method, peak, cfg.optim.weight_decay, cfg.optim.momentum, cfg.optim.betas,
+            extra_groups=[{"params": probe, "lr": cfg.optim.probe_lr}] if probe else (),
+            exclude=probe,
+        )
+        self.min_ratio = cfg.optim.min_lr / peak if peak > 0 else 0.0
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.step = 0
+        self.metrics: dict[str, Any] = {}  # the latest figures; saved in checkpoints
+        if state is not None:
+            self._restore(state)
+        if world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                method, device_ids=[self.device] if self.device.type == "cuda" else None,
+            )
+        else:
+            self.model = method
+        if t.compile:
+            self.model = torch.compile(self.model)
+
+        self.online_eval = None
+        if t.eval_every > 0 and self.info.is_main:
+            self.online_eval = OnlineEvalFactory(cfg, self.device, self.mean, self.std)
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.ckpt_dir)
+        D.barrier()
+
+    # -- checkpoints -----------------------------------------------------------
+    def _state(self) -> dict:
+        from infoview.pretrain import distributed as D
+        from infoview.pretrain.checkpoint import rng_state
+        from infoview.utils.provenance import provenance
+
+        rngs = D.all_gather_object({"global": rng_state(), "views": self.views.get_rng_state()})
+        return {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rngs,
+            "world_size": self.info.world_size,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "provenance": provenance(),
+            "metrics": dict(self.metrics),
+        }
+
+    def save(self) -> None:
+        from infoview.pretrain import distributed as D
+        from infoview.pretrain.checkpoint import LAST, save_checkpoint
+
+        state = self._state()  # every rank takes part in gathering the RNG states
+        if self.info.is_main:
+            save_checkpoint(state, self.ckpt_dir / LAST)
+        D.barrier()
+
+    def _restore(self, state: dict) -> None:
+        from infoview.pretrain.checkpoint import set_rng_state
+
+        try:
+            self.method.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise InfoviewError(
+                f"checkpoint {self.resume_path} does not fit this model ({str(exc).splitlines()[0]}); was it "
+                "made with another model.*, method or objective config? Use another out_dir for a new run"
+            ) from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        for g in self.optimizer.param_groups:  # the schedule is recomputed from the step
+            g.setdefault("base_lr", g["lr"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.metrics = dict(state.get("metrics") or {})
+        rngs = state.get("rng") or []
+        if len(rngs) == self.info.world_size:
+            mine = rngs[self.info.rank]
+            set_rng_state(mine["global"])
+            self.views.set_rng_state(mine["views"])
+        else:
+            print(
+                f"infoview pretrain: resuming a run of {len(rngs)} process(es) on {self.info.world_size}: "
+                "random augmentations continue from a fresh seed, not the saved states", flush=True,
+            )
+            _seed_all(int(self.cfg.train.seed) + self.step)
+
+    def _dump_nonfinite(self, images, labels, stats, views_rng) -> Path:
+        """Everything needed to replay the step whose loss was not finite."""
+        from infoview.pretrain.checkpoint import save_checkpoint
+
+        path = self.ckpt_dir / f"nonfinite_step{self.step}_rank{self.info.rank}.pt"
+        state = self._state_local()
+        state.update({"images": images.cpu(), "labels": labels.cpu(), "views_rng_before": views_rng,
+                      "stats": stats})
+        save_checkpoint(state, path, keep_previous=False)
+        return path
+
+    def _state_local(self) -> dict:
+        from infoview.pretrain.checkpoint import rng_state
+
+        return {
+            "step": self.step, "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": [{"global": rng_state(), "views": self.views.get_rng_state()}],
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+
+    # -- one step ----------------------------------------------------------------
+    def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        views = self.views(images)
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views
+
+    def train_step(self, views: list[torch.Tensor], labels: torch.Tensor):
+        """One optimisation step at ``self.step`` (which the caller advances).
+
+        Returns ``(lr, [loss, mi, probe_loss, probe_correct, probe_count, nonfinite], log_m)``,
+        averaged or summed over ranks. Parameters are left untouched when the loss is
+        not finite, so the caller can save the state that produced it.
+        """
+        from infoview.pretrain import distributed as D
+        from infoview.pretrain.optim import lr_factor, set_lr
+
+        self.method.set_progress(self.step, self.total_steps, self.step / self.steps_per_epoch)
+        lr = set_lr(self.optimizer, lr_factor(self.step, self.total_steps, self.warmup_steps, self.min_ratio))
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            out = self.model(views, labels)
+        stats = torch.stack([
+            out.ssl_loss.float(), out.mi.float(), out.probe_loss.float(), out.probe_correct.float(),
+            out.probe_count.float(), (~torch.isfinite(out.loss)).float(),
+        ])
+        if D.is_distributed():
+            torch.distributed.all_reduce(stats)
+            stats[:3] /= self.info.world_size
+        values = stats.tolist()
+        if values[-1]:
+            return lr, values, out.log_m
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        if self.cfg.optim.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return lr, values, out.log_m
+
+    # -- the loop --------------------------------------------------------------
+    def fit(self) -> dict:
+        from infoview.config import save_config
+        from infoview.pretrain import distributed as D
+        from infoview.pretrain.monitor import MetricsLog
+
+        cfg, t, info = self.cfg, self.cfg.train, self.info
+        if info.is_main:
+            save_config(cfg, self.out / "config.yaml", extra={"world_size": info.world_size,
+                                                               "resumed_from": str(self.resume_path or "")})
+        log = MetricsLog(self.out, start_step=self.step) if info.is_main else None
+        bar = None
+        if info.is_main and t.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True)
+        spe = self.steps_per_epoch
+        if self.step >= self.total_steps and info.is_main:
+            print(f"infoview pretrain: {self.resume_path} is at step {self.step} of {self.total_steps}: already "
+                  "done (raise train.epochs or train.max_steps to train on)", flush=True)
+        seen, t0 = 0, time.perf_counter()
+        probe_correct = probe_count = 0.0
+        try:
+            while self.step < self.total_steps:
+                epoch, start = divmod(self.step, spe)
+                self.loader.set_epoch(epoch, start_batch=start)
+                self.method.train()
+                for images, labels in self.loader:
+                    views_rng = self.views.get_rng_state()
+                    lr, (loss_v, mi_v, probe_loss_v, correct_v, count_v, bad), log_m = self.train_step(
+                        self.make_views(images), labels)
+                    if bad:
+                        path = self._dump_nonfinite(images, labels, [loss_v, mi_v], views_rng)
+                        raise InfoviewError(
+                            f"the loss is not finite (loss={loss_v}, mi={mi_v}) at step {self.step} "
+                            f"(epoch {self.step / spe:.2f}); the model, the optimizer and the batch are saved "
+                            f"in {path} to investigate, and the last good checkpoint is in {self.ckpt_dir}. "
+                            "Lower optim.lr, set optim.clip_grad, or try train.precision=fp32"
+                        )
+                    self.step += 1
+                    seen += self.global_batch
+                    probe_correct += correct_v
+                    probe_count += count_v
+                    last = {"loss": loss_v, "mi": mi_v, "log_m": log_m, "lr": lr}
+                    self.metrics.update(last)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss_v:.3f}", mi=f"{mi_v:.2f}", log_m=f"{log_m:.2f}",
+                                        lr=f"{lr:.3g}", refresh=False)
+                    done = self.step >= self.total_steps
+                    if self.step % t.log_every == 0 or done:
+                        elapsed = time.perf_counter() - t0
+                        row = {"step": self.step, "epoch": round(self.step / spe, 4), **last,
+                               "images_per_sec": seen / elapsed if elapsed > 0 else None,
+                               "online_probe_loss": probe_loss_v if count_v else None,
+                               "online_probe_train_top1": 100.0 * probe_correct / probe_count if probe_count else None}
+                        if log is not None:
+                            log.write(row)
+                        seen, t0, probe_correct, probe_count = 0, time.perf_counter(), 0.0, 0.0
+                    if t.ckpt_every_steps > 0 and self.step % t.ckpt_every_steps == 0 and self.step % spe and not done:
+                        self.save()  # (an epoch's end saves below)
+                    if done:
+                        break
+                if self.step % spe == 0 or self.step >= self.total_steps:
+                    final = self.step >= self.total_steps
+                    if self.online_eval is not None and (final or (self.step // spe) % t.eval_every == 0):
+                        online = self.online_eval(self.method)
+                        self.metrics.update(online)
+                        if log is not None:
+                            log.write({"step": self.step, "epoch": round(self.step / spe, 4), **online})
+                        if bar is not None:
+                            bar.write(f"epoch {self.step / spe:.2f}: " + ", ".join(
+                                f"{k} {v:.2f}" for k, v in online.items()))
+                    D.barrier()
+                    self.save()  # after the monitors, so the checkpoint carries their figures
+        finally:
+            if bar is not None:
+                bar.close()
+            if log is not None:
+                log.close()
+        result = {
+            "steps": self.step, "epochs": round(self.step / spe, 4), "global_batch": self.global_batch,
+            "world_size": info.world_size, "peak_lr": self.peak_lr, **self.metrics,
+            "checkpoint": str(self.ckpt_dir / "last.pt"),
+        }
+        if info.is_main:
+            from infoview.utils.io import atomic_write_text
+            from infoview.utils.provenance import provenance
+
+            atomic_write_text(self.out / "pretrain.json", json.dumps({**result, "provenance": provenance()}, indent=2))
+        return result
+
+
+class OnlineEvalFactory:
+    """Builds the online evaluator on first use (its loaders cost nothing until then)."""
+
+    def __init__(self, cfg, device, mean, std):
+        self.cfg, self.device, self.mean, self.std = cfg, device, mean, std
+        self._eval = None
+        from infoview.data import open_source
+
+        try:  # fail at start, not after the first epoch, when the held-out split is missing
+            open_source(cfg.data.source, split=cfg.data.eval_split)
+        except InfoviewError as exc:
+            raise ConfigError(f"{exc}; online monitors read data.eval_split (set train.eval_every=0 to turn them off)") from None
+
+    def __call__(self, method) -> dict:
+        from infoview.pretrain.monitor import OnlineEval
+
+        if self._eval is None:
+            c = self.cfg
+            self._eval = OnlineEval(
+                c.data.source, c.data.split, c.data.eval_split, c.augment.size, max(c.data.batch_size, 256),
+                self.device, self.mean, self.std, num_workers=c.data.num_workers, k=c.monitor.knn_k,
+                temperature=c.monitor.knn_t, max_images=c.monitor.max_images, backend=c.data.backend,
+            )
+        return self._eval(method)
+
+
+def run(cfg) -> dict:
+    from infoview.pretrain import distributed as D
+
+    try:
+        trainer = Trainer(cfg)
+        result = trainer.fit()
+        return result if trainer.info.is_main else None  # one rank reports
+    finally:
+        D.teardown()
+
+

@@ -1,0 +1,116 @@
+"""Optimisers and the learning-rate schedule of pretraining.
+
+- ``sgd``, ``lars`` and ``adamw`` come from timm (``timm.optim.create_optimizer_v2``).
+  Biases, normalisation parameters (every 1-d parameter) and the tokens a timm
+  model lists in ``no_weight_decay()`` (a ViT's position embedding and class
+  token) get no weight decay; timm's LARS also leaves those groups out of its
+  trust-ratio adaptation, as SimCLR and BYOL do.
+- The learning rate follows the **global** batch, whatever the number of
+  processes: ``lr = optim.lr * scale(global_batch / optim.ref_batch)`` with
+  ``optim.lr_scaling`` = ``linear`` (Goyal et al. 2017; SimCLR's
+  0.3 x B / 256), ``sqrt`` (SimCLR's choice for LARS at small batches) or
+  ``none``. ``data.batch_size`` is the global batch and each process takes an
+  equal share, so a run on 2 nodes x 8 GPUs and one on 1 GPU with the same
+  ``data.batch_size`` use the same learning rate and see batches of the same
+  size per step.
+- Schedule: linear warm-up from 0 over ``warmup_steps``, then a half cosine
+  down to ``min_lr`` at ``total_steps``. It is a pure function of the step,
+  so a resumed run continues on the same curve with nothing else to restore.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from infoview.config import did_you_mean
+from infoview.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+SCALING_RULES = ("linear", "sqrt", "none")
+
+
+def scaled_lr(base_lr: float, global_batch: int, ref_batch: int = 256, rule: str = "linear") -> float:
+    """The peak learning rate for ``global_batch``, from ``base_lr`` given for ``ref_batch``."""
+    if rule not in SCALING_RULES:
+        raise ConfigError(
+            f"optim.lr_scaling '{rule}' is not a rule" + did_you_mean(rule, SCALING_RULES)
+            + f" Rules: {', '.join(SCALING_RULES)}"
+        )
+    if global_batch < 1 or ref_batch < 1:
+        raise ConfigError(f"batch sizes must be positive, got global {global_batch}, reference {ref_batch}")
+    ratio = global_batch / ref_batch
+    return float(base_lr) * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[rule]
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak lr at ``step``: warm-up 0 -> 1, then cosine 1 -> ``min_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _no_decay_names(model: nn.Module) -> list[str]:
+    """Full names of the parameters that timm models list in ``no_weight_decay()``."""
+    names = []
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn) and not isinstance(module, torch.optim.Optimizer):
+            try:
+                listed = fn()
+            except TypeError:
+                continue
+            names += [f"{prefix}.{n}" if prefix else n for n in listed]
+    return names
+
+
+def build_optimizer(
+    name: str,
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    betas: Iterable[float] = (0.9, 0.999),
+    extra_groups: Iterable[dict] = (),
+    exclude: Iterable[torch.Tensor] = (),
+) -> torch.optim.Optimizer:
+    """An optimiser over ``model``'s trainable parameters (plus ``extra_groups``).
+
+    Every group gets a ``base_lr`` (its peak lr) that :func:`set_lr` scales
+    step by step. Extra groups (the online probe) keep their own ``lr`` and
+    ``weight_decay``; parameters in ``exclude`` are left out of ``model``'s groups.
+    """
+    from timm.optim import create_optimizer_v2, param_groups_weight_decay
+
+    if name not in OPTIMIZERS:
+        raise ConfigError(
+            f"unknown optimizer '{name}'" + did_you_mean(name, OPTIMIZERS) + f" Optimizers: {', '.join(OPTIMIZERS)}"
+        )
+    if not lr > 0:
+        raise ConfigError(f"optim.lr must be positive, got {lr}")
+    if weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {weight_decay}")
+    skip = {id(p) for p in exclude}
+    groups = []
+    for g in param_groups_weight_decay(model, weight_decay, no_weight_decay_list=_no_decay_names(model)):
+        params = [p for p in g["params"] if id(p) not in skip]
+        if params:
+            groups.append({**g, "params": params, "lr": lr})
+    for g in extra_groups:
+        groups.append({"weight_decay": 0.0, "lr": lr, **g})
+    kwargs = {"betas": tuple(betas)} if name == "adamw" else {"momentum": momentum}
+    opt = create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=weight_decay, **kwargs)
+    for g in opt.param_groups:
+        g["base_lr"] = g["lr"]
+    return opt
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    """Set every group's lr to ``base_lr * factor``; returns the first group's lr."""
+    for g in optimizer.param_groups:
+        g["lr"] = g["base_lr"] * factor
+    return optimizer.param_groups[0]["lr"]

@@ -1,0 +1,14 @@
+"""Print the demo's two linear-probe results side by side (run by `make demo`)."""
+import json
+import sys
+from pathlib import Path
+
+run = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
+pre, rnd = (json.loads((run / f"linear_{k}" / "linear.json").read_text()) for k in ("pretrained", "random"))
+pretrain = json.loads((run / "pretrain.json").read_text())
+print(f"\npretrained for {pretrain['epochs']:g} epochs ({pretrain['steps']} steps); last MI bound "
+      f"{pretrain['mi']:.2f} nats (log m = {pretrain['log_m']:.2f})")
+print(f"linear probe on digits, test split ({pre['num_test']} images), top-1:")
+for name, result in (("pretrained encoder", pre), ("same encoder at its initial weights", rnd)):
+    print(f"  {name:<36} {result['top1']:5.1f}%")
+print(f"outputs in {run}/: metrics.csv, tb/, checkpoints/, linear_pretrained/, linear_random/")

@@ -1,0 +1,59 @@
+"""Checkpoint files: atomic, weights_only, clear errors when damaged."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from infoview.errors import InfoviewError
+from infoview.pretrain.checkpoint import (
+    find_resume, load_checkpoint, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
+)
+
+
+def test_round_trip_keeps_the_previous_file_and_loads_weights_only(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    assert load_checkpoint(path)["step"] == 2 and load_checkpoint(tmp_path / "prev.pt")["step"] == 1
+    assert torch.load(path, weights_only=True)["w"].sum() == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "prev.pt"]  # no temp files left
+
+
+def test_damaged_files_are_errors_that_name_them(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1}, path)
+    save_checkpoint({"step": 2, "w": torch.randn(1000)}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(InfoviewError, match=r"last.pt is truncated or corrupt .*prev.pt"):
+        load_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(InfoviewError, match="is empty"):
+        load_checkpoint(path)
+    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
+    with pytest.raises(InfoviewError, match="not an infoview pretraining checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(InfoviewError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_falls_back_to_prev_when_last_is_missing_and_stale_temps_go(tmp_path):
+    assert find_resume(tmp_path) is None
+    save_checkpoint({"step": 1}, tmp_path / "last.pt")
+    save_checkpoint({"step": 2}, tmp_path / "last.pt")
+    (tmp_path / "last.pt").unlink()  # killed between the two renames
+    assert find_resume(tmp_path).name == "prev.pt"
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"half")
+    remove_stale_temps(tmp_path)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    state = rng_state()
+    save_checkpoint({"rng": state}, tmp_path / "last.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(load_checkpoint(tmp_path / "last.pt")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]

@@ -1,0 +1,198 @@
+"""`infoview pretrain` end to end on CPU: outputs, resume, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from infoview.cli import main
+from infoview.objectives import Objective, available, register
+
+pytestmark = pytest.mark.slow
+
+
+def pretrain(args: list[str]) -> int:
+    return main(["pretrain", *args])
+
+
+def read_metrics(out: Path) -> list[dict]:
+    with open(out / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_writes_config_metrics_checkpoint_and_result(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=4", "train.log_every=2", "objective.name=ml_cpc",
+                     "objective.alpha=0.5", "train.eval_every=1", "monitor.max_images=300"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 4 and result["global_batch"] == 16
+    # the bound is reported beside log m, with m = 2 (16 - 1) + 1 in-batch candidates
+    assert result["log_m"] == pytest.approx(torch.log(torch.tensor(31.0)).item())
+    assert 0 <= result["online_knn_top1"] <= 100 and 0 <= result["online_probe_top1"] <= 100
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["objective"] == {"name": "ml_cpc", "alpha": 0.5}
+    assert cfg["_provenance"]["git_commit"] and cfg["_provenance"]["command"]  # which code and command made it
+
+    rows = read_metrics(out)
+    steps = [int(r["step"]) for r in rows if r["loss"]]
+    assert steps == [2, 4]
+    assert all(float(r["log_m"]) > 0 and r["mi"] and float(r["lr"]) > 0 for r in rows if r["loss"])
+    online = [r for r in rows if r["online_knn_top1"]]
+    assert len(online) == 1 and online[0]["online_probe_top1"]  # online monitors under their own names
+    assert any((out / "tb").iterdir())
+
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)  # plain tensors and values only
+    assert state["step"] == 4 and state["config"]["model"]["arch"] == "resnet18"
+    assert json.loads((out / "pretrain.json").read_text())["provenance"]["git_commit"]
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_objective_trains_with_simclr(tiny, tmp_path, name):
+    assert pretrain([*tiny, f"out_dir={tmp_path}", "train.max_steps=2", f"objective.name={name}"]) == 0
+    rows = read_metrics(tmp_path)
+    assert rows and all(r["loss"] not in ("", "nan") for r in rows)
+
+
+@pytest.mark.parametrize("objective", ["infonce", "ring", "ml_cpc"])
+def test_moco_with_queue_and_schedules(tiny, tmp_path, objective, capsys):
+    extra = {"ring": ["objective.anneal_epochs=1"], "ml_cpc": ["objective.alpha_start=10", "objective.anneal_epochs=1"]}
+    assert pretrain([*tiny, f"out_dir={tmp_path}", "method=moco", "train.max_steps=3", f"objective.name={objective}",
+                     *extra.get(objective, [])]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["log_m"] == pytest.approx(torch.log(torch.tensor(65.0)).item())  # the 64 queue keys + 1
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert int(state["model"]["queue.ptr"]) == (3 * 2 * 16) % 64  # both views' keys enqueued each step
+    assert any(k.startswith("key.module.") for k in state["model"])  # the momentum encoder is saved
+
+
+def _final_weights(out: Path) -> dict:
+    return torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tiny, tmp_path):
+    """A run of S steps killed (SIGKILL) mid-way and resumed ends exactly where an uninterrupted run does."""
+    steps = 30
+    args = [*tiny, "train.max_steps=%d" % steps, "train.ckpt_every_steps=1", "train.log_every=1",
+            "objective.name=ml_cpc", "objective.alpha_start=4", "objective.anneal_epochs=0.5", "optim.name=lars"]
+    cmd = [sys.executable, "-m", "infoview.cli", "pretrain", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    ref = tmp_path / "uninterrupted"
+    subprocess.run([*cmd, f"out_dir={ref}"], check=True, capture_output=True, env=env, timeout=600)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, f"out_dir={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    last = out / "checkpoints" / "last.pt"
+    killed_at = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists():
+            try:
+                step = torch.load(last, weights_only=True)["step"]
+            except Exception:  # being replaced right now
+                step = 0
+            if step >= steps // 2:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = step
+                break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert killed_at < steps
+
+    resumed = subprocess.run([*cmd, f"out_dir={out}"], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _final_weights(ref), _final_weights(out)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    logged = [int(r["step"]) for r in read_metrics(out) if r["loss"]]
+    assert logged == list(range(1, steps + 1))  # every step once, nothing lost or doubled
+
+
+def test_truncated_checkpoint_is_a_clear_error_and_the_previous_one_is_kept(tiny, tmp_path, capsys):
+    args = [*tiny, f"out_dir={tmp_path}", "train.max_steps=3", "train.ckpt_every_steps=1"]
+    assert pretrain(args) == 0
+    ckpt = tmp_path / "checkpoints"
+    last, prev = ckpt / "last.pt", ckpt / "prev.pt"
+    assert torch.load(prev, weights_only=True)["step"] == 2
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    assert pretrain([*args[:-2], "train.max_steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt is truncated or corrupt" in err and "prev.pt" in err
+    assert torch.load(prev, weights_only=True)["step"] == 2  # the good one is untouched
+    assert pretrain([*args[:-2], "train.max_steps=5", f"train.resume={prev}"]) == 0
+    assert torch.load(last, weights_only=True)["step"] == 5
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(tiny, tmp_path, capsys):
+    args = [*tiny, f"out_dir={tmp_path}", "train.max_steps=1"]
+    assert pretrain(args) == 0
+    assert pretrain([*args, "train.resume=never"]) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+class _NanAtStep2(Objective):
+    """InfoNCE that turns NaN at its third call: a stand-in for a diverging run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def compute(self, pos, neg):
+        self.calls += 1
+        loss = torch.logsumexp(torch.cat([pos[:, None], neg], 1), 1).mean() - pos.mean()
+        if self.calls == 3:
+            loss = loss * float("nan")
+        return loss, -loss
+
+
+@pytest.fixture
+def nan_objective():
+    """Registered for one test only, so that other tests see the real registry."""
+    from infoview.objectives.base import _REGISTRY
+
+    register("test_nan_at_step_2")(_NanAtStep2)
+    yield "test_nan_at_step_2"
+    _REGISTRY.pop("test_nan_at_step_2")
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_saving_the_batch(tiny, tmp_path, capsys, nan_objective):
+    assert pretrain([*tiny, f"out_dir={tmp_path}", "train.max_steps=5", f"objective.name={nan_objective}"]) == 2
+    err = capsys.readouterr().err
+    assert "not finite" in err and "at step 2" in err
+    dump = tmp_path / "checkpoints" / "nonfinite_step2_rank0.pt"
+    state = torch.load(dump, weights_only=True)
+    assert state["images"].shape == (16, 3, 32, 32) and state["images"].dtype == torch.uint8
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("objective.name=infonse", "did you mean 'infonce'"),
+        ("objective.alpah=0.1", "has no parameter 'alpah'"),
+        ("method=simclrr", "did you mean 'simclr'"),
+        ("optim.name=lamb", "unknown optimizer 'lamb'"),
+        ("train.epoch=3", "did you mean 'train.epochs'"),
+        ("data.batch_size=100000", "larger than"),
+        ("model.arch=resnet19", "resnet"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tiny, tmp_path, capsys, override, message):
+    assert pretrain([*tiny, f"out_dir={tmp_path}", "train.max_steps=1", "objective.name=ml_cpc", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "checkpoints").exists()
