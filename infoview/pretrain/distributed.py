@@ -187,7 +187,10 @@ def shuffle_across_ranks(x: torch.Tensor, generator: torch.Generator | None = No
         return x, torch.arange(x.shape[0], device=x.device)
     full = gather_no_grad(x)
     n = full.shape[0]
-    perm = torch.randperm(n, generator=generator).to(x.device) if dist.get_rank() == 0 else torch.empty(n, dtype=torch.long, device=x.device)
+    if dist.get_rank() == 0:
+        perm = torch.randperm(n, generator=generator).to(x.device)
+    else:
+        perm = torch.empty(n, dtype=torch.long, device=x.device)
     dist.broadcast(perm, src=0)
     b, r = x.shape[0], dist.get_rank()
     return full[perm[r * b : (r + 1) * b]], torch.argsort(perm)

@@ -140,7 +140,6 @@ class MoCo(Method):
         self.key = MomentumEncoder(nn.Sequential(encoder, projector))
         self.key.train()
         self.queue = NegativeQueue(projector.out_dim, queue_size, seed=seed)
-        self._shuffle_gen = torch.Generator().manual_seed(seed + 1)
 
     def set_progress(self, step: int, total_steps: int, epoch: float) -> None:
         super().set_progress(step, total_steps, epoch)
@@ -149,7 +148,7 @@ class MoCo(Method):
     @torch.no_grad()
     def _keys(self, x: torch.Tensor) -> torch.Tensor:
         if self.bn == "shuffle" and D.is_distributed():
-            x, undo = D.shuffle_across_ranks(x, self._shuffle_gen)
+            x, undo = D.shuffle_across_ranks(x)  # from the global RNG, which checkpoints save
             return D.unshuffle_across_ranks(self.key(x), undo)
         return self.key(x)
 

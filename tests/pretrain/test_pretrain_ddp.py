@@ -67,6 +67,10 @@ def _worker(rank: int, init_file: str, views_file: str, out_file: str) -> None:
                 if name.endswith("_naive"):
                     D.gather_with_grad = real
             results[name] = grads(method)
+        # MoCo's shuffled BN: each rank gets a random slice of the global batch, and unshuffling undoes it
+        x = torch.arange(b * 3, dtype=torch.float32).view(b, 3) + 100 * rank
+        shuffled, undo = D.shuffle_across_ranks(x)
+        results["shuffle"] = [D.gather_no_grad(shuffled), torch.equal(D.unshuffle_across_ranks(shuffled, undo), x)]
         if rank == 0:
             torch.save(results, out_file)
     finally:
@@ -88,6 +92,10 @@ def test_two_ranks_give_the_single_process_gradient_for_every_objective(tmp_path
         assert ref.keys() == ddp[name].keys()
         for key, g in ref.items():
             torch.testing.assert_close(ddp[name][key], g, rtol=1e-4, atol=1e-6, msg=f"{name}: {key}")
+    everything, round_trip = ddp["shuffle"]
+    expected = torch.cat([torch.arange(12.0).view(4, 3) + 100 * r for r in range(WORLD)])
+    assert round_trip and not torch.equal(everything, expected)
+    assert torch.equal(everything[everything[:, 0].argsort()], expected)  # a permutation of the rows
     # the test would catch the bug: without the gradient through the gather, they differ
     method = make_method("infonce")
     method(views).loss.backward()
@@ -95,17 +103,22 @@ def test_two_ranks_give_the_single_process_gradient_for_every_objective(tmp_path
     assert any(not torch.allclose(ddp["infonce_naive"][k], ref[k], rtol=1e-3, atol=1e-5) for k in ref)
 
 
+def torchrun(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "infoview.cli",
+         "pretrain", *args],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+
+
 def test_torchrun_two_processes_train_with_the_global_batch_rule(tiny, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     common = [*tiny, "train.max_steps=3", "train.ckpt_every_steps=2", "objective.name=ml_cpc", "optim.lr=0.4",
               "optim.ref_batch=8", "optim.lr_scaling=sqrt"]
     two = tmp_path / "two"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "infoview.cli",
-         "pretrain", *common, f"out_dir={two}"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    proc = torchrun([*common, f"out_dir={two}"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"world_size": 2') == 1  # one rank reports
     one = tmp_path / "one"
     subprocess.run([sys.executable, "-m", "infoview.cli", "pretrain", *common, f"out_dir={one}"], check=True,
                    capture_output=True, env=env, timeout=600)
@@ -118,3 +131,11 @@ def test_torchrun_two_processes_train_with_the_global_batch_rule(tiny, tmp_path)
     state = torch.load(two / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2  # each rank's RNG saved
     assert not list(Path(two).glob("checkpoints/.*.tmp"))
+
+
+def test_torchrun_moco_with_shuffled_bn_and_a_shared_queue(tiny, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = torchrun([*tiny, "method=moco", "moco.bn=shuffle", "train.max_steps=2", f"out_dir={tmp_path}"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert int(model["queue.ptr"]) == 2 * 2 * 16 % 64  # both views' keys of the global batch, each step
