@@ -9,6 +9,7 @@ command checks those itself (an objective's own keys, for instance).
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -157,7 +158,7 @@ def resolve(
     def is_open(key: str) -> bool:
         return any(key.startswith(s + ".") for s in open_sections)
 
-    merged = dict(flat)
+    merged = copy.deepcopy(flat)  # the tree below is built in place: never in the caller's defaults
     layers = []
     if file_cfg:
         layers.append((flatten(file_cfg), f"in {source or 'the config file'}"))

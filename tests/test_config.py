@@ -93,3 +93,11 @@ def test_nearest_prefers_a_unique_prefix():
 
 def test_exponent_without_dot_is_a_number():
     assert parse_overrides(["alpha=1e-4", "name=e5", "x=nan"]) == {"alpha": 1e-4, "name": "e5", "x": "nan"}
+
+
+def test_open_sections_do_not_leak_into_the_defaults():
+    defaults = {"model": {"arch": "resnet18", "kwargs": {}}}
+    first = resolve(defaults, None, {"model.kwargs.channels": [8, 16]}, open_sections=("model.kwargs",))
+    assert first.model.kwargs.channels == [8, 16]
+    assert defaults == {"model": {"arch": "resnet18", "kwargs": {}}}
+    assert resolve(defaults, None, {}, open_sections=("model.kwargs",)).model.kwargs == {}  # a second run is clean
