@@ -6,7 +6,9 @@ Each command lives in its own module, which exposes:
 - ``run(cfg)``: does the work; may return a dict that is printed as JSON;
 - optionally ``POSITIONAL``: names of keys filled by positional arguments
   (``infoview prepare SRC OUT`` sets ``src`` and ``out``);
-- optionally ``OPEN_SECTIONS``: sections whose keys the command checks itself.
+- optionally ``OPEN_SECTIONS``: sections whose keys the command checks itself;
+- optionally ``main(args)``: the command parses its own arguments (``launch``,
+  which passes most of them on to another command).
 
 The table below maps a command to its module and its one-line help, so that
 ``infoview --help`` does not import torch. A new command is one line here.
@@ -33,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "linear": (
         "infoview.eval.linear_eval",
         "Linear probe of a frozen encoder (a checkpoint, or random:<...> for the baseline): top-1/top-5.",
+    ),
+    "launch": (
+        "infoview.launch.command",
+        "Run any command as a SLURM job (or locally) via submitit; requeues and resumes on pre-emption.",
     ),
     "mi-bench": (
         "infoview.eval.mi_bench",
@@ -154,8 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(a in ("-h", "--help") for a in args):
             _print(_command_help(name, load_command(name)))
             return 0
-        module, cfg = build_config(name, args)
-        result = module.run(cfg)
+        module = load_command(name)
+        if hasattr(module, "main"):
+            result = module.main(args)
+        else:
+            module, cfg = build_config(name, args)
+            result = module.run(cfg)
     except InfoviewError as exc:
         print(f"infoview {name}: error: {exc}", file=sys.stderr)
         return 2

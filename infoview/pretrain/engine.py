@@ -26,8 +26,11 @@ Example: infoview pretrain --config demo out_dir=runs/demo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -170,6 +173,32 @@ def _precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+_DEFERRED = tuple(getattr(signal, n) for n in ("SIGUSR2", "SIGTERM") if hasattr(signal, n))
+_ACTIVE: list["Trainer"] = []  # the trainer whose fit() is running in this process
+
+
+def current_trainer() -> "Trainer | None":
+    """The trainer running in this process, for a pre-emption hook (``infoview.launch``)."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGUSR2/SIGTERM (SLURM's pre-emption and time-out signals) until the block ends.
+
+    A handler that saves a checkpoint then never sees a half-applied step.
+    Only the main thread can do this; elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread() or not _DEFERRED:
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+
+
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -300,12 +329,14 @@ class Trainer:
         D.barrier()
 
     # -- checkpoints -----------------------------------------------------------
-    def _state(self) -> dict:
+    def _state(self, collective: bool = True) -> dict:
+        """The run's state; ``collective=False`` takes no part in collectives and keeps this rank's RNG only."""
         from infoview.pretrain import distributed as D
         from infoview.pretrain.checkpoint import rng_state
         from infoview.utils.provenance import provenance
 
-        rngs = D.all_gather_object({"global": rng_state(), "views": self.views.get_rng_state()})
+        mine = {"global": rng_state(), "views": self.views.get_rng_state()}
+        rngs = D.all_gather_object(mine) if collective else [mine]
         return {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
@@ -327,6 +358,20 @@ class Trainer:
         if self.info.is_main:
             save_checkpoint(state, self.ckpt_dir / LAST)
         D.barrier()
+
+    def save_now(self) -> Path | None:
+        """Save from rank 0 alone, with no collective: for a pre-emption or time-out hook.
+
+        The training loop defers SIGUSR2 and SIGTERM while a step runs, so a
+        signal handler that calls this sees the state between two steps. Other
+        ranks' RNG states are not gathered; a run resumed from it re-seeds
+        their augmentations.
+        """
+        from infoview.pretrain.checkpoint import LAST, save_checkpoint
+
+        if not self.info.is_main:
+            return None
+        return save_checkpoint(self._state(collective=False), self.ckpt_dir / LAST)
 
     def _restore(self, state: dict) -> None:
         from infoview.pretrain.checkpoint import set_rng_state
@@ -361,20 +406,11 @@ class Trainer:
         from infoview.pretrain.checkpoint import save_checkpoint
 
         path = self.ckpt_dir / f"nonfinite_step{self.step}_rank{self.info.rank}.pt"
-        state = self._state_local()
+        state = self._state(collective=False)
         state.update({"images": images.cpu(), "labels": labels.cpu(), "views_rng_before": views_rng,
                       "stats": stats})
         save_checkpoint(state, path, keep_previous=False)
         return path
-
-    def _state_local(self) -> dict:
-        from infoview.pretrain.checkpoint import rng_state
-
-        return {
-            "step": self.step, "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "rng": [{"global": rng_state(), "views": self.views.get_rng_state()}],
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-        }
 
     # -- one step ----------------------------------------------------------------
     def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -438,47 +474,49 @@ class Trainer:
                   "done (raise train.epochs or train.max_steps to train on)", flush=True)
         seen, t0 = 0, time.perf_counter()
         probe_correct = probe_count = 0.0
+        _ACTIVE.append(self)
         try:
             while self.step < self.total_steps:
                 epoch, start = divmod(self.step, spe)
                 self.loader.set_epoch(epoch, start_batch=start)
                 self.method.train()
                 for images, labels in self.loader:
-                    views_rng = self.views.get_rng_state()
-                    lr, (loss_v, mi_v, probe_loss_v, correct_v, count_v, bad), log_m = self.train_step(
-                        self.make_views(images), labels)
-                    if bad:
-                        path = self._dump_nonfinite(images, labels, [loss_v, mi_v], views_rng)
-                        raise InfoviewError(
-                            f"the loss is not finite (loss={loss_v}, mi={mi_v}) at step {self.step} "
-                            f"(epoch {self.step / spe:.2f}); the model, the optimizer and the batch are saved "
-                            f"in {path} to investigate, and the last good checkpoint is in {self.ckpt_dir}. "
-                            "Lower optim.lr, set optim.clip_grad, or try train.precision=fp32"
-                        )
-                    self.step += 1
-                    seen += self.global_batch
-                    probe_correct += correct_v
-                    probe_count += count_v
-                    last = {"loss": loss_v, "mi": mi_v, "log_m": log_m, "lr": lr}
-                    self.metrics.update(last)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss_v:.3f}", mi=f"{mi_v:.2f}", log_m=f"{log_m:.2f}",
-                                        lr=f"{lr:.3g}", refresh=False)
-                    done = self.step >= self.total_steps
-                    if self.step % t.log_every == 0 or done:
-                        elapsed = time.perf_counter() - t0
-                        row = {"step": self.step, "epoch": round(self.step / spe, 4), **last,
-                               "images_per_sec": seen / elapsed if elapsed > 0 else None,
-                               "online_probe_loss": probe_loss_v if count_v else None,
-                               "online_probe_train_top1": 100.0 * probe_correct / probe_count if probe_count else None}
-                        if log is not None:
-                            log.write(row)
-                        seen, t0, probe_correct, probe_count = 0, time.perf_counter(), 0.0, 0.0
-                    if t.ckpt_every_steps > 0 and self.step % t.ckpt_every_steps == 0 and self.step % spe and not done:
-                        self.save()  # (an epoch's end saves below)
-                    if done:
-                        break
+                    with _signals_deferred():  # a pre-emption hook runs between steps, never inside one
+                        views_rng = self.views.get_rng_state()
+                        lr, (loss_v, mi_v, probe_loss_v, correct_v, count_v, bad), log_m = self.train_step(
+                            self.make_views(images), labels)
+                        if bad:
+                            path = self._dump_nonfinite(images, labels, [loss_v, mi_v], views_rng)
+                            raise InfoviewError(
+                                f"the loss is not finite (loss={loss_v}, mi={mi_v}) at step {self.step} "
+                                f"(epoch {self.step / spe:.2f}); the model, the optimizer and the batch are saved "
+                                f"in {path} to investigate, and the last good checkpoint is in {self.ckpt_dir}. "
+                                "Lower optim.lr, set optim.clip_grad, or try train.precision=fp32"
+                            )
+                        self.step += 1
+                        seen += self.global_batch
+                        probe_correct += correct_v
+                        probe_count += count_v
+                        last = {"loss": loss_v, "mi": mi_v, "log_m": log_m, "lr": lr}
+                        self.metrics.update(last)
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(loss=f"{loss_v:.3f}", mi=f"{mi_v:.2f}", log_m=f"{log_m:.2f}",
+                                            lr=f"{lr:.3g}", refresh=False)
+                        done = self.step >= self.total_steps
+                        if self.step % t.log_every == 0 or done:
+                            elapsed = time.perf_counter() - t0
+                            row = {"step": self.step, "epoch": round(self.step / spe, 4), **last,
+                                   "images_per_sec": seen / elapsed if elapsed > 0 else None,
+                                   "online_probe_loss": probe_loss_v if count_v else None,
+                                   "online_probe_train_top1": 100.0 * probe_correct / probe_count if probe_count else None}
+                            if log is not None:
+                                log.write(row)
+                            seen, t0, probe_correct, probe_count = 0, time.perf_counter(), 0.0, 0.0
+                        if t.ckpt_every_steps > 0 and self.step % t.ckpt_every_steps == 0 and self.step % spe and not done:
+                            self.save()  # (an epoch's end saves below)
+                        if done:
+                            break
                 if self.step % spe == 0 or self.step >= self.total_steps:
                     final = self.step >= self.total_steps
                     if self.online_eval is not None and (final or (self.step // spe) % t.eval_every == 0):
@@ -492,6 +530,7 @@ class Trainer:
                     D.barrier()
                     self.save()  # after the monitors, so the checkpoint carries their figures
         finally:
+            _ACTIVE.remove(self)
             if bar is not None:
                 bar.close()
             if log is not None:

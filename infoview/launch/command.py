@@ -1,0 +1,248 @@
+"""Run any infoview command as a SLURM job (or locally) through submitit.
+
+`infoview launch <command> [--config FILE] [key=value ...] [launch.key=value ...]`
+
+Keys that start with `launch.` configure the job; everything else belongs to
+the command and is checked before anything is submitted (an unknown command or
+key, a missing config file, an unknown partition are errors here, not in a
+job log). The command's effective config is frozen to a YAML file in the job's
+folder, so the job runs exactly what was checked.
+
+One process per GPU: launch.tasks_per_node defaults to launch.gpus_per_node
+(or 1 without GPUs). Inside the job, torch.distributed is set up from
+submitit's environment (NCCL on GPUs, gloo on CPUs). Pre-emption and time-out
+(SLURM's USR2, launch.signal_delay_s before the limit) save a checkpoint and
+requeue the job, which resumes from checkpoints/last.pt; up to
+launch.max_requeues time-outs.
+
+launch.sweep: a list of override strings, one job each (a SLURM job array);
+an entry that sets no out_dir runs in <out_dir>/sweep<i>.
+launch.dry_run=true prints the sbatch script and submits nothing;
+launch.wait=true waits for the jobs and prints their states as they change.
+
+Example: infoview launch pretrain --config mocov2_infonce_imagenet launch.nodes=2 launch.gpus_per_node=8
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from infoview.errors import ConfigError, InfoviewError
+
+DEFAULTS: dict[str, Any] = {
+    "launch": {
+        "executor": "slurm",
+        "nodes": 1,
+        "tasks_per_node": 0,
+        "gpus_per_node": 0,
+        "cpus_per_task": 0,
+        "mem_gb": 0,
+        "partition": "",
+        "timeout_min": 60,
+        "account": "",
+        "qos": "",
+        "constraint": "",
+        "comment": "",
+        "job_name": "",
+        "folder": "runs/launch",
+        "signal_delay_s": 90,
+        "max_requeues": 3,
+        "setup": [],
+        "sweep": [],
+        "dry_run": False,
+        "wait": False,
+        "poll_s": 2.0,
+    }
+}
+EXECUTORS = ("slurm", "local")
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+            "PREEMPTED", "FINISHED", "INTERRUPTED", "DONE"}
+
+
+def split_args(args: Sequence[str]) -> tuple[str, list[str], list[str]]:
+    """``[command, *rest]`` -> (command, the command's arguments, the launch.* overrides)."""
+    if not args or args[0].startswith("-") or "=" in args[0]:
+        raise InfoviewError("launch needs a command first: infoview launch <command> [--config FILE] [key=value ...]")
+    command, rest = args[0], list(args[1:])
+    if command == "launch":
+        raise InfoviewError("launch cannot launch itself")
+    launch = [a for a in rest if a.startswith("launch.")]
+    return command, [a for a in rest if not a.startswith("launch.")], launch
+
+
+def launch_config(overrides: Sequence[str]):
+    from infoview.config import parse_overrides, resolve
+
+    lc = resolve(DEFAULTS, None, parse_overrides(overrides)).launch
+    if lc.executor not in EXECUTORS:
+        raise ConfigError(f"launch.executor must be one of {', '.join(EXECUTORS)}, got '{lc.executor}'")
+    for key in ("nodes", "timeout_min"):
+        if lc[key] < 1:
+            raise ConfigError(f"launch.{key} must be >= 1, got {lc[key]}")
+    if lc.executor == "local" and lc.nodes != 1:
+        raise ConfigError("launch.executor=local runs on this machine: launch.nodes must be 1")
+    return lc
+
+
+def _job_args(command: str, args: list[str], entry: str, index: int, sweeping: bool) -> tuple[list[str], Any]:
+    """Check one job's arguments and return them with its effective config."""
+    from infoview.cli import build_config
+
+    extra = shlex.split(entry)
+    module, cfg = build_config(command, [*args, *extra])
+    if sweeping and not any(a.startswith("out_dir=") for a in extra) and "out_dir" in cfg:
+        module, cfg = build_config(command, [*args, *extra, f"out_dir={Path(cfg.out_dir) / f'sweep{index}'}"])
+    return [*args, *extra], cfg
+
+
+def _check_partition(partition: str) -> None:
+    if not shutil.which("sinfo"):
+        raise InfoviewError("sinfo is not on PATH: is this a SLURM login node? (launch.executor=local runs here)")
+    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise InfoviewError(f"sinfo failed: {out.stderr.strip() or out.stdout.strip()}")
+    names = sorted({p.strip().rstrip("*") for p in out.stdout.split()})
+    if partition and partition not in names:
+        from infoview.config import did_you_mean
+
+        raise InfoviewError(
+            f"unknown partition '{partition}'" + did_you_mean(partition, names) + f" Partitions: {', '.join(names)}"
+        )
+
+
+def build_executor(lc, command: str, folder: Path):
+    import submitit
+
+    tasks = lc.tasks_per_node or max(lc.gpus_per_node, 1)
+    params: dict[str, Any] = {"timeout_min": lc.timeout_min, "nodes": lc.nodes, "tasks_per_node": tasks,
+                              "name": lc.job_name or f"infoview-{command}"}
+    if lc.gpus_per_node:
+        params["gpus_per_node"] = lc.gpus_per_node
+    if lc.cpus_per_task:
+        params["cpus_per_task"] = lc.cpus_per_task
+    if lc.mem_gb:
+        params["mem_gb"] = lc.mem_gb
+    if lc.executor == "slurm":
+        slurm = {"partition": lc.partition, "account": lc.account, "qos": lc.qos, "constraint": lc.constraint,
+                 "comment": lc.comment}
+        params.update({f"slurm_{k}": v for k, v in slurm.items() if v})
+        params["slurm_signal_delay_s"] = lc.signal_delay_s
+        if lc.setup:
+            params["slurm_setup"] = list(lc.setup)
+    extra = {"slurm_max_num_timeout": lc.max_requeues} if lc.executor == "slurm" else {}
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=lc.executor, **extra)
+    executor.update_parameters(**params)
+    return executor
+
+
+def sbatch_script(executor) -> str:
+    """The script submitit hands to sbatch for this executor (what a dry run prints)."""
+    inner = executor._executor  # submitit's SlurmExecutor
+    return inner._make_submission_file_text(inner._submitit_command_str, "<job uid>")
+
+
+def _scontrol_state(job_id: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=60)
+    for field in out.stdout.split():
+        if field.startswith("JobState="):
+            return field.split("=", 1)[1]
+    return "UNKNOWN"
+
+
+def wait_for(jobs, executor_kind: str, poll_s: float = 2.0, log=print) -> list[dict]:
+    """Wait until every job ends, printing state changes; returns ``[{id, state, result}]``."""
+    states = {j.job_id: "" for j in jobs}
+    finished: dict[str, dict] = {}
+    while len(finished) < len(jobs):
+        for job in jobs:
+            if job.job_id in finished:
+                continue
+            if executor_kind == "slurm":
+                state = _scontrol_state(job.job_id)
+                done = state in TERMINAL
+            else:
+                done = job.done()
+                state = "COMPLETED" if done else "RUNNING"
+            if state != states[job.job_id]:
+                log(f"job {job.job_id}: {state}")
+                states[job.job_id] = state
+            if done:
+                result, error = None, None
+                try:
+                    result = job.results()[0]  # task 0 reports
+                except Exception as exc:  # the job's own error, as submitit reports it
+                    error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                    if state == "COMPLETED":
+                        state = "FAILED"
+                finished[job.job_id] = {"id": job.job_id, "state": state, "result": result, "error": error}
+        if len(finished) < len(jobs):
+            time.sleep(poll_s)
+    return [finished[j.job_id] for j in jobs]
+
+
+def main(args: Sequence[str]) -> dict:
+    from infoview.cli import load_command
+    from infoview.config import save_config
+
+    command, cmd_args, launch_over = split_args(args)
+    load_command(command)  # an unknown command is an error that names the nearest
+    lc = launch_config(launch_over)
+    entries = [str(e) for e in lc.sweep] or [""]
+    jobs_args = [_job_args(command, cmd_args, e, i, len(entries) > 1) for i, e in enumerate(entries)]
+    if command == "pretrain":
+        from infoview.pretrain.checkpoint import find_resume
+
+        for _, cfg in jobs_args:  # resume=never is checked now; a requeued job must be able to resume
+            if str(cfg.train.resume).lower() in ("never", "none", "", "false") and find_resume(
+                    Path(cfg.out_dir) / "checkpoints"):
+                raise InfoviewError(f"{cfg.out_dir} already holds a checkpoint and train.resume={cfg.train.resume}")
+    if lc.executor == "slurm" and not lc.dry_run:
+        _check_partition(lc.partition)
+
+    folder = Path(lc.folder).resolve()
+    executor = build_executor(lc, command, folder)
+    if lc.dry_run:
+        if lc.executor != "slurm":
+            raise ConfigError("launch.dry_run prints an sbatch script: it needs launch.executor=slurm")
+        if len(entries) > 1:
+            executor.update_parameters(slurm_array_parallelism=len(entries))
+        script = sbatch_script(executor)
+        print(script, flush=True)
+        return {"dry_run": True, "jobs": len(entries), "command": command}
+
+    from infoview.launch.job import CommandJob, resumable
+
+    frozen = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i, (_, cfg) in enumerate(jobs_args):
+        path = folder / "configs" / f"{command}-{stamp}-{i}.yaml"
+        save_config(cfg, path)
+        frozen.append(resumable(command, ["--config", str(path)]))
+    if len(frozen) == 1:
+        jobs = [executor.submit(CommandJob(), command, frozen[0])]
+    else:
+        with executor.batch():
+            jobs = [executor.submit(CommandJob(), command, a) for a in frozen]
+    report = []
+    for job, (_, cfg) in zip(jobs, jobs_args):
+        entry = {"id": job.job_id, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+        if "out_dir" in cfg:
+            entry["out_dir"] = str(cfg.out_dir)
+        report.append(entry)
+        print(f"submitted {command} as job {job.job_id} ({lc.executor}); logs: {job.paths.stdout}", flush=True)
+    result: dict[str, Any] = {"executor": lc.executor, "command": command, "jobs": report}
+    if lc.wait:
+        outcomes = wait_for(jobs, lc.executor, lc.poll_s, log=lambda m: print(m, file=sys.stderr, flush=True))
+        for entry, outcome in zip(report, outcomes):
+            entry.update({k: outcome[k] for k in ("state", "result", "error")})
+        failed = [o for o in outcomes if o["error"] or o["state"] != "COMPLETED"]
+        if failed:
+            f = failed[0]
+            raise InfoviewError(f"job {f['id']} ended {f['state']}: {f['error'] or 'see its log'}; "
+                                f"logs in {folder}")
+    return result
