@@ -40,7 +40,7 @@ $(VENV)/.installed-%: setup.py | $(BIN)/python
 	$(PIP) install $(PIP_FLAGS) -e ".[$*]"
 	@touch $@
 
-test: sysdeps $(VENV)/.installed-dev,ffcv
+test: sysdeps $(VENV)/.installed-dev,ffcv,detection
 	$(BIN)/python -m pytest
 
 # The demo: SimCLR + ML-CPC on scikit-learn's digits (configs/demo.yaml), then a

@@ -32,6 +32,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "infoview.pretrain.engine",
         "Pretrain an encoder without labels (simclr or moco, any objective); checkpoints and resumes.",
     ),
+    "export": (
+        "infoview.models.export",
+        "Export a checkpoint's backbone: model.safetensors (timm key names) + config.json.",
+    ),
+    "knn": (
+        "infoview.eval.knn_eval",
+        "Weighted kNN accuracy of a frozen encoder (k = 200, temperature 0.07 by default).",
+    ),
+    "detect": (
+        "infoview.eval.detection",
+        "Fine-tune Mask/Faster R-CNN with FPN on a backbone; COCO box and mask AP (pycocotools).",
+    ),
+    "segment": (
+        "infoview.eval.segmentation",
+        "Train an FCN/DeepLabV3 head on a backbone; mIoU and pixel accuracy, with a PNG of predictions.",
+    ),
     "linear": (
         "infoview.eval.linear_eval",
         "Linear probe of a frozen encoder (a checkpoint, or random:<...> for the baseline): top-1/top-5.",

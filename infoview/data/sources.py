@@ -25,6 +25,7 @@ Nothing is downloaded unless ``download=True`` is passed.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -277,6 +278,32 @@ class FolderSource(FileListSource):
         self._labels = np.asarray(labels, dtype=np.int64)
         self.classes = subdirs
 
+def read_coco_instances(images: str, annotations: str) -> tuple[Path, Path, dict]:
+    """(image folder, annotation file, parsed JSON) of a ``coco:<images>:<json>`` source; errors name the file."""
+    img_root, ann_path = Path(images).expanduser(), Path(annotations).expanduser()
+    if not img_root.is_dir():
+        raise InfoviewError(f"coco: image folder {img_root} does not exist")
+    if not ann_path.is_file():
+        raise InfoviewError(f"coco: annotation file {ann_path} does not exist")
+    with coco_format_errors(ann_path):
+        data = json.loads(ann_path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError(f"the file holds a {type(data).__name__}, not an object")
+    return img_root, ann_path, data
+
+
+@contextlib.contextmanager
+def coco_format_errors(ann_path: Path):
+    """Turn a malformed COCO file (missing or mistyped fields) into an error that names it."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InfoviewError(
+            f"coco: {ann_path} is not a COCO instances file ({type(exc).__name__}: {exc}); "
+            "expected 'images' (id, file_name), 'annotations' (image_id, category_id, bbox) and 'categories'"
+        ) from None
+
+
 class CocoSource(FileListSource):
     """COCO photos with an instances JSON; image label = the most frequent category.
 
@@ -287,21 +314,11 @@ class CocoSource(FileListSource):
 
     def __init__(self, images: str, annotations: str):
         self.name = f"coco:{images}:{annotations}"
-        img_root, ann_path = Path(images).expanduser(), Path(annotations).expanduser()
-        if not img_root.is_dir():
-            raise InfoviewError(f"coco: image folder {img_root} does not exist")
-        if not ann_path.is_file():
-            raise InfoviewError(f"coco: annotation file {ann_path} does not exist")
-        try:
-            data = json.loads(ann_path.read_text(encoding="utf-8"))
+        img_root, ann_path, data = read_coco_instances(images, annotations)
+        with coco_format_errors(ann_path):
             cats = sorted(data["categories"], key=lambda c: c["id"])
             images_meta = sorted(data["images"], key=lambda im: im["id"])
             anns = data.get("annotations", [])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InfoviewError(
-                f"coco: {ann_path} is not a COCO instances file ({type(exc).__name__}: {exc}); "
-                "expected 'images', 'annotations' and 'categories'"
-            ) from None
         cat_index = {c["id"]: i for i, c in enumerate(cats)}
         per_image: dict[int, Counter] = {}
         for a in anns:

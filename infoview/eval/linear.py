@@ -6,7 +6,11 @@ at and what the SimCLR / MoCo papers report. Training only a linear layer on
 features extracted once (``infoview.eval.features.extract_features``) takes
 seconds to minutes instead of the hours of running the encoder every epoch;
 the price is no augmentation during the probe, which the fast linear-probe
-protocols accept.
+protocols accept. ``train_linear_probe_augmented`` is the other protocol
+(SimCLR's and MoCo's papers): every epoch the frozen encoder sees fresh random
+crops and flips of the train images and the layer trains on those features,
+with the same optimiser, schedule and scoring (``infoview linear
+augment=true``); it costs one encoder pass per image per epoch.
 
 The protocol:
 
@@ -73,47 +77,74 @@ def _resolve_num_classes(num_classes, *label_sets: Tensor) -> int:
     return int(num_classes)
 
 
-def _fit(x: Tensor, y: Tensor, num_classes: int, *, epochs, batch_size, lr, weight_decay, momentum, seed,
-         normalize, progress) -> tuple[nn.Linear, Tensor | None, Tensor | None]:
-    """The training loop on checked features; returns (layer on standardised features, mean, std)."""
-    n, dim = x.shape
-    mean = std = None
-    if normalize == "standardize":
-        mean = x.mean(dim=0)
-        std = torch.sqrt(x.var(dim=0, unbiased=False) + BN_EPS)
-        x = (x - mean) / std
+def _standardizer(x: Tensor, normalize: str) -> tuple[Tensor | None, Tensor | None]:
+    """The train split's per-dimension mean and std (BatchNorm's eps), or (None, None)."""
+    if normalize != "standardize":
+        return None, None
+    return x.mean(dim=0), torch.sqrt(x.var(dim=0, unbiased=False) + BN_EPS)
 
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    layer = torch.nn.utils.skip_init(nn.Linear, dim, num_classes, device=x.device)  # no global-RNG init
+
+def _new_layer(dim: int, num_classes: int, gen: torch.Generator, device) -> nn.Linear:
+    """``nn.Linear`` with N(0, 0.01^2) weights from ``gen`` and zero bias (the global RNG untouched)."""
+    layer = torch.nn.utils.skip_init(nn.Linear, dim, num_classes, device=device)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(num_classes, dim, generator=gen) * 0.01)
         layer.bias.zero_()
+    return layer
+
+
+def _sgd_cosine(layer: nn.Linear, epoch_batches, *, epochs, steps_per_epoch, batch_size, lr, weight_decay, momentum,
+                progress, desc="linear probe") -> nn.Linear:
+    """Train ``layer`` on the (features, labels) minibatches ``epoch_batches()`` yields, once per epoch.
+
+    SGD with momentum on the cross-entropy; the learning rate peaks at
+    ``lr * batch_size / 256`` and follows a cosine to 0 over
+    ``epochs * steps_per_epoch`` steps. Returns the layer, frozen.
+    """
     peak = float(lr) * batch_size / 256
     opt = torch.optim.SGD(layer.parameters(), lr=peak, momentum=float(momentum), weight_decay=float(weight_decay))
-
-    total = epochs * -(-n // batch_size)
+    total = max(1, epochs * steps_per_epoch)
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(epochs), desc="linear probe", unit="epoch", disable=not progress, dynamic_ncols=True,
-               leave=False)
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, dynamic_ncols=True, leave=False)
     step = 0
     try:
         for _ in bar:
-            order = torch.randperm(n, generator=gen).to(x.device)
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
+            for feats, labels in epoch_batches():
                 for group in opt.param_groups:
-                    group["lr"] = 0.5 * peak * (1.0 + math.cos(math.pi * step / total))
-                loss = F.cross_entropy(layer(x[idx]), y[idx])
+                    group["lr"] = 0.5 * peak * (1.0 + math.cos(math.pi * min(step, total) / total))
+                loss = F.cross_entropy(layer(feats), labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 step += 1
-            if progress:
+            if progress and step:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
     finally:
         bar.close()
-    return layer.requires_grad_(False), mean, std
+    return layer.requires_grad_(False)
+
+
+def _fit(x: Tensor, y: Tensor, num_classes: int, *, epochs, batch_size, lr, weight_decay, momentum, seed,
+         normalize, progress) -> tuple[nn.Linear, Tensor | None, Tensor | None]:
+    """The training loop on checked features; returns (layer on standardised features, mean, std)."""
+    n, dim = x.shape
+    mean, std = _standardizer(x, normalize)
+    if mean is not None:
+        x = (x - mean) / std
+
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    layer = _new_layer(dim, num_classes, gen, x.device)
+
+    def batches():  # a fresh random order every epoch, drawn from gen
+        order = torch.randperm(n, generator=gen).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield x[idx], y[idx]
+
+    layer = _sgd_cosine(layer, batches, epochs=epochs, steps_per_epoch=-(-n // batch_size), batch_size=batch_size,
+                        lr=lr, weight_decay=weight_decay, momentum=momentum, progress=progress)
+    return layer, mean, std
 
 
 def fit_linear(
@@ -186,6 +217,18 @@ def train_linear_probe(
     "num_train", "num_test"}``; ``lr`` is the value given (at batch size 256).
     """
     _check_settings(epochs, batch_size, lr, weight_decay, momentum, normalize)
+    device = resolve_device(device)
+    x, y, xt, yt, num_classes = _checked_splits(train_feats, train_labels, test_feats, test_labels, num_classes,
+                                                device)
+    layer, mean, std = _fit(
+        x, y, num_classes, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        momentum=momentum, seed=seed, normalize=normalize, progress=progress,
+    )
+    return _report(layer, mean, std, x, y, xt, yt, num_classes, epochs=int(epochs), lr=float(lr),
+                   batch_size=int(batch_size), weight_decay=float(weight_decay), normalize=normalize)
+
+
+def _checked_splits(train_feats, train_labels, test_feats, test_labels, num_classes, device):
     x, y = check_features(train_feats, train_labels, "linear probe train", needed_by="the linear probe")
     xt, yt = check_features(test_feats, test_labels, "linear probe test", needed_by="the linear probe's accuracy")
     if xt.shape[1] != x.shape[1]:
@@ -193,26 +236,101 @@ def train_linear_probe(
             f"train features have {x.shape[1]} dimensions but test features {xt.shape[1]}; expected the same"
         )
     num_classes = _resolve_num_classes(num_classes, y, yt)
-    device = resolve_device(device)
-    x, y, xt, yt = x.to(device), y.to(device), xt.to(device), yt.to(device)
-    layer, mean, std = _fit(
-        x, y, num_classes, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        momentum=momentum, seed=seed, normalize=normalize, progress=progress,
-    )
+    return x.to(device), y.to(device), xt.to(device), yt.to(device), num_classes
+
+
+def _report(layer, mean, std, x, y, xt, yt, num_classes, **settings) -> dict:
+    """Top-1 (top-5 with >= 5 classes) on the test split, train top-1, then ``settings`` and the counts."""
     if mean is not None:  # score in the space the layer was trained in
         x, xt = (x - mean) / std, (xt - mean) / std
     result = {"top1": _accuracy(layer, xt, yt, 1)}
     if num_classes >= 5:
         result["top5"] = _accuracy(layer, xt, yt, 5)
-    result.update(
-        train_top1=_accuracy(layer, x, y, 1),
-        epochs=int(epochs),
-        lr=float(lr),
-        batch_size=int(batch_size),
-        weight_decay=float(weight_decay),
-        normalize=normalize,
-        num_classes=num_classes,
-        num_train=int(x.shape[0]),
-        num_test=int(xt.shape[0]),
-    )
+    result.update(train_top1=_accuracy(layer, x, y, 1), **settings, num_classes=num_classes,
+                  num_train=int(x.shape[0]), num_test=int(xt.shape[0]))
     return result
+
+
+def _encoder_dtype(encoder: nn.Module) -> torch.dtype:
+    for tensor in list(encoder.parameters()) + list(encoder.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def train_linear_probe_augmented(
+    encoder: nn.Module,
+    loader,
+    views,
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    num_classes: int | None = None,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    seed: int = 0,
+    device="cpu",
+    normalize: str = "standardize",
+    progress: bool = False,
+) -> dict:
+    """The linear probe trained on augmented views of the train images, through the frozen encoder.
+
+    Each epoch, every batch ``(uint8 images, labels)`` of ``loader`` (the
+    train split, shuffled; its batch size should be ``batch_size``, which sets
+    the learning rate) becomes one random view ``views(images)[0]`` (e.g. a
+    random resized crop + flip from ``infoview.augment.build_views``), the
+    encoder (eval mode, no gradient; it must already be on ``device``) turns
+    it into features, and the layer takes one SGD step on them: the same
+    optimiser, learning-rate rule and cosine schedule as the cached-feature
+    probe. ``train_feats`` / ``test_feats`` are the un-augmented features of
+    the two splits: the standardisation comes from the train ones, and
+    ``top1`` / ``top5`` are scored on the test ones (centre views).
+    ``train_top1`` is scored on the un-augmented train features. Returns the
+    keys of :func:`train_linear_probe` plus ``"augment": True``.
+    """
+    _check_settings(epochs, batch_size, lr, weight_decay, momentum, normalize)
+    device = resolve_device(device)
+    x, y, xt, yt, num_classes = _checked_splits(train_feats, train_labels, test_feats, test_labels, num_classes,
+                                                device)
+    try:
+        steps = len(loader)
+    except TypeError:
+        steps = -(-x.shape[0] // batch_size)
+    mean, std = _standardizer(x, normalize)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    layer = _new_layer(x.shape[1], num_classes, gen, device)
+    in_dtype = _encoder_dtype(encoder)
+
+    def batches():
+        for index, (images, labels) in enumerate(loader):
+            with torch.no_grad():
+                view = views(images.to(device, non_blocking=True))[0]
+                feats = encoder(view.to(in_dtype)).float()
+                if feats.dim() != 2 or feats.shape[1] != x.shape[1]:
+                    raise InfoviewError(
+                        f"augmented batch {index}: the encoder returned shape {tuple(feats.shape)}; expected "
+                        f"(B, {x.shape[1]}) like the cached train features"
+                    )
+                if mean is not None:
+                    feats = (feats - mean) / std
+            labels = torch.as_tensor(labels).to(device=device, dtype=torch.int64)
+            if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
+                raise InfoviewError(f"augmented batch {index}: labels must lie in [0, {num_classes}), got "
+                                    f"{int(labels.min())}..{int(labels.max())}")
+            yield feats, labels
+
+    modes = {module: module.training for module in encoder.modules()}
+    encoder.eval()
+    try:
+        layer = _sgd_cosine(layer, batches, epochs=epochs, steps_per_epoch=steps, batch_size=batch_size, lr=lr,
+                            weight_decay=weight_decay, momentum=momentum, progress=progress,
+                            desc="linear probe (augmented)")
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    return _report(layer, mean, std, x, y, xt, yt, num_classes, epochs=int(epochs), lr=float(lr),
+                   batch_size=int(batch_size), weight_decay=float(weight_decay), normalize=normalize, augment=True)

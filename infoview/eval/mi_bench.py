@@ -424,7 +424,7 @@ def plot(path, record, keys, levels, steps_per_level, log_m, batch_size, title="
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from infoview.utils.io import atomic_path
+    from infoview.utils.io import save_figure
 
     steps = np.arange(1, record.shape[0] + 1)
     fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
@@ -445,11 +445,7 @@ def plot(path, record, keys, levels, steps_per_level, log_m, batch_size, title="
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, ncol=2)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_csv(path, record, keys, levels, steps_per_level) -> Path:

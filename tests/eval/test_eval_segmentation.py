@@ -1,0 +1,228 @@
+"""`infoview segment`: FCN / DeepLabV3 heads on CNN and ViT backbones, the masks: source, the metrics."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from infoview.cli import main
+from infoview.errors import InfoviewError
+from infoview.eval.segmentation import (
+    SegmentationModel,
+    confusion_matrix,
+    constant_baseline,
+    segmentation_metrics,
+)
+from infoview.eval.segmentation_data import open_segmentation_splits, resolve_splits
+
+pytestmark = pytest.mark.slow
+
+QUIET = ["data.num_workers=0", "train.progress=false"]
+
+
+def _segment(capsys, out: Path, *args: str) -> dict:
+    assert main(["segment", *QUIET, f"out_dir={out}", *args]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "segment.json").read_text())
+    assert printed == saved
+    assert (out / "config.yaml").is_file()
+    return saved
+
+
+def _check_png(path: Path, rows: int) -> None:
+    assert path.is_file() and path.stat().st_size > 10_000
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    assert pixels.shape[0] > 250 * rows and pixels.std() > 10  # one row per image, not blank
+    assert not list(path.parent.glob(".predictions.png.*"))  # no temp file left behind
+
+
+def _well_formed(r: dict) -> None:
+    for key in ("miou", "pixel_accuracy", "mean_class_accuracy"):
+        assert 0 <= r[key] <= 100, key
+    assert all(0 <= v <= 100 for v in r["per_class_iou"].values())
+    assert r["classes_in_ground_truth"] >= 1 and r["steps"] >= 1 and r["time_s"] > 0
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_shapes_end_to_end_learns_beyond_the_constant_baseline(photo_checkpoint, tmp_path, capsys):
+    out = tmp_path / "shapes"
+    r = _segment(capsys, out, f"backbone={photo_checkpoint}", "data.source=shapes", "data.size=64",
+                 "train.max_steps=60", "train.lr=0.05", "eval.max_images=16", "plot.num_images=3")
+    _well_formed(r)
+    assert r["num_classes"] == 5 and r["val_images"] == 16 and r["steps"] == 60
+    assert r["feature_map"]["stride"] == 8 and r["feature_map"]["size"] == [8, 8]  # dilated ResNet
+    assert set(r["per_class_iou"]) <= {"1 background", "2 circle", "3 square", "4 triangle"}
+    # predicting background everywhere scores ~20% mIoU; 60 steps reach ~32-38% (4 seeds)
+    assert r["miou"] > r["constant_baseline"]["miou"] + 5
+    _check_png(out / "predictions.png", rows=3)
+
+
+def test_coco128_masks_with_deeplabv3(photo_checkpoint, shared_data, tmp_path, capsys):
+    coco = shared_data / "coco128"
+    out = tmp_path / "coco"
+    r = _segment(capsys, out, f"backbone={photo_checkpoint}", "head=deeplabv3",
+                 f"data.source=masks:{coco}/images:{coco}/semantic_segmentation/masks", "data.size=64",
+                 "data.batch_size=2", "train.max_steps=2", "eval.max_images=3", "plot.num_images=2")
+    _well_formed(r)
+    assert (r["train_split"], r["val_split"]) == ("train2017", "val2017")  # found, train-like first
+    assert r["train_images"] == 100 and r["val_images"] == 3
+    assert r["images_without_mask"] == {"train2017": 28, "val2017": 28}
+    assert r["num_classes"] == 201  # COCO panoptic ids up to 200, over both splits
+    assert r["head"] == "deeplabv3" and r["ignore_index"] == 0
+    assert not any(k.split()[0] == "0" for k in r["per_class_iou"])  # unlabelled is never scored
+    assert any(" " in k for k in r["per_class_iou"])  # names from semantic_segmentation/config.yaml
+    _check_png(out / "predictions.png", rows=2)
+
+
+def test_vit_tokens_become_a_map(tmp_path, capsys):
+    r = _segment(capsys, tmp_path / "vit", "backbone=random:vit_tiny_patch16_224", "data.source=shapes",
+                 "data.size=32", "data.batch_size=2", "train.max_steps=2", "eval.max_images=2",
+                 "freeze_backbone=true", "train.optimizer=adamw", "train.lr=0.001", "plot.num_images=1")
+    _well_formed(r)
+    assert r["feature_map"]["stride"] == 16 and r["feature_map"]["size"] == [2, 2]
+    assert r["feature_map"]["channels"] == 192
+
+
+def test_frozen_vit_model_drops_prefix_tokens_and_trains_the_head_only():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, reg_tokens=2, depth=2)  # 1 cls + 2 registers
+    model = SegmentationModel(vit, "fcn", num_classes=4, size=48, freeze=True)
+    assert vit.patch_embed.img_size == (48, 48) and model.feature_hw == (3, 3)
+    model.train()
+    assert not model.backbone.training and model.head.training
+    logits = model(torch.randn(2, 3, 48, 48))
+    assert logits.shape == (2, 4, 48, 48)
+    logits.sum().backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
+    with pytest.raises(InfoviewError, match="multiple of the ViT's patch size 16"):
+        SegmentationModel(timm.create_model("vit_tiny_patch16_224", num_classes=0, depth=1), "fcn", 4, 40)
+
+
+# --------------------------------------------------------------------------- the masks: source
+
+
+def _write_split(root: Path, split: str, stems, masks: bool = True, size=(20, 16), mask_size=None) -> None:
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        Image.fromarray(np.full((size[1], size[0], 3), 120, np.uint8)).save(root / "images" / split / f"{stem}.jpg")
+        if masks:
+            w, h = mask_size or size
+            Image.fromarray(np.full((h, w), 3, np.uint8)).save(root / "masks" / split / f"{stem}.png")
+
+
+def _source(root: Path) -> str:
+    return f"masks:{root / 'images'}:{root / 'masks'}"
+
+
+def test_an_image_without_any_mask_is_named(tmp_path):
+    _write_split(tmp_path, "val", ["v1"])
+    _write_split(tmp_path, "train", ["a", "b"], masks=False)
+    with pytest.raises(InfoviewError, match=r"no image pairs with a mask.*first image without a mask is .*a\.jpg"):
+        open_segmentation_splits(_source(tmp_path))
+    # a mask whose image is missing is named too
+    Image.fromarray(np.zeros((16, 20), np.uint8)).save(tmp_path / "masks" / "train" / "zz.png")
+    with pytest.raises(InfoviewError, match=r"mask .*zz\.png has no image with the stem 'zz'"):
+        open_segmentation_splits(_source(tmp_path))
+
+
+def test_pairs_by_stem_and_leaves_out_images_without_masks(tmp_path):
+    _write_split(tmp_path, "val", ["v1", "v2"])
+    _write_split(tmp_path, "train", ["a", "b"])
+    _write_split(tmp_path, "train", ["c"], masks=False)
+    train, val = open_segmentation_splits(_source(tmp_path))
+    assert (train.split, val.split, len(train), len(val)) == ("train", "val", 2, 2)
+    assert train.unlabelled_images == 1 and train.first_unlabelled.endswith("c.jpg")
+    image, mask = train.load(0)
+    assert image.shape == (16, 20, 3) and mask.shape == (16, 20) and mask.dtype == np.int64
+    assert train.label_ids() == {3}
+
+
+def test_a_mask_of_another_size_is_named(tmp_path):
+    _write_split(tmp_path, "val", ["v1"])
+    _write_split(tmp_path, "train", ["a"], mask_size=(8, 8))
+    train, _ = open_segmentation_splits(_source(tmp_path))
+    with pytest.raises(InfoviewError, match=r"mask .*a\.png is 8x8 .* but its image .*a\.jpg is 20x16"):
+        train.label_ids()
+
+
+def test_missing_split_errors(tmp_path, capsys):
+    _write_split(tmp_path, "train2017", ["a"])
+    _write_split(tmp_path, "val2017", ["b"])
+    assert main(["segment", *QUIET, "backbone=random:resnet18", f"data.source={_source(tmp_path)}",
+                 "data.val_split=test", f"out_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert "data.val_split=test" in err and "no split 'test'" in err and "train2017, val2017" in err
+    (tmp_path / "images" / "extra").mkdir()
+    (tmp_path / "masks" / "extra").mkdir()
+    with pytest.raises(InfoviewError, match="3 split folder.*name them"):
+        open_segmentation_splits(_source(tmp_path))
+    missing = "data.val_split=val2017: no split 'val2017' in the masks root .*found there: extra, train2017"
+    with pytest.raises(InfoviewError, match=missing):
+        (tmp_path / "masks" / "val2017" / "b.png").unlink()
+        (tmp_path / "masks" / "val2017").rmdir()
+        open_segmentation_splits(_source(tmp_path), "train2017", "val2017")
+    with pytest.raises(InfoviewError, match="no per-pixel labels"):
+        open_segmentation_splits("digits")
+
+
+def test_splits_default_to_the_two_found_train_like_first():
+    assert resolve_splits(["val2017", "train2017"], "", "", "x") == ("train2017", "val2017")
+    assert resolve_splits(["a_train", "b"], "", "", "x") == ("a_train", "b")
+    assert resolve_splits(["test", "val"], "val", "", "x") == ("val", "test")
+    with pytest.raises(InfoviewError, match="1 split folder"):
+        resolve_splits(["train"], "", "", "x")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_void_pixels_change_nothing():
+    # rows: ground truth 0 (void), 1, 2, 3; columns: prediction
+    clean = np.array([[0, 0, 0, 0],
+                      [0, 8, 2, 0],
+                      [0, 1, 4, 0],
+                      [0, 0, 0, 0]])
+    with_void = clean.copy()
+    with_void[0] = [50, 7, 9, 3]  # whatever is predicted on void pixels
+    m = segmentation_metrics(clean, ignore_index=0)
+    assert segmentation_metrics(with_void, ignore_index=0) == m
+    assert m["miou"] == pytest.approx(100 * (8 / 11 + 4 / 7) / 2, abs=1e-3)
+    assert m["pixel_accuracy"] == pytest.approx(100 * 12 / 15, abs=1e-3)
+    assert m["classes_in_ground_truth"] == 2 and set(m["per_class_iou"]) == {"1", "2"}
+    assert constant_baseline(with_void, 0) == constant_baseline(clean, 0) == {
+        "miou": pytest.approx(100 * 10 / 15 / 2, abs=1e-3), "pixel_accuracy": pytest.approx(100 * 10 / 15, abs=1e-3)}
+
+    # a class that is only predicted is listed (IoU 0) but not averaged into mIoU
+    only_pred = clean.copy()
+    only_pred[1, 3] = 1
+    m3 = segmentation_metrics(only_pred, 0, {3: "cat"})
+    assert m3["per_class_iou"]["3 cat"] == 0 and m3["classes_only_predicted"] == ["3 cat"]
+    assert m3["miou"] == pytest.approx(100 * (8 / 12 + 4 / 7) / 2, abs=1e-3)
+
+    # predicting the void class on a labelled pixel is an error, not a free pass
+    pred_void = clean.copy()
+    pred_void[1, 0] = 5
+    assert segmentation_metrics(pred_void, 0)["pixel_accuracy"] == pytest.approx(100 * 12 / 20, abs=1e-3)
+
+
+def test_confusion_drops_ignore_index_and_255():
+    target = torch.tensor([[1, 2, 0, 255], [2, 2, 1, 0]])
+    pred = torch.tensor([[1, 1, 2, 2], [2, 0, 1, 1]])
+    conf = confusion_matrix(pred, target, num_classes=3, ignore_index=0)
+    assert conf.sum() == 5  # the two 0s and the 255 are dropped
+    assert conf.tolist() == [[0, 0, 0], [0, 2, 0], [1, 1, 1]]
+    keep = (target != 0) & (target != 255)
+    assert torch.equal(conf, confusion_matrix(pred[keep], target[keep], 3, 0))
+    # another ignore index: 0 is a class, 2 is void, 255 still void
+    conf2 = confusion_matrix(pred, target, num_classes=3, ignore_index=2)
+    assert conf2.sum() == 4 and conf2[0].tolist() == [0, 1, 1]
