@@ -92,7 +92,9 @@ def load_command(name: str):
 def _command_help(name: str, module) -> str:
     doc = (module.__doc__ or COMMANDS[name][1]).strip()
     positional = " ".join(p.upper() for p in getattr(module, "POSITIONAL", ()))
-    head = f"usage: infoview {name} {positional + ' ' if positional else ''}[--config FILE] [key=value ...]"
+    head = getattr(module, "USAGE", None) or (
+        f"usage: infoview {name} {positional + ' ' if positional else ''}[--config FILE] [key=value ...]"
+    )
     keys = OmegaConf.to_yaml(OmegaConf.create(module.DEFAULTS)).rstrip()
     return f"{head}\n\n{doc}\n\nkeys and defaults:\n" + "\n".join("  " + l for l in keys.splitlines())
 

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 from infoview.errors import ConfigError, InfoviewError
 
+USAGE = "usage: infoview launch <command> [--config FILE] [key=value ...] [launch.key=value ...]"
 DEFAULTS: dict[str, Any] = {
     "launch": {
         "executor": "slurm",
