@@ -114,6 +114,24 @@ def load_backbone_spec(spec: str, seed: int = 0) -> Backbone:
     return _from_checkpoint(path, trained=True)
 
 
+#: the data keys of the commands that measure frozen features (linear, knn)
+FROZEN_DATA = {"source": "digits", "train_split": "train", "test_split": "test", "batch_size": 256,
+               "num_workers": 2, "backend": "auto"}
+
+
+def frozen_splits(cfg):
+    """``(backbone, device, (train feats, labels), (test feats, labels))`` from a linear/knn config
+    (``backbone``, ``data.*`` as in :data:`FROZEN_DATA`, ``train.device``, ``train.seed``, ``train.progress``)."""
+    from infoview.utils.device import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    bb = load_backbone_spec(cfg.backbone, seed=cfg.train.seed)
+    d = cfg.data
+    feats = frozen_features(bb, d.source, (d.train_split, d.test_split), d.batch_size, d.num_workers, d.backend,
+                            device, cfg.train.progress)
+    return bb, device, feats[d.train_split], feats[d.test_split]
+
+
 def frozen_features(
     bb: Backbone,
     source: str,

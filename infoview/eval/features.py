@@ -23,6 +23,7 @@ probe both call it, so the same mistakes get the same message.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import Sequence
@@ -34,12 +35,24 @@ from infoview.errors import InfoviewError
 from infoview.utils.device import resolve_device
 
 
-def _encoder_device_dtype(encoder: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+def encoder_device_dtype(encoder: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
     """Device and floating dtype of the encoder's first floating parameter (or buffer)."""
     for tensor in list(encoder.parameters()) + list(encoder.buffers()):
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
     return None, None
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """``module`` in eval mode for the block; every submodule gets its own mode back afterwards, even on error."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
 
 
 def _channel_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -79,15 +92,12 @@ def extract_features(
                                    or max_images < 1):
         raise InfoviewError(f"max_images must be a positive integer or None, got {max_images!r}")
     m, s = _channel_stats(mean, std)
-    param_device, param_dtype = _encoder_device_dtype(encoder)
+    param_device, param_dtype = encoder_device_dtype(encoder)
     if device is not None:
         target = resolve_device(device)
     else:
         target = param_device
     in_dtype = param_dtype if param_dtype is not None else torch.float32
-
-    modes = {module: module.training for module in encoder.modules()}
-    encoder.eval()
 
     from tqdm.auto import tqdm
 
@@ -95,12 +105,12 @@ def extract_features(
         total = len(loader)
     except TypeError:
         total = None
-    bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True, leave=False)
     feats: list[Tensor] = []
     labels: list[Tensor] = []
     seen = 0
     stats: dict[torch.device, tuple[Tensor, Tensor]] = {}
-    try:
+    bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True, leave=False)
+    with eval_mode(encoder), bar:
         for index, batch in enumerate(loader):
             try:
                 images, targets = batch
@@ -146,10 +156,6 @@ def extract_features(
             bar.update(1)
             if max_images is not None and seen >= max_images:
                 break
-    finally:
-        bar.close()
-        for module, mode in modes.items():
-            module.training = mode
 
     if not feats:
         raise InfoviewError(f"{desc}: the loader yielded no images; expected at least one batch")

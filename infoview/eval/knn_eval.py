@@ -22,11 +22,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from infoview.eval.backbone import FROZEN_DATA
+
 DEFAULTS: dict[str, Any] = {
     "out_dir": "runs/knn",
     "backbone": "",
-    "data": {"source": "digits", "train_split": "train", "test_split": "test", "batch_size": 256,
-             "num_workers": 2, "backend": "auto"},
+    "data": dict(FROZEN_DATA),
     "knn": {"k": 200, "temperature": 0.07},
     "train": {"seed": 0, "device": "auto", "progress": True},
 }
@@ -34,17 +35,12 @@ DEFAULTS: dict[str, Any] = {
 
 def run(cfg) -> dict:
     from infoview.config import save_config
-    from infoview.eval.backbone import frozen_features, load_backbone_spec
+    from infoview.eval.backbone import frozen_splits
     from infoview.eval.knn import knn_accuracy
-    from infoview.utils.device import resolve_device
     from infoview.utils.io import atomic_write_text
 
-    device = resolve_device(cfg.train.device)
-    bb = load_backbone_spec(cfg.backbone, seed=cfg.train.seed)
+    bb, device, (xtr, ytr), (xte, yte) = frozen_splits(cfg)
     d = cfg.data
-    feats = frozen_features(bb, d.source, (d.train_split, d.test_split), d.batch_size, d.num_workers, d.backend,
-                            device, cfg.train.progress)
-    (xtr, ytr), (xte, yte) = feats[d.train_split], feats[d.test_split]
     scores = knn_accuracy(xtr.to(device), ytr.to(device), xte.to(device), yte.to(device), k=cfg.knn.k,
                           temperature=cfg.knn.temperature)
     result = {"backbone": bb.description, "data": d.source, "feature_dim": int(xtr.shape[1]), **scores}

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infoview.errors import ConfigError, InfoviewError
-from infoview.eval.features import check_features
+from infoview.eval.features import check_features, encoder_device_dtype, eval_mode
 from infoview.utils.device import resolve_device
 
 NORMALIZE = ("standardize", "none")
@@ -251,13 +251,6 @@ def _report(layer, mean, std, x, y, xt, yt, num_classes, **settings) -> dict:
     return result
 
 
-def _encoder_dtype(encoder: nn.Module) -> torch.dtype:
-    for tensor in list(encoder.parameters()) + list(encoder.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float32
-
-
 def train_linear_probe_augmented(
     encoder: nn.Module,
     loader,
@@ -303,7 +296,7 @@ def train_linear_probe_augmented(
     mean, std = _standardizer(x, normalize)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     layer = _new_layer(x.shape[1], num_classes, gen, device)
-    in_dtype = _encoder_dtype(encoder)
+    in_dtype = encoder_device_dtype(encoder)[1] or torch.float32
 
     def batches():
         for index, (images, labels) in enumerate(loader):
@@ -323,14 +316,9 @@ def train_linear_probe_augmented(
                                     f"{int(labels.min())}..{int(labels.max())}")
             yield feats, labels
 
-    modes = {module: module.training for module in encoder.modules()}
-    encoder.eval()
-    try:
+    with eval_mode(encoder):
         layer = _sgd_cosine(layer, batches, epochs=epochs, steps_per_epoch=steps, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, momentum=momentum, progress=progress,
                             desc="linear probe (augmented)")
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
     return _report(layer, mean, std, x, y, xt, yt, num_classes, epochs=int(epochs), lr=float(lr),
                    batch_size=int(batch_size), weight_decay=float(weight_decay), normalize=normalize, augment=True)

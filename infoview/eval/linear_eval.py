@@ -22,12 +22,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from infoview.eval.backbone import FROZEN_DATA
+
 DEFAULTS: dict[str, Any] = {
     "out_dir": "runs/linear",
     "backbone": "",
     "augment": False,
-    "data": {"source": "digits", "train_split": "train", "test_split": "test", "batch_size": 256,
-             "num_workers": 2, "backend": "auto"},
+    "data": dict(FROZEN_DATA),
     "train": {"epochs": 100, "lr": 0.1, "batch_size": 256, "weight_decay": 0.0, "seed": 0, "device": "auto",
               "progress": True},
 }
@@ -38,17 +39,12 @@ PROBE_VIEW_OVERRIDES = {"jitter.p": 0.0, "grayscale.p": 0.0, "blur.p": 0.0, "sol
 
 def run(cfg) -> dict:
     from infoview.config import save_config
-    from infoview.eval.backbone import frozen_features, load_backbone_spec
+    from infoview.eval.backbone import frozen_splits
     from infoview.eval.linear import train_linear_probe, train_linear_probe_augmented
-    from infoview.utils.device import resolve_device
     from infoview.utils.io import atomic_write_text
 
-    device = resolve_device(cfg.train.device)
-    bb = load_backbone_spec(cfg.backbone, seed=cfg.train.seed)
+    bb, device, (xtr, ytr), (xte, yte) = frozen_splits(cfg)
     d, t = cfg.data, cfg.train
-    feats = frozen_features(bb, d.source, (d.train_split, d.test_split), d.batch_size, d.num_workers, d.backend,
-                            device, t.progress)
-    (xtr, ytr), (xte, yte) = feats[d.train_split], feats[d.test_split]
     settings = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, seed=t.seed,
                     device=device, progress=t.progress)
     if cfg.augment:

@@ -154,14 +154,6 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x / dist.get_world_size()
 
 
-def broadcast_object(obj, src: int = 0):
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def all_gather_object(obj) -> list:
     if not is_distributed():
         return [obj]
