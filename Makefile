@@ -14,7 +14,7 @@ PIP_FLAGS ?= -q --disable-pip-version-check
 .PHONY: help demo test mi-bench sysdeps clean
 
 help:
-	@echo "make demo      pretrain on digits (CPU, ~2 min), then linear-probe it against its random init"
+	@echo "make demo      pretrain on digits (CPU, ~1 min), then linear-probe it against its random init"
 	@echo "make test      run the test suite"
 	@echo "make mi-bench  the MI staircase benchmark at default settings (writes runs/mi_bench)"
 	@echo "make clean     remove .venv and build outputs"

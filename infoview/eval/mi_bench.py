@@ -20,18 +20,27 @@ estimators: objective names, comma separated. `name:key=value[:key=value]` (or
 `estimators=infonce,ml_cpc:alpha=0.1,ml_cpc:alpha=0.01`; the result is keyed
 `ml_cpc(alpha=0.1)`. A plain `ml_cpc` takes its alpha from the `alpha` key.
 
+What is recorded is each objective's `.mi`, a certified lower bound. Where an
+objective trains on a value that is not a bound (ML-CPC with alpha below its
+floor, Ring's restricted value), that value is recorded too, apart and
+labelled an estimate: `ml_cpc:alpha=0.0001` trains its critic at alpha = 1e-4
+and certifies J at the floor on the same scores.
+
 Writes to out_dir: results.json ({"batch_size", "levels", "estimates": {estimator:
-[mean estimate over the last quarter of each level]}, ...}), estimates.csv (every
-step), mi_bench.png (estimates against step, true MI, log batch_size) and
-config.yaml.
+[mean of its certified bound over the last quarter of each level]},
+"uncertified": {estimator: [the same for its training value, not a bound]},
+"ceilings": {estimator: the most its bound can read}, ...}), estimates.csv
+(every step; uncertified values in columns "<estimator> [estimate]"),
+mi_bench.png (bounds against step, solid; estimates dashed; true MI, log m and
+ML-CPC's ceiling at the floor) and config.yaml.
 
 threads: CPU threads for torch. 1 (the default) is the fastest for these small
 critics on a shared machine: with 2 threads on 2 busy cores a run was 5-17x
 slower. 0 keeps torch's default (one per core).
 
-alpha: 1e-4 by default, the value that tracked the staircase best (lowest error
-per step over the five levels) while every level's estimate stayed below the
-true MI; see docs/mi_bench.md.
+alpha: `floor` by default, ML-CPC's smallest valid alpha for an n x n matrix,
+n / (n (n - 1) + 1) (0.0159 at batch 64, ceiling log 4033 = 8.30 nats); or a
+number. See docs/mi_bench.md and docs/objectives.md.
 
 Example: infoview mi-bench out_dir=runs/mi_bench steps_per_level=1000
 """
@@ -51,8 +60,8 @@ from infoview.errors import ConfigError, InfoviewError
 
 DEFAULTS: dict[str, Any] = {
     "out_dir": "runs/mi_bench",
-    "estimators": ["infonce", "ml_cpc", "nwj", "js"],
-    "alpha": 0.0001,
+    "estimators": ["infonce", "ml_cpc", "ml_cpc:alpha=0.0001", "nwj", "js"],
+    "alpha": "floor",
     "levels": [2, 4, 6, 8, 10],
     "dim": 20,
     "steps_per_level": 4000,
@@ -88,7 +97,8 @@ class EstimatorSpec:
         extra = {k: v for k, v in self.built_with.items() if k not in self.params}
         if not extra:
             return self.key
-        return f"{self.key} (" + ", ".join(f"{k}={_fmt_value(v)}" for k, v in extra.items()) + ")"
+        return f"{self.key} (" + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()) + ")"
 
 
 def _parse_scalar(text: str) -> Any:
@@ -316,7 +326,9 @@ def train_staircase(
 ):
     """Train one critic per objective through the staircase.
 
-    Returns (per-step MI estimates as a float64 numpy array (steps, E), log m).
+    Returns (per-step certified bounds (steps, E), per-step uncertified training
+    values (steps, E), NaN where an objective has none, each objective's ceiling,
+    log m), the arrays as float64 numpy.
     """
     import torch
     from tqdm.auto import tqdm
@@ -335,6 +347,8 @@ def train_staircase(
 
     total = S * len(levels)
     record = torch.empty(total, E, dtype=torch.float32, device=device)
+    uncertified = torch.full((total, E), math.nan, dtype=torch.float32, device=device)
+    ceilings = [math.nan] * E
     gen = torch.Generator(device=device).manual_seed(seed)
     chunk = max(1, min(S, 1000, (1 << 22) // max(1, 2 * n * dim)))
     every = max(1, min(200, S // 10))
@@ -362,6 +376,9 @@ def train_staircase(
                         out = obj(pos, neg)
                         losses.append(out.loss)
                         mis.append(out.mi)
+                        ceilings[e] = out.ceiling
+                        if out.estimate is not None:
+                            uncertified[t, e] = out.estimate
                     log_m = out.log_m
                     opt.zero_grad(set_to_none=True)
                     torch.stack(losses).sum().backward()
@@ -378,7 +395,7 @@ def train_staircase(
         bar.update(total - bar.n)
     finally:
         bar.close()
-    return record.double().cpu().numpy(), float(log_m)
+    return record.double().cpu().numpy(), uncertified.double().cpu().numpy(), ceilings, float(log_m)
 
 
 def _base_set_epoch():
@@ -417,7 +434,12 @@ def _smooth(values, steps_per_level: int):
     return out
 
 
-def plot(path, record, keys, levels, steps_per_level, log_m, batch_size, title="") -> Path:
+def plot(path, record, keys, levels, steps_per_level, log_m, batch_size, title="", uncertified=None,
+         ceiling_lines=()) -> Path:
+    """Bounds solid, uncertified training values dashed (in the bound's colour), true MI as stairs.
+
+    ``ceiling_lines``: (value, label) pairs drawn as dotted horizontal lines.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -433,30 +455,41 @@ def plot(path, record, keys, levels, steps_per_level, log_m, batch_size, title="
         ax.plot(steps, record[:, e], color=f"C{e % 10}", alpha=0.15, lw=0.5)
     for e, key in enumerate(keys):
         ax.plot(steps, _smooth(record[:, e], steps_per_level), color=f"C{e % 10}", lw=1.6, label=key)
+    if uncertified is not None:
+        for e, key in enumerate(keys):
+            if np.isfinite(uncertified[:, e]).any():
+                ax.plot(steps, _smooth(uncertified[:, e], steps_per_level), color=f"C{e % 10}", lw=1.2, ls="--",
+                        label=f"{key}: its training value (an estimate, not a bound)")
     edges = np.arange(len(levels) + 1) * steps_per_level
     ax.stairs([float(v) for v in levels], edges, color="black", lw=2, label="true MI", baseline=None)
     ax.axhline(log_m, color="0.35", ls="--", lw=1.2, label=f"log m = log {batch_size} = {log_m:.2f}")
-    top = max(max(float(v) for v in levels), log_m)
+    for value, label in ceiling_lines:
+        ax.axhline(value, color="0.55", ls=":", lw=1.2, label=label)
+    top = max([max(float(v) for v in levels), log_m, *(v for v, _ in ceiling_lines)])
     ax.set_ylim(-1.0, top * 1.25 + 1.0)
     ax.set_xlim(0, record.shape[0])
     ax.set_xlabel("training step")
     ax.set_ylabel("MI estimate (nats)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, ncol=2)
+    ax.legend(loc="upper left", fontsize=7, ncol=2)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def write_csv(path, record, keys, levels, steps_per_level) -> Path:
+def write_csv(path, record, keys, levels, steps_per_level, uncertified=None) -> Path:
+    """One row per step: the true MI, each estimator's bound, then the uncertified values that exist."""
+    import numpy as np
+
     from infoview.utils.io import atomic_write_text
 
+    extra = [] if uncertified is None else [e for e in range(len(keys)) if np.isfinite(uncertified[:, e]).any()]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["step", "true_mi", *keys])
+    w.writerow(["step", "true_mi", *keys, *(f"{keys[e]} [estimate]" for e in extra)])
     for t, row in enumerate(record):
         level = levels[t // steps_per_level]
-        w.writerow([t + 1, level, *(f"{v:.6g}" for v in row)])
+        w.writerow([t + 1, level, *(f"{v:.6g}" for v in row), *(f"{uncertified[t, e]:.6g}" for e in extra)])
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -485,8 +518,17 @@ def _check_cfg(cfg) -> dict[str, Any]:
         raise ConfigError(f"lr must be positive, got {c['lr']}")
     if c["critic"] not in CRITICS:
         raise ConfigError(f"critic must be one of {', '.join(CRITICS)}, got '{c['critic']}'")
-    if c["alpha"] is not None and not c["alpha"] > 0:
-        raise ConfigError(f"alpha must be positive, got {c['alpha']}")
+    if c["alpha"] == "floor":
+        from infoview.objectives import alpha_floor
+
+        c["alpha"] = alpha_floor(c["batch_size"], c["batch_size"])  # an n x n matrix: n rows, m = n
+    elif c["alpha"] is not None:
+        try:
+            c["alpha"] = float(c["alpha"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"alpha must be a positive number or 'floor', got {c['alpha']!r}") from None
+        if not c["alpha"] > 0:
+            raise ConfigError(f"alpha must be a positive number or 'floor', got {c['alpha']}")
     if not str(c["out_dir"]).strip():
         raise ConfigError("out_dir is empty")
     out = Path(c["out_dir"])
@@ -496,6 +538,7 @@ def _check_cfg(cfg) -> dict[str, Any]:
 
 
 def run(cfg) -> dict:
+    import numpy as np
     import torch
     from omegaconf import OmegaConf
 
@@ -523,7 +566,7 @@ def run(cfg) -> dict:
     threads_used = torch.get_num_threads()
     t0 = time.perf_counter()
     try:
-        record, log_m = train_staircase(
+        record, uncertified, ceilings, log_m = train_staircase(
             objectives,
             c["levels"],
             dim=c["dim"],
@@ -545,10 +588,15 @@ def run(cfg) -> dict:
     medians = level_means(record, c["steps_per_level"], len(c["levels"]), "median")
 
     estimates = {k: [_finite_or_none(v) for v in row] for k, row in zip(keys, means)}
+    has_estimate = [e for e in range(len(keys)) if np.isfinite(uncertified[:, e]).any()]
+    unc_means = level_means(uncertified, c["steps_per_level"], len(c["levels"])) if has_estimate else []
     results = {
         "batch_size": c["batch_size"],
         "levels": c["levels"],
         "estimates": estimates,
+        # training values that are not bounds (ML-CPC below its floor, Ring's restricted value)
+        "uncertified": {keys[e]: [_finite_or_none(v) for v in unc_means[e]] for e in has_estimate},
+        "ceilings": {k: _finite_or_none(v) for k, v in zip(keys, ceilings)},
         # the same window's median: NWJ and JS have heavy lower tails that drag the mean
         "medians": {k: [_finite_or_none(v) for v in row] for k, row in zip(keys, medians)},
         "log_m": round(log_m, 5),
@@ -567,12 +615,18 @@ def run(cfg) -> dict:
         f"Gaussian staircase: dim {c['dim']}, batch {c['batch_size']}, {c['critic']} critic, "
         f"{c['steps_per_level']} steps per level"
     )
-    write_csv(out_dir / "estimates.csv", record, keys, c["levels"], c["steps_per_level"])
+    write_csv(out_dir / "estimates.csv", record, keys, c["levels"], c["steps_per_level"], uncertified)
     labels = [s.label for s in specs]
-    plot(out_dir / "mi_bench.png", record, labels, c["levels"], c["steps_per_level"], log_m, c["batch_size"], title)
+    lines = []
+    if any(s.objective == "ml_cpc" for s in specs):
+        n = c["batch_size"]
+        lines.append((math.log(n * (n - 1) + 1), f"ML-CPC's ceiling at its floor: log {n * (n - 1) + 1} = "
+                                                 f"{math.log(n * (n - 1) + 1):.2f}"))
+    plot(out_dir / "mi_bench.png", record, labels, c["levels"], c["steps_per_level"], log_m, c["batch_size"], title,
+         uncertified=uncertified, ceiling_lines=lines)
     save_config(cfg, out_dir / "config.yaml")
     # results.json last: its presence means the run finished
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
-    summary = {k: v for k, v in results.items() if k not in ("provenance", "estimators", "medians")}
+    summary = {k: v for k, v in results.items() if k not in ("provenance", "estimators", "medians", "ceilings")}
     summary["out_dir"] = str(out_dir)
     return summary

@@ -14,6 +14,7 @@ from infoview.models.encoder import Encoder, build_encoder
 from infoview.models.heads import MLP, predictor, projector
 from infoview.models.momentum import MomentumEncoder, momentum_at
 from infoview.models.queue import MemoryBank, NegativeQueue
+from infoview.models.split_bn import SplitBatchNorm1d, SplitBatchNorm2d, convert_split_bn
 
 __all__ = [
     "Encoder",
@@ -25,6 +26,9 @@ __all__ = [
     "momentum_at",
     "NegativeQueue",
     "MemoryBank",
+    "SplitBatchNorm1d",
+    "SplitBatchNorm2d",
+    "convert_split_bn",
     "export_backbone",
     "load_backbone",
 ]

@@ -6,6 +6,7 @@
 from infoview.objectives.base import (
     Objective,
     ObjectiveOutput,
+    Terms,
     available,
     build,
     objective_params,
@@ -14,15 +15,26 @@ from infoview.objectives.base import (
 
 # importing a family registers it
 from infoview.objectives import infonce, ml_cpc, ring, hard_negative, variational  # noqa: E402,F401
-from infoview.objectives.pairs import in_batch_pairs, matrix_pairs, queue_logits  # noqa: E402
+from infoview.objectives.ml_cpc import alpha_floor  # noqa: E402
+from infoview.objectives.pairs import (  # noqa: E402
+    bank_logits,
+    cross_view_pairs,
+    in_batch_pairs,
+    matrix_pairs,
+    queue_logits,
+)
 
 __all__ = [
     "Objective",
     "ObjectiveOutput",
+    "Terms",
+    "alpha_floor",
     "available",
     "build",
     "objective_params",
     "register",
+    "bank_logits",
+    "cross_view_pairs",
     "in_batch_pairs",
     "matrix_pairs",
     "queue_logits",

@@ -6,10 +6,20 @@ An objective is an ``nn.Module`` called as ``obj(pos, neg)``:
 - ``neg``: (N, K) critic scores of negatives for the same rows.
 
 Scores are critic outputs already divided by any temperature. The call returns
-an :class:`ObjectiveOutput` with ``.loss`` (scalar, to minimise), ``.mi`` (the
-MI lower bound in nats that the objective implies, detached) and ``.log_m``
-(log of the m = K + 1 candidates a row sees, the ceiling of InfoNCE), so every
-run reports how much MI it certifies and against what.
+an :class:`ObjectiveOutput`:
+
+- ``.loss``: scalar, to minimise;
+- ``.mi``: a lower bound on the MI in nats, detached. It is a valid bound for
+  every parameter value the objective accepts (tests/objectives/
+  test_objectives_exact_critic.py checks each against critics of known MI);
+- ``.ceiling``: the most ``.mi`` can ever read for these shapes and parameters
+  (log m for InfoNCE, log(m / alpha) for ML-CPC, inf for NWJ);
+- ``.estimate``: what the training objective itself reads in nats where that
+  is *not* a certified bound (ML-CPC below its alpha floor, Ring's restricted
+  value), else None;
+- ``.log_m``: log of the m = K + 1 candidates a row sees.
+
+Everything is computed in float32 (float64 stays float64), with autocast off.
 """
 from __future__ import annotations
 
@@ -32,29 +42,92 @@ T = TypeVar("T", bound=type)
 @dataclass
 class ObjectiveOutput:
     loss: torch.Tensor  # scalar, differentiable
-    mi: torch.Tensor  # scalar, detached: the MI lower bound in nats
+    mi: torch.Tensor  # scalar, detached: a certified MI lower bound in nats
+    ceiling: float  # the most .mi can read for these shapes and parameters (may be inf)
     log_m: float  # log(K + 1)
+    estimate: torch.Tensor | None = None  # detached: the training value where it is not a bound
+
+
+@dataclass
+class Terms:
+    """What :meth:`Objective.compute` returns; the base class detaches and wraps it."""
+
+    loss: torch.Tensor
+    mi: torch.Tensor
+    ceiling: float
+    estimate: torch.Tensor | None = None
 
 
 class Objective(nn.Module):
-    """Base class: checks the inputs and computes in float32 (or float64)."""
+    """Base class: checks the inputs and computes in float32 (or float64), autocast off.
+
+    Subclasses implement :meth:`compute`. An objective whose loss pools every
+    row into one normaliser (ML-CPC) sets ``pooled = True`` and implements
+    :meth:`row_terms` and :meth:`pool` instead: ``row_terms`` reduces each row
+    to a few per-row numbers, ``pool`` turns the rows of the whole batch into
+    the terms. Under DDP the methods gather only those per-row numbers (with
+    gradients) from every rank, so each rank computes the global value.
+    """
 
     name: str = ""
-    #: True when the loss pools all rows into one normaliser (ML-CPC) instead of
-    #: averaging per-row terms; the engine then gathers every rank's rows before
-    #: calling it, so that under DDP it sees the global batch, as in one process.
     pooled: bool = False
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> ObjectiveOutput:
         pos, neg = check_scores(pos, neg)
-        loss, mi = self.compute(pos, neg)
-        return ObjectiveOutput(loss=loss, mi=mi.detach(), log_m=math.log(neg.shape[1] + 1))
+        with _no_autocast(pos):
+            if self.pooled:
+                terms = self.pool(self.row_terms(pos, neg), neg.shape[1])
+            else:
+                terms = self.compute(pos, neg)
+        return _wrap(terms, neg.shape[1])
 
-    def compute(self, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def from_rows(self, rows: tuple[torch.Tensor, ...], k: int) -> ObjectiveOutput:
+        """A pooled objective's output from per-row terms gathered from every rank."""
+        with _no_autocast(rows[0]):
+            return _wrap(self.pool(rows, int(k)), int(k))
+
+    def rows(self, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A pooled objective's per-row terms of these rows, to gather across ranks."""
+        pos, neg = check_scores(pos, neg)
+        with _no_autocast(pos):
+            return self.row_terms(pos, neg)
+
+    @torch.no_grad()
+    def bound(self, pos: torch.Tensor, neg: torch.Tensor) -> ObjectiveOutput:
+        """The certified figures (``.mi``, ``.ceiling``) on these scores, without gradients.
+
+        The methods call it on the batch's cross-view matrix. It is the call
+        itself, except that ML-CPC moves an alpha above m (valid for the
+        training rows, which may have more candidates) down to m.
+        """
+        return self(pos, neg)
+
+    def compute(self, pos: torch.Tensor, neg: torch.Tensor) -> Terms:
         raise NotImplementedError
+
+    def row_terms(self, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError(f"{type(self).__name__} is not pooled")
+
+    def pool(self, rows: tuple[torch.Tensor, ...], k: int) -> Terms:
+        raise NotImplementedError(f"{type(self).__name__} is not pooled")
 
     def set_epoch(self, epoch: float) -> None:
         """Objectives with a schedule (Ring's annealed threshold) override this."""
+
+
+def _wrap(terms: Terms, k: int) -> ObjectiveOutput:
+    if not isinstance(terms, Terms):
+        raise TypeError(
+            f"an objective's compute() must return objectives.Terms(loss, mi, ceiling[, estimate]), got "
+            f"{type(terms).__name__}; an objective whose loss certifies nothing reports Terms(loss, 0, 0.0)"
+        )
+    est = terms.estimate.detach() if terms.estimate is not None else None
+    return ObjectiveOutput(loss=terms.loss, mi=terms.mi.detach(), ceiling=float(terms.ceiling),
+                           log_m=math.log(k + 1), estimate=est)
+
+
+def _no_autocast(t: torch.Tensor):
+    return torch.autocast(device_type=t.device.type, enabled=False)
 
 
 def check_scores(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from infoview.objectives.base import Objective, register
+from infoview.objectives.base import Objective, Terms, register
 from infoview.objectives.infonce import infonce_bound
 
 _LOG2 = math.log(2.0)
@@ -70,7 +70,9 @@ class _DebiasedBase(Objective):
         log_ng = log_debiased_negatives(pos, neg, self.beta, self.tau_plus, self.temperature)
         # -log(p / (p + Ng)) = log(1 + Ng / p) = softplus(log Ng - pos)
         loss = F.softplus(log_ng - pos).mean()
-        return loss, infonce_bound(pos, neg)
+        with torch.no_grad():
+            mi = infonce_bound(pos, neg)
+        return Terms(loss, mi, math.log(neg.shape[1] + 1))
 
 
 @register("hard_negative")

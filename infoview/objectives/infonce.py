@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from infoview.objectives.base import Objective, register
+from infoview.objectives.base import Objective, Terms, register
 
 
 def infonce_bound(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -38,4 +38,4 @@ class InfoNCE(Objective):
 
     def compute(self, pos, neg):
         mi = infonce_bound(pos, neg)
-        return -mi, mi
+        return Terms(-mi, mi, math.log(neg.shape[1] + 1))

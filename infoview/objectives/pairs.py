@@ -4,8 +4,17 @@
   positive and every view of every other image a negative (NT-Xent for 2 views);
   with ``all_views`` the candidates come from a batch gathered across ranks.
 - :func:`matrix_pairs`: an (n, n) critic matrix with positives on the diagonal.
+- :func:`cross_view_pairs`: that matrix for two views of n images, the layout
+  the methods certify their MI bound on.
 - :func:`queue_logits`: MoCo-style, one positive key per query and a queue of
   negatives.
+- :func:`bank_logits`: memory-bank style (instance discrimination), each row
+  with its own K negatives drawn from the bank.
+
+Scores are always computed in float32 (float64 stays float64) with autocast
+off: embeddings are upcast *before* the matmul. Under bf16 autocast a matmul
+would round the logits to 8 bits of mantissa, so that many scores tie (Ring's
+cut would fall on ties) and the bound would move with the rounding.
 """
 from __future__ import annotations
 
@@ -15,6 +24,25 @@ import torch
 import torch.nn.functional as F
 
 Views = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _no_autocast(t: torch.Tensor):
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
+def _upcast(normalize: bool, *ts: torch.Tensor) -> list[torch.Tensor]:
+    """float32 (float64 stays), L2-normalised along the last axis when asked; call with autocast off."""
+    ts = [_f32(t) for t in ts]
+    return [F.normalize(t, dim=-1) for t in ts] if normalize else ts
+
+
+def _check_query_key(q: torch.Tensor, k: torch.Tensor) -> None:
+    if q.dim() != 2 or k.shape != q.shape:
+        raise ValueError(f"q and k must both be (B, D), got {tuple(q.shape)} and {tuple(k.shape)}")
 
 
 def _stack_views(views: Views, name: str) -> torch.Tensor:
@@ -63,7 +91,7 @@ def in_batch_pairs(
     this rank's images are columns ``offset .. offset + B``. Anchors are then the
     local ``views`` and candidates come from ``all_views``.
 
-    Returns ``(pos (N,), neg (N, K))`` in the dtype of the embeddings.
+    Returns ``(pos (N,), neg (N, K))`` in float32 (float64 for float64 embeddings).
     """
     z = _stack_views(views, "views")
     temperature = _check_temperature(temperature)
@@ -87,10 +115,15 @@ def in_batch_pairs(
     bt = cands.shape[1]
     if bt < 2:
         raise ValueError(f"need at least 2 images in the batch for negatives, got {bt}")
+    with _no_autocast(z):
+        return _in_batch_scores(z, cands, all_views is None, offset, temperature, normalize)
 
-    if normalize:
-        z = F.normalize(z, dim=-1)
-        cands = z if all_views is None else F.normalize(cands, dim=-1)
+
+def _in_batch_scores(z, cands, same, offset, temperature, normalize):
+    v, b, _ = z.shape
+    bt = cands.shape[1]
+    (z,) = _upcast(normalize, z)
+    cands = z if same else _upcast(normalize, cands)[0]
 
     # scores[v, i, w, j] = <z[v, i], cands[w, j]> / t
     scores = torch.einsum("vid,wjd->viwj", z, cands) / temperature
@@ -123,6 +156,29 @@ def matrix_pairs(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scores.diagonal(), scores[mask].reshape(n, n - 1)
 
 
+def cross_view_pairs(
+    a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of n anchors ``a`` (n, D) against n candidates ``b`` (n, D), split by :func:`matrix_pairs`.
+
+    Row i is anchor a_i against every b_j: its positive is b_i (the other view
+    of the same image), its n - 1 negatives the other images' b_j, each
+    independent of image i and scored by the same critic. This is the layout
+    in which every objective's ``.mi`` is tested against critics of known MI
+    (n rows, m = n candidates), so the methods report the bound on it.
+    In-batch SimCLR rows (:func:`in_batch_pairs`) repeat each pair and score
+    both views of a negative image, and a MoCo queue holds keys of older
+    encoders; neither is such a layout.
+    """
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(f"a and b must both be (n, D), got {tuple(a.shape)} and {tuple(b.shape)}")
+    temperature = _check_temperature(temperature)
+    with _no_autocast(a):
+        a, b = _upcast(normalize, a, b)
+        scores = a @ b.t() / temperature
+    return matrix_pairs(scores)
+
+
 def queue_logits(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -135,14 +191,42 @@ def queue_logits(
     ``q`` are the queries (B, D), ``k`` their positive keys (B, D) (from the
     momentum encoder, detached by the caller), ``queue`` the (Q, D) negative keys.
     With ``normalize`` all three are L2-normalised first (cosine similarity).
+    Returns float32 scores (float64 for float64 inputs).
     """
-    if q.dim() != 2 or k.shape != q.shape:
-        raise ValueError(f"q and k must both be (B, D), got {tuple(q.shape)} and {tuple(k.shape)}")
+    _check_query_key(q, k)
     if queue.dim() != 2 or queue.shape[1] != q.shape[1] or queue.shape[0] < 1:
         raise ValueError(f"queue must be (Q, D) with D = {q.shape[1]} and Q >= 1, got {tuple(queue.shape)}")
     temperature = _check_temperature(temperature)
-    if normalize:
-        q, k, queue = F.normalize(q, dim=-1), F.normalize(k, dim=-1), F.normalize(queue, dim=-1)
-    pos = (q * k).sum(dim=-1) / temperature
-    neg = q @ queue.t() / temperature
+    with _no_autocast(q):
+        q, k, queue = _upcast(normalize, q, k, queue)
+        pos = (q * k).sum(dim=-1) / temperature
+        neg = q @ queue.t() / temperature
+    return pos, neg
+
+
+def bank_logits(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float = 0.07,
+    normalize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Memory-bank scores: pos_i = <q_i, k_i> / t (B,), neg_ij = <q_i, negatives_ij> / t (B, K).
+
+    ``q`` (B, D) are the anchors, ``k`` (B, D) their positives (a bank entry or
+    a key), ``negatives`` (B, K, D) each row's own negatives, e.g.
+    ``MemoryBank.negatives(indices, K)``. Returns float32 scores (float64 for
+    float64 inputs).
+    """
+    _check_query_key(q, k)
+    if negatives.dim() != 3 or negatives.shape[0] != q.shape[0] or negatives.shape[2] != q.shape[1] \
+            or negatives.shape[1] < 1:
+        raise ValueError(
+            f"negatives must be (B, K, D) = ({q.shape[0]}, K, {q.shape[1]}) with K >= 1, got {tuple(negatives.shape)}"
+        )
+    temperature = _check_temperature(temperature)
+    with _no_autocast(q):
+        q, k, negatives = _upcast(normalize, q, k, negatives)
+        pos = (q * k).sum(dim=-1) / temperature
+        neg = torch.einsum("bd,bkd->bk", q, negatives) / temperature
     return pos, neg

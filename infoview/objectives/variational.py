@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from infoview.objectives.base import Objective, register
+from infoview.objectives.base import Objective, Terms, register
 
 
 class _MeanExp(torch.autograd.Function):
@@ -18,10 +18,15 @@ class _MeanExp(torch.autograd.Function):
     through exp(logmeanexp(x)) would multiply inf by zero softmax weights).
     """
 
+    generate_vmap_rule = True  # so that torch.func.vmap can batch it (the exact-critic tests do)
+
     @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
+    def forward(x):
         return torch.exp(torch.logsumexp(x.reshape(-1), dim=0) - math.log(x.numel()))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad):
@@ -58,7 +63,7 @@ class NWJ(Objective):
 
     def compute(self, pos, neg):
         mi = nwj_bound(pos, neg)
-        return -mi, mi
+        return Terms(-mi, mi, math.inf)
 
 
 @register("js")
@@ -81,4 +86,6 @@ class JS(Objective):
 
     def compute(self, pos, neg):
         loss = F.softplus(-pos).mean() + F.softplus(neg).mean()
-        return loss, nwj_bound(pos, neg)
+        with torch.no_grad():
+            mi = nwj_bound(pos, neg)
+        return Terms(loss, mi, math.inf)

@@ -6,7 +6,9 @@ decodes each image once; `augment` makes the views on the device; the method
 (`simclr` or `moco`) turns embeddings into positive and negative critic scores;
 the objective (`objective.name`, any of `infoview.objectives.available()`, with
 its own keys as `objective.<key>`) gives the loss and the MI lower bound it
-certifies, reported beside log m.
+certifies on the batch's cross-view matrix (`mi`), reported against that
+bound's own ceiling (`mi_ceiling`); what the training rows read, which is not
+a bound, is `mi_estimate` (infoview.pretrain.methods says why they differ).
 
 data.batch_size is the global batch: each of W processes takes batch_size / W,
 and the peak learning rate is optim.lr scaled from optim.ref_batch to the global
@@ -15,7 +17,7 @@ batch by optim.lr_scaling (linear or sqrt), so the same config trains alike on
 train.max_steps > 0 sets the run's length in steps instead of train.epochs.
 
 Writes to out_dir: config.yaml (the effective config, with the commit),
-metrics.csv and tb/ (loss, mi, log_m, lr, images_per_sec, and every
+metrics.csv and tb/ (loss, mi, mi_ceiling, mi_estimate, lr, images_per_sec, and every
 train.eval_every epochs the online kNN top-1 and online probe top-1 on
 data.eval_split), checkpoints/last.pt (every train.ckpt_every_steps steps, at
 each epoch's end and at the end; prev.pt is the one before), and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import signal
 import threading
@@ -69,8 +72,10 @@ DEFAULTS: dict[str, Any] = {
     },
     "objective": {"name": "infonce"},
     "simclr": {"temperature": 0.2},
-    "moco": {"temperature": 0.2, "queue_size": 65536, "momentum": 0.99, "momentum_final": 1.0, "bn": "shuffle",
-             "symmetric": True},
+    # MoCo v2's: momentum 0.999 constant (momentum_final null), one query view; bn=auto is shuffle under
+    # DDP and split BatchNorm on one process
+    "moco": {"temperature": 0.2, "queue_size": 65536, "momentum": 0.999, "momentum_final": None, "bn": "auto",
+             "bn_splits": 8, "symmetric": False},
     "optim": {
         "name": "sgd",
         "lr": 0.3,
@@ -103,7 +108,6 @@ DEFAULTS: dict[str, Any] = {
 }
 OPEN_SECTIONS = ("objective", "model.kwargs", "augment.overrides")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-MOCO_BN = ("shuffle", "sync", "none")
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -152,13 +156,11 @@ def build_method(cfg, encoder, num_classes: int):
         return SimCLR(encoder, proj, objective, num_classes, temperature=cfg.simclr.temperature)
     if cfg.method == "moco":
         mc = cfg.moco
-        if mc.bn not in MOCO_BN:
-            raise ConfigError(f"moco.bn must be one of {', '.join(MOCO_BN)}, got '{mc.bn}'")
         pred = make_predictor(proj.out_dim, m.pred_hidden) if m.pred_hidden else None
         return MoCo(
             encoder, proj, objective, num_classes, temperature=mc.temperature, queue_size=mc.queue_size,
-            momentum=mc.momentum, momentum_final=mc.momentum_final, bn=mc.bn, symmetric=mc.symmetric,
-            predictor=pred, seed=cfg.train.seed,
+            momentum=mc.momentum, momentum_final=mc.momentum_final, bn=mc.bn, bn_splits=mc.bn_splits,
+            symmetric=mc.symmetric, predictor=pred, seed=cfg.train.seed,
         )
     raise AssertionError(cfg.method)  # build_objective checked it
 
@@ -288,6 +290,13 @@ class Trainer:
         method = build_method(cfg, self.encoder, max(num_classes, 0))
         if cfg.method == "moco" and len(self.views.specs) != 2:
             raise ConfigError("method=moco takes augment.num_views=2 and a two-view recipe")
+        splits = getattr(method, "bn_splits", 0) if getattr(method, "bn", None) == "split" else 0
+        if splits and (self.local_batch % splits or self.local_batch // splits < 2):
+            raise ConfigError(
+                f"moco.bn=split splits each process's batch of {self.local_batch} into moco.bn_splits={splits} "
+                f"BatchNorm groups; make data.batch_size per process a multiple of {splits} (at least {2 * splits}) "
+                "or change moco.bn_splits"
+            )
         if (cfg.model.sync_bn or (cfg.method == "moco" and cfg.moco.bn == "sync")) and world > 1:
             method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
         self.channels_last = bool(t.channels_last) and self.device.type == "cuda"
@@ -422,7 +431,7 @@ class Trainer:
     def train_step(self, views: list[torch.Tensor], labels: torch.Tensor):
         """One optimisation step at ``self.step`` (which the caller advances).
 
-        Returns ``(lr, [loss, mi, probe_loss, probe_correct, probe_count, nonfinite], log_m)``,
+        Returns ``(lr, [loss, mi, mi_estimate, probe_loss, probe_correct, probe_count, nonfinite], ceiling)``,
         averaged or summed over ranks. Parameters are left untouched when the loss is
         not finite, so the caller can save the state that produced it.
         """
@@ -434,15 +443,15 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             out = self.model(views, labels)
         stats = torch.stack([
-            out.ssl_loss.float(), out.mi.float(), out.probe_loss.float(), out.probe_correct.float(),
-            out.probe_count.float(), (~torch.isfinite(out.loss)).float(),
+            out.ssl_loss.float(), out.mi.float(), out.mi_estimate.float(), out.probe_loss.float(),
+            out.probe_correct.float(), out.probe_count.float(), (~torch.isfinite(out.loss)).float(),
         ])
         if D.is_distributed():
             torch.distributed.all_reduce(stats)
-            stats[:3] /= self.info.world_size
+            stats[:4] /= self.info.world_size
         values = stats.tolist()
         if values[-1]:
-            return lr, values, out.log_m
+            return lr, values, out.ceiling
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         if self.cfg.optim.clip_grad > 0:
@@ -450,7 +459,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return lr, values, out.log_m
+        return lr, values, out.ceiling
 
     # -- the loop --------------------------------------------------------------
     def fit(self) -> dict:
@@ -483,7 +492,7 @@ class Trainer:
                 for images, labels in self.loader:
                     with _signals_deferred():  # a pre-emption hook runs between steps, never inside one
                         views_rng = self.views.get_rng_state()
-                        lr, (loss_v, mi_v, probe_loss_v, correct_v, count_v, bad), log_m = self.train_step(
+                        lr, (loss_v, mi_v, est_v, probe_loss_v, correct_v, count_v, bad), ceiling = self.train_step(
                             self.make_views(images), labels)
                         if bad:
                             path = self._dump_nonfinite(images, labels, [loss_v, mi_v], views_rng)
@@ -497,11 +506,12 @@ class Trainer:
                         seen += self.global_batch
                         probe_correct += correct_v
                         probe_count += count_v
-                        last = {"loss": loss_v, "mi": mi_v, "log_m": log_m, "lr": lr}
+                        last = {"loss": loss_v, "mi": mi_v, "mi_ceiling": ceiling if math.isfinite(ceiling) else None,
+                                "mi_estimate": est_v, "lr": lr}
                         self.metrics.update(last)
                         if bar is not None:
                             bar.update(1)
-                            bar.set_postfix(loss=f"{loss_v:.3f}", mi=f"{mi_v:.2f}", log_m=f"{log_m:.2f}",
+                            bar.set_postfix(loss=f"{loss_v:.3f}", mi=f"{mi_v:.2f}/{ceiling:.2f}",
                                             lr=f"{lr:.3g}", refresh=False)
                         done = self.step >= self.total_steps
                         if self.step % t.log_every == 0 or done:

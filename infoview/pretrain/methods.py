@@ -5,17 +5,38 @@
   view of every other image in the **global** batch (gathered from all ranks
   with gradients, see :mod:`infoview.pretrain.distributed`).
 - :class:`MoCo`: queries from the encoder, keys from a momentum (EMA) copy,
-  negatives from a queue of past keys (MoCo v2; symmetric by default, both
-  views serving as query and key). Keys are computed with BN shuffled across
-  ranks (``bn=shuffle``, MoCo's fix for BN leaking which sample is the
-  positive), or with the online model converted to SyncBN (``bn=sync``).
+  negatives from a queue of past keys. Defaults are MoCo v2's (Chen et al.
+  2020): momentum 0.999, temperature 0.2, one view as the query and the other
+  as its key (``symmetric=True`` adds the swapped pair, as MoCo v3 does).
+  BatchNorm must not see a query and its key in one batch: under DDP the keys
+  are computed on a batch shuffled across ranks (``bn=shuffle``, MoCo's own
+  fix); on one process both encoders use split BatchNorm over ``bn_splits``
+  groups and the keys' batch is shuffled before the key encoder
+  (``bn=split``, what MoCo's single-GPU CIFAR-10 demo does); ``bn=sync``
+  converts BatchNorm to SyncBN. ``bn=auto`` (the default) picks shuffle under
+  DDP and split on one process.
 
 Any registered objective works with either. Objectives whose loss is a mean of
 per-row terms (InfoNCE, Ring, HCL, DCL, NWJ, JS) are computed on each rank's
 own rows; an objective that pools all rows into one normaliser (ML-CPC,
-``Objective.pooled``) gets the rows of every rank gathered with gradients, so
-that under DDP it is the very same function of the global batch as in one
-process. Both give the single-process gradient (tests/pretrain).
+``Objective.pooled``) gets each row's few per-row terms gathered from every
+rank with gradients, so that under DDP it is the very same function of the
+global batch as in one process. Both give the single-process gradient
+(tests/pretrain).
+
+What the MI figure means: the rows a method trains on are not ones on which
+the objectives' bounds are proven. SimCLR's in-batch rows count every
+positive pair twice and score both (correlated) views of each negative image,
+which lets ML-CPC's pooled value pass the true MI at its alpha floor; a MoCo
+queue holds keys from older encoders, so its negatives are scored by another
+critic than the positive. So each step a method also builds the cross-view
+matrix of the global batch (first view's embeddings against the second's,
+``objectives.cross_view_pairs``: n = m = global batch) and reports the
+objective's bound on it as ``mi``, with its ``ceiling``. What the training
+rows read is kept as ``mi_estimate``, an estimate, not a bound. The extra
+matrix costs one n x n product without gradients. The bound is for the
+critic as it scores that batch; BatchNorm in training mode makes the critic
+depend on the batch, which the certificate does not cover.
 
 Each method also trains an online linear probe on detached features of the
 first view (when the data has labels): a monitor, never a training signal
@@ -29,18 +50,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infoview.objectives import Objective, in_batch_pairs, queue_logits
+from infoview.errors import ConfigError
+from infoview.objectives import Objective, ObjectiveOutput, cross_view_pairs, in_batch_pairs, queue_logits
 from infoview.pretrain import distributed as D
 
 METHODS = ("simclr", "moco")
+MOCO_BN = ("auto", "shuffle", "split", "sync", "none")
 
 
 @dataclass
 class StepOutput:
     loss: torch.Tensor  # what to backpropagate: the objective's loss plus the probe's
     ssl_loss: torch.Tensor  # detached
-    mi: torch.Tensor  # detached: the MI lower bound in nats
-    log_m: float
+    mi: torch.Tensor  # detached: the objective's certified bound on the cross-view matrix, nats
+    ceiling: float  # the most that bound can read (may be inf)
+    mi_estimate: torch.Tensor  # detached: what the training rows read; not a bound
     probe_loss: torch.Tensor  # detached (0 without labels)
     probe_correct: torch.Tensor  # detached count of correct probe predictions on this rank's batch
     probe_count: torch.Tensor
@@ -78,12 +102,20 @@ class Method(nn.Module):
             i = j
         return feats[0][:b], torch.cat(embs).view(len(views), b, -1)
 
-    def _objective(self, pos: torch.Tensor, neg: torch.Tensor):
+    def _objective(self, pos: torch.Tensor, neg: torch.Tensor) -> ObjectiveOutput:
         if self.objective.pooled and D.is_distributed():
-            pos, neg = D.gather_with_grad(pos), D.gather_with_grad(neg)
+            rows = tuple(D.gather_with_grad(r) for r in self.objective.rows(pos, neg))
+            return self.objective.from_rows(rows, neg.shape[1])
         return self.objective(pos, neg)
 
-    def _finish(self, out, first_feats: torch.Tensor, labels: torch.Tensor | None) -> StepOutput:
+    @torch.no_grad()
+    def _certify(self, a: torch.Tensor, b: torch.Tensor) -> ObjectiveOutput:
+        """The objective's bound on the cross-view matrix of the whole batch (a_i against every b_j)."""
+        pos, neg = cross_view_pairs(a.detach(), b.detach(), self.temperature)
+        return self.objective.bound(pos, neg)
+
+    def _finish(self, out: ObjectiveOutput, cert: ObjectiveOutput, first_feats: torch.Tensor,
+                labels: torch.Tensor | None) -> StepOutput:
         zero = out.loss.detach().new_zeros(())
         probe_loss, correct, count = zero, zero, zero
         loss = out.loss
@@ -96,7 +128,9 @@ class Method(nn.Module):
             loss = loss + probe_loss
             correct = (logits.argmax(1) == labels)[known].sum().to(logits.dtype)
             probe_loss = probe_loss.detach()
-        return StepOutput(loss, out.loss.detach(), out.mi, out.log_m, probe_loss, correct.detach(), count.detach())
+        estimate = out.estimate if out.estimate is not None else out.mi
+        return StepOutput(loss, out.loss.detach(), cert.mi, cert.ceiling, estimate, probe_loss, correct.detach(),
+                          count.detach())
 
 
 class SimCLR(Method):
@@ -114,8 +148,10 @@ class SimCLR(Method):
             offset = torch.distributed.get_rank() * b
             pos, neg = in_batch_pairs(z, self.temperature, all_views=all_z, offset=offset)
         else:
+            all_z = z
             pos, neg = in_batch_pairs(z, self.temperature)
-        return self._finish(self._objective(pos, neg), first, labels)
+        out = self._objective(pos, neg)
+        return self._finish(out, self._certify(all_z[0], all_z[1]), first, labels)
 
 
 class MoCo(Method):
@@ -123,17 +159,28 @@ class MoCo(Method):
 
     def __init__(
         self, encoder, projector, objective, num_classes: int = 0, temperature: float = 0.2,
-        queue_size: int = 65536, momentum: float = 0.99, momentum_final: float = 1.0, bn: str = "shuffle",
-        symmetric: bool = True, predictor: nn.Module | None = None, seed: int = 0,
+        queue_size: int = 65536, momentum: float = 0.999, momentum_final: float | None = None, bn: str = "auto",
+        bn_splits: int = 8, symmetric: bool = False, predictor: nn.Module | None = None, seed: int = 0,
     ):
         from infoview.models import MomentumEncoder, NegativeQueue, momentum_at
+        from infoview.models.split_bn import convert_split_bn
 
         super().__init__(encoder, projector, objective, num_classes)
         self.temperature = float(temperature)
         self.predictor = predictor
-        self.bn = bn
+        self.bn = resolve_moco_bn(bn, D.is_distributed())
+        self.bn_splits = int(bn_splits)
+        if self.bn == "split":
+            if self.bn_splits < 2:
+                raise ConfigError(f"moco.bn=split needs moco.bn_splits >= 2, got {bn_splits}")
+            convert_split_bn(self.encoder, self.bn_splits)
+            convert_split_bn(self.projector, self.bn_splits)
         self.symmetric = bool(symmetric)
-        self.base_momentum, self.final_momentum = float(momentum), float(momentum_final)
+        self.base_momentum = float(momentum)
+        # MoCo keeps the momentum constant; BYOL-style runs raise it to momentum_final on a cosine
+        if momentum_final is not None and not isinstance(momentum_final, (int, float)):
+            raise ConfigError(f"moco.momentum_final must be a number or null (constant momentum), got {momentum_final!r}")
+        self.final_momentum = self.base_momentum if momentum_final is None else float(momentum_final)
         momentum_at(0, 1, self.base_momentum, self.final_momentum)  # checks the values
         self._momentum_at = momentum_at
         self.momentum = self.base_momentum
@@ -147,26 +194,53 @@ class MoCo(Method):
 
     @torch.no_grad()
     def _keys(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bn == "shuffle" and D.is_distributed():
+        if self.bn == "shuffle":
             x, undo = D.shuffle_across_ranks(x)  # from the global RNG, which checkpoints save
             return D.unshuffle_across_ranks(self.key(x), undo)
+        if self.bn == "split":
+            # MoCo's single-GPU shuffle: a key lands in another BatchNorm group than its query
+            perm = torch.randperm(x.shape[0], device=x.device)
+            keys = self.key(x[perm])
+            return keys[torch.argsort(perm)]
         return self.key(x)
+
+    def _queries(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of the first view and the query embeddings (Vq, B, D) of the views that are queries."""
+        first, q = self.embed(views if self.symmetric else views[:1])
+        if self.predictor is not None:
+            q = self.predictor(q.flatten(0, 1)).view(q.shape[0], q.shape[1], -1)
+        return first, q
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> StepOutput:
         if len(views) != 2 or views[0].shape != views[1].shape:
             raise ValueError(f"moco takes 2 views of one size, got {[tuple(v.shape) for v in views]}")
-        first, q = self.embed(views)
-        if self.predictor is not None:
-            q = self.predictor(q.flatten(0, 1)).view(q.shape[0], q.shape[1], -1)
+        first, q = self._queries(views)
         with torch.no_grad():
             self.key.update(nn.Sequential(self.encoder, self.projector), self.momentum)
-            k0, k1 = self._keys(views[0]), self._keys(views[1])
-        queue = self.queue.negatives.to(q.dtype)
+            k1 = self._keys(views[1])
+            k0 = self._keys(views[0]) if self.symmetric else None
+        queue = self.queue.negatives
         pos, neg = queue_logits(q[0], k1, queue, self.temperature)
         if self.symmetric:
             pos2, neg2 = queue_logits(q[1], k0, queue, self.temperature)
             pos, neg = torch.cat([pos, pos2]), torch.cat([neg, neg2])
         out = self._objective(pos, neg)
+        cert = self._certify(D.gather_no_grad(q[0].detach()), D.gather_no_grad(k1))
         keys = torch.cat([k1, k0]) if self.symmetric else k1
         self.queue.enqueue(D.gather_no_grad(F.normalize(keys.float(), dim=-1)))
-        return self._finish(out, first, labels)
+        return self._finish(out, cert, first, labels)
+
+
+def resolve_moco_bn(bn: str, distributed: bool) -> str:
+    """``auto`` -> shuffle under DDP, split on one process; shuffle on one process is refused."""
+    if bn not in MOCO_BN:
+        raise ConfigError(f"moco.bn must be one of {', '.join(MOCO_BN)}, got '{bn}'")
+    if bn == "auto":
+        return "shuffle" if distributed else "split"
+    if bn in ("shuffle", "sync") and not distributed:
+        what = "shuffles keys across processes" if bn == "shuffle" else "syncs BatchNorm across processes"
+        raise ConfigError(
+            f"moco.bn={bn} {what}, and this run has one: query and key BatchNorm would see the same images. "
+            "Use moco.bn=split (or auto), MoCo's single-GPU recipe, or moco.bn=none for a model without BatchNorm"
+        )
+    return bn

@@ -19,7 +19,7 @@ import torch
 from infoview.utils.io import atomic_write_text
 
 COLUMNS = (
-    "step", "epoch", "loss", "mi", "log_m", "lr", "images_per_sec",
+    "step", "epoch", "loss", "mi", "mi_ceiling", "mi_estimate", "lr", "images_per_sec",
     "online_probe_loss", "online_probe_train_top1", "online_knn_top1", "online_probe_top1",
 )
 
@@ -51,6 +51,10 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=start_step if start_step > 0 else None)
+            # one chart with the certified bound, its ceiling, and the training rows' (uncertified) value
+            self.tb.add_custom_scalars({"MI (nats)": {
+                "bound, ceiling, estimate": ["Multiline", ["train/mi", "train/mi_ceiling", "train/mi_estimate"]],
+            }})
 
     def write(self, row: dict) -> None:
         unknown = set(row) - set(COLUMNS)

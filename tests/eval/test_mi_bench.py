@@ -23,7 +23,7 @@ def _results(out):
 
 
 def test_outputs_and_schema(tmp_path, capsys):
-    rc, out = _run(tmp_path, *TINY, "estimators=infonce,ml_cpc,ml_cpc:alpha=0.1,nwj,js")
+    rc, out = _run(tmp_path, *TINY, "estimators=infonce,ml_cpc,ml_cpc:alpha=0.1,ml_cpc:alpha=0.0001,nwj,js")
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["estimates"] == _results(out)["estimates"]
@@ -31,13 +31,21 @@ def test_outputs_and_schema(tmp_path, capsys):
     r = _results(out)
     assert r["batch_size"] == 16
     assert r["levels"] == [2, 4]
-    assert list(r["estimates"]) == ["infonce", "ml_cpc", "ml_cpc(alpha=0.1)", "nwj", "js"]
+    assert list(r["estimates"]) == ["infonce", "ml_cpc", "ml_cpc(alpha=0.1)", "ml_cpc(alpha=0.0001)", "nwj", "js"]
     for key, values in r["estimates"].items():
         assert len(values) == 2, key
         assert all(v is not None and math.isfinite(v) for v in values), key
     assert r["estimators"]["ml_cpc(alpha=0.1)"]["params"] == {"alpha": 0.1}
-    assert r["estimators"]["ml_cpc"]["params"] == {"alpha": DEFAULTS["alpha"]}  # the top-level alpha key
+    # the top-level alpha key, `floor` by default: ML-CPC's smallest valid alpha for a 16 x 16 matrix
+    assert DEFAULTS["alpha"] == "floor"
+    assert r["estimators"]["ml_cpc"]["params"] == {"alpha": pytest.approx(16 / (16 * 15 + 1))}
     assert r["log_m"] == pytest.approx(math.log(16), abs=1e-4)
+    # each bound's ceiling; alpha = 1e-4 is below the floor, so it is certified at the floor ...
+    assert r["ceilings"]["infonce"] == pytest.approx(math.log(16)) and r["ceilings"]["nwj"] is None
+    assert r["ceilings"]["ml_cpc"] == r["ceilings"]["ml_cpc(alpha=0.0001)"] == pytest.approx(math.log(241))
+    assert r["ceilings"]["ml_cpc(alpha=0.1)"] == pytest.approx(math.log(160))
+    # ... and its training value is kept apart, as an estimate, for it alone
+    assert list(r["uncertified"]) == ["ml_cpc(alpha=0.0001)"]
 
     # InfoNCE never certifies more than log(batch_size), per level and per step
     eps = 1e-4
@@ -46,6 +54,8 @@ def test_outputs_and_schema(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 12
     assert all(float(row["infonce"]) <= math.log(16) + eps for row in rows)
+    assert all(float(row["ml_cpc(alpha=0.0001)"]) <= math.log(241) + eps for row in rows)
+    assert all(row["ml_cpc(alpha=0.0001) [estimate]"] for row in rows)
     assert [float(rows[i]["true_mi"]) for i in (0, 6)] == [2, 4]
 
     assert (out / "mi_bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

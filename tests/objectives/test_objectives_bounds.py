@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from infoview.objectives import available, build, matrix_pairs
+from infoview.objectives import alpha_floor, available, build, matrix_pairs
 
 ALL = ["infonce", "ml_cpc", "ring", "hard_negative", "debiased", "nwj", "js"]
 
@@ -61,28 +61,55 @@ def test_ml_cpc_alpha_1_is_strictly_below_infonce_when_rows_differ():
     assert build("ml_cpc")(pos, neg).mi.item() < build("infonce")(pos, neg).mi.item() - 0.1
 
 
-@pytest.mark.parametrize("alpha", [0.5, 0.1, 0.01])
-def test_ml_cpc_small_alpha_can_exceed_log_m_but_not_log_m_over_alpha(alpha):
+@pytest.mark.parametrize("alpha", [0.5, 0.1, 0.01, 1e-4])
+def test_ml_cpc_small_alpha_can_exceed_log_m_up_to_its_ceiling(alpha):
     n = 16
     g = gen(1)
     easy = torch.randn(n, n, generator=g) * (1 - torch.eye(n)) + 30.0 * torch.eye(n)  # positives stand far out
     pos, neg = matrix_pairs(easy)
     out = build("ml_cpc", alpha=alpha)(pos, neg)
-    assert out.mi.item() > out.log_m + 0.5 * math.log(1 / alpha)  # beyond InfoNCE's ceiling
-    assert out.mi.item() <= math.log(n / alpha) + 1e-5
-    assert out.mi.item() == pytest.approx(math.log(n / alpha), abs=1e-3)  # and reaches its own
+    bound_alpha = max(alpha, alpha_floor(n, n))  # 16 / 241 = 0.066: below it .mi is taken at the floor
+    assert out.ceiling == pytest.approx(math.log(n / bound_alpha))
+    assert out.mi.item() > out.log_m + 0.5 * math.log(1 / bound_alpha)  # beyond InfoNCE's ceiling
+    assert out.mi.item() <= out.ceiling + 1e-5
+    assert out.mi.item() == pytest.approx(out.ceiling, abs=1e-3)  # and reaches its own
+    if alpha < bound_alpha:  # the training value at alpha is kept, as an estimate, up to log(m / alpha)
+        assert out.estimate.item() == pytest.approx(math.log(n / alpha), abs=1e-3)
+    else:
+        assert out.estimate is None
     assert build("infonce")(pos, neg).mi.item() <= out.log_m + 1e-5
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.5, 0.01])
-def test_ml_cpc_stays_below_log_m_over_alpha_on_random_scores(alpha):
+def test_ml_cpc_stays_below_its_ceiling_on_random_scores(alpha):
     g = gen(2)
     obj = build("ml_cpc", alpha=alpha)
     for scale in [0.1, 3.0, 100.0]:
         pos = torch.randn(10, generator=g) * scale + scale
         neg = torch.randn(10, 9, generator=g) * scale
         out = obj(pos, neg)
-        assert out.mi.item() <= math.log(10 / alpha) + 1e-4
+        assert out.mi.item() <= out.ceiling + 1e-4
+        assert out.ceiling <= math.log(10 / alpha) + 1e-12
+        if out.estimate is not None:
+            assert out.estimate.item() <= math.log(10 / alpha) + 1e-4
+
+
+def test_ml_cpc_kl_over_alpha_is_the_authors_loss():
+    # the authors' code: KLDivLoss(log_softmax(weighted logits), labels 1/N on the positives) / alpha
+    import torch.nn.functional as F
+
+    g = gen(3)
+    pos, neg = torch.randn(6, generator=g, dtype=torch.float64) + 1, torch.randn(6, 9, generator=g, dtype=torch.float64)
+    alpha, m = 0.3, 10
+    beta = (m - alpha) / (m - 1)
+    logits = torch.cat([pos[:, None] + math.log(alpha), neg + math.log(beta)], 1).view(1, -1)
+    labels = torch.zeros(6, m, dtype=torch.float64)
+    labels[:, 0] = 1 / 6
+    ref = F.kl_div(F.log_softmax(logits, 1), labels.view(1, -1), reduction="batchmean") / alpha
+    ours = build("ml_cpc", alpha=alpha, kl_over_alpha=True)(pos, neg)
+    assert ours.loss.item() == pytest.approx(ref.item(), rel=1e-10)
+    plain = build("ml_cpc", alpha=alpha)(pos, neg)
+    assert ours.mi.item() == pytest.approx(plain.mi.item())  # what it certifies does not change
 
 
 def test_ml_cpc_rejects_alpha_above_m():
@@ -93,13 +120,15 @@ def test_ml_cpc_rejects_alpha_above_m():
     assert torch.isfinite(out.loss)
 
 
-def test_ring_mi_ceiling_is_log_of_kept_candidates():
+def test_ring_reports_infonce_over_all_negatives_and_keeps_its_restricted_value_as_an_estimate():
     obj = build("ring", outer=0.5, inner=0.25)
     n_in, n_out = obj.ranks(40)
     assert (n_in, n_out) == (5, 20)
     pos = torch.full((3,), 1e4)
     neg = torch.randn(3, 40)
-    assert obj(pos, neg).mi.item() == pytest.approx(math.log(1 + n_out - n_in), abs=1e-5)
+    out = obj(pos, neg)
+    assert out.estimate.item() == pytest.approx(math.log(1 + n_out - n_in), abs=1e-5)
+    assert out.mi.item() == pytest.approx(math.log(41), abs=1e-5) and out.ceiling == pytest.approx(math.log(41))
 
 
 def test_ring_without_ring_is_infonce():

@@ -28,6 +28,9 @@ def rows(pos, neg):
 # ---- references -------------------------------------------------------------
 
 
+# each reference returns (loss, mi, ceiling, estimate or None)
+
+
 def ref_infonce(pos, neg):
     p, q = rows(pos, neg)
     m = len(q[0]) + 1
@@ -36,11 +39,10 @@ def ref_infonce(pos, neg):
         denom = math.exp(p[i]) + sum(math.exp(x) for x in q[i])
         total += p[i] - math.log(denom)
     mi = total / len(p) + math.log(m)
-    return -mi, mi
+    return -mi, mi, math.log(m), None
 
 
-def ref_ml_cpc(pos, neg, alpha):
-    p, q = rows(pos, neg)
+def ml_cpc_j(p, q, alpha):
     n, m = len(p), len(q[0]) + 1
     w_pos = alpha / (n * m)
     w_neg = (m - alpha) / (n * m * (m - 1))
@@ -49,15 +51,26 @@ def ref_ml_cpc(pos, neg, alpha):
         z += w_pos * math.exp(p[i])
         for x in q[i]:
             z += w_neg * math.exp(x)
-    mi = sum(p) / n - math.log(z)
-    return -mi, mi
+    return sum(p) / n - math.log(z)
+
+
+def ref_ml_cpc(pos, neg, alpha, kl_over_alpha=False):
+    """Trains on J at alpha; certifies J at max(alpha, m / (n (m - 1) + 1)), the paper's floor."""
+    p, q = rows(pos, neg)
+    n, m = len(p), len(q[0]) + 1
+    floor = Fraction(m, n * (m - 1) + 1)
+    bound_alpha = max(alpha, float(floor))
+    j = ml_cpc_j(p, q, alpha)
+    loss = (math.log(m / alpha) - j) / alpha if kl_over_alpha else -j
+    estimate = j if alpha < floor else None
+    return loss, ml_cpc_j(p, q, bound_alpha), math.log(m / bound_alpha), estimate
 
 
 def ref_ring(pos, neg, outer, inner):
     p, q = rows(pos, neg)
     k = len(q[0])
-    # exact decimal arithmetic: the thresholds as a person would compute them
-    n_out = max(1, math.ceil(Fraction(str(outer)) * k))
+    # exact decimal arithmetic: the thresholds as a person would compute them; floor as the reference code
+    n_out = max(1, math.floor(Fraction(str(outer)) * k))
     n_in = math.floor(Fraction(str(inner)) * n_out)
     total = 0.0
     for i in range(len(p)):
@@ -65,7 +78,9 @@ def ref_ring(pos, neg, outer, inner):
         denom = math.exp(p[i]) + sum(math.exp(x) for x in kept)
         total += math.log(denom) - p[i]
     loss = total / len(p)
-    return loss, math.log(1 + n_out - n_in) - loss
+    estimate = None if (n_in, n_out) == (0, k) else math.log(1 + n_out - n_in) - loss
+    _, mi, ceiling, _ = ref_infonce(pos, neg)  # .mi: InfoNCE over all K negatives
+    return loss, mi, ceiling, estimate
 
 
 def ref_hcl(pos, neg, beta, tau_plus, temperature):
@@ -78,14 +93,14 @@ def ref_hcl(pos, neg, beta, tau_plus, temperature):
         reweighted = sum(wj * math.exp(x) for wj, x in zip(w, q[i])) / (sum(w) / k)
         ng = max((reweighted - tau_plus * k * e_pos) / (1 - tau_plus), k * math.exp(-1 / temperature))
         total += -math.log(e_pos / (e_pos + ng))
-    return total / len(p), ref_infonce(pos, neg)[1]
+    return total / len(p), *ref_infonce(pos, neg)[1:]
 
 
 def ref_nwj(pos, neg):
     p, q = rows(pos, neg)
     flat = [x for r in q for x in r]
     mi = sum(p) / len(p) - math.exp(-1) * sum(math.exp(x) for x in flat) / len(flat)
-    return -mi, mi
+    return -mi, mi, math.inf, None
 
 
 def softplus(x):
@@ -96,7 +111,7 @@ def ref_js(pos, neg):
     p, q = rows(pos, neg)
     flat = [x for r in q for x in r]
     loss = sum(softplus(-x) for x in p) / len(p) + sum(softplus(x) for x in flat) / len(flat)
-    return loss, ref_nwj(pos, neg)[1]
+    return loss, *ref_nwj(pos, neg)[1:]
 
 
 CASES = [
@@ -104,11 +119,13 @@ CASES = [
     ("ml_cpc", {"alpha": 1.0}, lambda p, q: ref_ml_cpc(p, q, 1.0)),
     ("ml_cpc", {"alpha": 0.5}, lambda p, q: ref_ml_cpc(p, q, 0.5)),
     ("ml_cpc", {"alpha": 0.01}, lambda p, q: ref_ml_cpc(p, q, 0.01)),
+    ("ml_cpc", {"alpha": 0.2, "kl_over_alpha": True}, lambda p, q: ref_ml_cpc(p, q, 0.2, True)),
     ("ring", {}, lambda p, q: ref_ring(p, q, 0.1, 0.1)),
     ("ring", {"outer": 1.0, "inner": 0.0}, lambda p, q: ref_ring(p, q, 1.0, 0.0)),  # n_out = K, n_in = 0
     ("ring", {"outer": 0.5, "inner": 0.3}, lambda p, q: ref_ring(p, q, 0.5, 0.3)),
     ("ring", {"outer": 1.0, "inner": 0.5}, lambda p, q: ref_ring(p, q, 1.0, 0.5)),
     ("ring", {"outer": 0.01, "inner": 0.0}, lambda p, q: ref_ring(p, q, 0.01, 0.0)),  # n_out = 1
+    ("ring", {"outer": 0.15, "inner": 0.0}, lambda p, q: ref_ring(p, q, 0.15, 0.0)),  # floor, not ceil
     ("hard_negative", {}, lambda p, q: ref_hcl(p, q, 1.0, 0.1, 0.5)),
     ("hard_negative", {"beta": 0.5, "tau_plus": 0.0}, lambda p, q: ref_hcl(p, q, 0.5, 0.0, 0.5)),
     ("hard_negative", {"beta": 2.0, "tau_plus": 0.3, "temperature": 0.1},
@@ -133,11 +150,16 @@ def test_matches_loop_reference(case, n, k):
     for seed in range(2):
         pos, neg = scores(n, k, seed=100 * n + k + seed)
         out = obj(pos, neg)
-        loss, mi = ref(pos, neg)
+        loss, mi, ceiling, estimate = ref(pos, neg)
         assert out.loss.dtype == torch.float64
         assert out.loss.item() == pytest.approx(loss, abs=1e-6, rel=1e-9)
         assert out.mi.item() == pytest.approx(mi, abs=1e-6, rel=1e-9)
+        assert out.ceiling == pytest.approx(ceiling, rel=1e-12)
         assert out.log_m == pytest.approx(math.log(k + 1))
+        if estimate is None:
+            assert out.estimate is None
+        else:
+            assert out.estimate.item() == pytest.approx(estimate, abs=1e-6, rel=1e-9)
 
 
 def test_hard_negative_floor_branch_matches_reference():
@@ -146,7 +168,7 @@ def test_hard_negative_floor_branch_matches_reference():
     pos, neg = scores(6, 8, seed=3)
     pos = pos + 6.0
     obj = build("hard_negative", beta=1.0, tau_plus=0.5, temperature=0.5)
-    loss, _ = ref_hcl(pos, neg, 1.0, 0.5, 0.5)
+    loss = ref_hcl(pos, neg, 1.0, 0.5, 0.5)[0]
     assert obj(pos, neg).loss.item() == pytest.approx(loss, abs=1e-6)
     # with every row on the floor the loss is softplus(log K - 1/t - pos)
     floor = torch.nn.functional.softplus(math.log(8) - 2.0 - pos).mean()
@@ -160,8 +182,9 @@ def test_hard_negative_floor_branch_matches_reference():
         (1.0, 0.29, 100, (29, 100)),  # 0.29 * 100 is 28.999999999999996
         (0.1, 0.1, 30, (0, 3)),
         (1.0, 0.0, 7, (0, 7)),
-        (0.01, 0.5, 7, (0, 1)),  # at least one negative
-        (0.5, 0.5, 9, (2, 5)),
+        (0.01, 0.5, 7, (0, 1)),  # at least one negative (the reference code would keep none)
+        (0.5, 0.5, 9, (2, 4)),  # floor(4.5) = 4, as the reference code's int()
+        (0.15, 0.0, 10, (0, 1)),
     ],
 )
 def test_ring_ranks(outer, inner, k, expected):
@@ -184,6 +207,7 @@ GRAD_CASES = [
     ("infonce", {}),
     ("ml_cpc", {"alpha": 1.0}),
     ("ml_cpc", {"alpha": 0.05}),
+    ("ml_cpc", {"alpha": 0.05, "kl_over_alpha": True}),
     ("ring", {"outer": 0.6, "inner": 0.2}),
     ("ring", {"outer": 1.0, "inner": 0.0}),
     ("hard_negative", {}),

@@ -143,3 +143,64 @@ def test_queue_logits():
     torch.testing.assert_close(pos_raw, (q * k).sum(1))
     with pytest.raises(ValueError, match="queue"):
         queue_logits(q, k, torch.zeros(7, d + 1))
+
+
+# ---- scores in float32, autocast or not ----------------------------------------
+
+
+def _builders():
+    from infoview.models import MemoryBank
+    from infoview.objectives import bank_logits, cross_view_pairs
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 16, 32, generator=g)
+    queue = torch.randn(64, 32, generator=g).bfloat16().float()  # exact in bf16 too
+    bank = MemoryBank(100, 32, seed=0)
+    bank.bank.copy_(bank.bank.bfloat16().float())
+    drawn = bank.negatives(torch.arange(16), 20, generator=torch.Generator().manual_seed(1))
+    return {
+        "bank": lambda t: bank_logits(t[0], t[1], drawn.to(t.dtype), temperature=0.07),
+        "in_batch": lambda t: in_batch_pairs(t, temperature=0.1),
+        "in_batch_gathered": lambda t: in_batch_pairs(t[:, 4:12], temperature=0.1, all_views=t, offset=4),
+        "queue": lambda t: queue_logits(t[0], t[1], queue.to(t.dtype), temperature=0.2),
+        "cross_view": lambda t: cross_view_pairs(t[0], t[1], temperature=0.1),
+    }, z
+
+
+@pytest.mark.parametrize("path", ["in_batch", "in_batch_gathered", "queue", "cross_view", "bank"])
+def test_scores_are_float32_under_bf16_autocast(path):
+    builders, z = _builders()
+    build_scores = builders[path]
+    ref_pos, ref_neg = build_scores(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pos, neg = build_scores(z)
+    assert pos.dtype == neg.dtype == torch.float32
+    # bit for bit the float32 scores: no matmul ran in bf16 (that would round to ~3 digits and tie scores)
+    torch.testing.assert_close(pos, ref_pos, rtol=0, atol=0)
+    torch.testing.assert_close(neg, ref_neg, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", ["in_batch", "queue", "cross_view", "bank"])
+def test_bf16_embeddings_are_upcast_before_the_matmul(path):
+    builders, z = _builders()
+    build_scores = builders[path]
+    z16 = z.bfloat16()
+    pos, neg = build_scores(z16)
+    ref_pos, ref_neg = build_scores(z16.float())
+    assert pos.dtype == torch.float32
+    torch.testing.assert_close(neg, ref_neg, rtol=0, atol=0)
+    torch.testing.assert_close(pos, ref_pos, rtol=0, atol=0)
+
+
+def test_bank_logits_score_each_row_against_its_own_negatives():
+    from infoview.objectives import bank_logits
+
+    g = torch.Generator().manual_seed(2)
+    q, k, negs = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(4, 5, 8, generator=g)
+    pos, neg = bank_logits(q, k, negs, temperature=0.5)
+    qn, kn, nn_ = F.normalize(q, dim=-1), F.normalize(k, dim=-1), F.normalize(negs, dim=-1)
+    torch.testing.assert_close(pos, (qn * kn).sum(-1) / 0.5)
+    for i in range(4):
+        torch.testing.assert_close(neg[i], nn_[i] @ qn[i] / 0.5)
+    with pytest.raises(ValueError, match="negatives must be"):
+        bank_logits(q, k, torch.randn(3, 5, 8))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import infoview.objectives as objectives
-from infoview.objectives import Objective, available, build, objective_params, register
+from infoview.objectives import Objective, Terms, available, build, objective_params, register
 from infoview.objectives import base
 
 SEVEN = ["debiased", "hard_negative", "infonce", "js", "ml_cpc", "nwj", "ring"]
@@ -44,7 +44,8 @@ def test_debiased_has_no_beta():
 
 
 def test_objective_params_give_defaults():
-    assert objective_params("ml_cpc") == {"alpha": 1.0, "alpha_start": None, "anneal_epochs": 0.0}
+    assert objective_params("ml_cpc") == {"alpha": 1.0, "alpha_start": None, "anneal_epochs": 0.0,
+                                          "kl_over_alpha": False}
     assert objective_params("ring") == {"outer": 0.1, "inner": 0.1, "anneal_epochs": 0}
     assert objective_params("hard_negative") == {"beta": 1.0, "tau_plus": 0.1, "temperature": 0.5}
     assert objective_params("debiased") == {"tau_plus": 0.1, "temperature": 0.5}
@@ -87,7 +88,7 @@ def test_register_a_new_objective(monkeypatch):
 
     @register("margin")
     class Margin(Objective):
-        """Hinge on the hardest negative (not an MI bound: reports 0)."""
+        """Hinge on the hardest negative (not an MI bound: certifies 0, which always holds)."""
 
         def __init__(self, margin: float = 1.0):
             super().__init__()
@@ -95,11 +96,20 @@ def test_register_a_new_objective(monkeypatch):
 
         def compute(self, pos, neg):
             loss = torch.relu(self.margin - pos + neg.max(dim=1).values).mean()
-            return loss, torch.zeros_like(loss)
+            return Terms(loss, torch.zeros_like(loss), ceiling=0.0)
 
     assert "margin" in objectives.available()
     assert objective_params("margin") == {"margin": 1.0}
     out = build("margin", margin=0.5)(torch.tensor([1.0]), torch.tensor([[0.8, 0.2]]))
     assert out.loss.item() == pytest.approx(0.3)
+    assert out.mi.item() == 0.0 and out.ceiling == 0.0 and out.estimate is None
+
+    @register("old_style")
+    class OldStyle(Objective):
+        def compute(self, pos, neg):
+            return pos.mean(), pos.mean()
+
+    with pytest.raises(TypeError, match="Terms"):
+        build("old_style")(torch.tensor([1.0]), torch.tensor([[0.8, 0.2]]))
     with pytest.raises(ValueError, match="already registered"):
         register("margin")(type("Other", (Objective,), {}))

@@ -56,17 +56,25 @@ def _worker(rank: int, init_file: str, views_file: str, out_file: str) -> None:
         b = BATCH // WORLD
         mine = [v[rank * b : (rank + 1) * b] for v in views]
         results = {}
+        real = D.gather_with_grad
         for name in [*OBJECTIVES, "infonce_naive"]:
             method = make_method(name.replace("_naive", ""))
             ddp = torch.nn.parallel.DistributedDataParallel(method)
-            if name.endswith("_naive"):
-                real, D.gather_with_grad = D.gather_with_grad, _naive_gather
+            gathered = []
+
+            def recording(x, gathered=gathered):
+                gathered.append(tuple(x.shape))
+                return real(x)
+
+            D.gather_with_grad = _naive_gather if name.endswith("_naive") else recording
             try:
-                ddp(mine).loss.backward()
+                out = ddp(mine)
+                out.loss.backward()
             finally:
-                if name.endswith("_naive"):
-                    D.gather_with_grad = real
+                D.gather_with_grad = real
             results[name] = grads(method)
+            results[name + ":figures"] = [out.mi.item(), out.ceiling, out.mi_estimate.item()]
+            results[name + ":gathered"] = gathered
         # MoCo's shuffled BN: each rank gets a random slice of the global batch, and unshuffling undoes it
         x = torch.arange(b * 3, dtype=torch.float32).view(b, 3) + 100 * rank
         shuffled, undo = D.shuffle_across_ranks(x)
@@ -87,11 +95,21 @@ def test_two_ranks_give_the_single_process_gradient_for_every_objective(tmp_path
     ddp = torch.load(tmp_path / "grads.pt")
     for name in OBJECTIVES:
         method = make_method(name)
-        method(views).loss.backward()  # one process, the whole batch
+        out = method(views)  # one process, the whole batch
+        out.loss.backward()
         ref = grads(method)
         assert ref.keys() == ddp[name].keys()
         for key, g in ref.items():
             torch.testing.assert_close(ddp[name][key], g, rtol=1e-4, atol=1e-6, msg=f"{name}: {key}")
+        # the certified bound (on the global cross-view matrix) and its ceiling are the single process's
+        mi, ceiling, estimate = ddp[name + ":figures"]
+        assert mi == pytest.approx(out.mi.item(), rel=1e-5, abs=1e-6) and ceiling == out.ceiling, name
+        if build(name, **OBJECTIVES[name]).pooled:  # the global value, on each rank
+            assert estimate == pytest.approx(out.mi_estimate.item(), rel=1e-5, abs=1e-6), name
+    # rank 0 gathered the views' embeddings, and for ML-CPC only two numbers per row, not its (N, K) negatives
+    b, dim = BATCH // WORLD, 16
+    assert ddp["infonce:gathered"] == [(b, 2, dim)]
+    assert ddp["ml_cpc:gathered"] == [(b, 2, dim), (2 * b,), (2 * b,)]
     everything, round_trip = ddp["shuffle"]
     expected = torch.cat([torch.arange(12.0).view(4, 3) + 100 * r for r in range(WORLD)])
     assert round_trip and not torch.equal(everything, expected)
@@ -127,7 +145,7 @@ def test_torchrun_two_processes_train_with_the_global_batch_rule(tiny, tmp_path)
     # same global batch -> same learning rate (sqrt(16 / 8) * 0.4) and the same candidates per row
     assert r2["global_batch"] == r1["global_batch"] == 16
     assert r2["peak_lr"] == r1["peak_lr"] == pytest.approx(0.4 * 2**0.5)
-    assert r2["log_m"] == r1["log_m"]
+    assert r2["mi_ceiling"] == r1["mi_ceiling"]  # certified on the same 16 x 16 matrix
     state = torch.load(two / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2  # each rank's RNG saved
     assert not list(Path(two).glob("checkpoints/.*.tmp"))
@@ -138,4 +156,4 @@ def test_torchrun_moco_with_shuffled_bn_and_a_shared_queue(tiny, tmp_path):
     proc = torchrun([*tiny, "method=moco", "moco.bn=shuffle", "train.max_steps=2", f"out_dir={tmp_path}"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert int(model["queue.ptr"]) == 2 * 2 * 16 % 64  # both views' keys of the global batch, each step
+    assert int(model["queue.ptr"]) == 2 * 16 % 64  # the keys of the global batch, each step

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import torch
 import yaml
 
 from infoview.cli import main
-from infoview.objectives import Objective, available, register
+from infoview.objectives import Objective, Terms, available, register
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +36,10 @@ def test_a_run_writes_config_metrics_checkpoint_and_result(tiny, tmp_path, capsy
                      "objective.alpha=0.5", "train.eval_every=1", "monitor.max_images=300"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["steps"] == 4 and result["global_batch"] == 16
-    # the bound is reported beside log m, with m = 2 (16 - 1) + 1 in-batch candidates
-    assert result["log_m"] == pytest.approx(torch.log(torch.tensor(31.0)).item())
+    # the bound is certified on the 16 x 16 cross-view matrix: ML-CPC's ceiling is log(m / alpha), m = 16
+    assert result["mi_ceiling"] == pytest.approx(math.log(16 / 0.5))
+    assert result["mi"] <= result["mi_ceiling"]
+    assert isinstance(result["mi_estimate"], float)  # what the in-batch training rows read
     assert 0 <= result["online_knn_top1"] <= 100 and 0 <= result["online_probe_top1"] <= 100
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
@@ -46,7 +49,8 @@ def test_a_run_writes_config_metrics_checkpoint_and_result(tiny, tmp_path, capsy
     rows = read_metrics(out)
     steps = [int(r["step"]) for r in rows if r["loss"]]
     assert steps == [2, 4]
-    assert all(float(r["log_m"]) > 0 and r["mi"] and float(r["lr"]) > 0 for r in rows if r["loss"])
+    assert all(float(r["mi_ceiling"]) == pytest.approx(math.log(32), rel=1e-5) and r["mi"] and r["mi_estimate"]
+               and float(r["lr"]) > 0 for r in rows if r["loss"])
     online = [r for r in rows if r["online_knn_top1"]]
     assert len(online) == 1 and online[0]["online_probe_top1"]  # online monitors under their own names
     assert any((out / "tb").iterdir())
@@ -69,9 +73,12 @@ def test_moco_with_queue_and_schedules(tiny, tmp_path, objective, capsys):
     assert pretrain([*tiny, f"out_dir={tmp_path}", "method=moco", "train.max_steps=3", f"objective.name={objective}",
                      *extra.get(objective, [])]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["log_m"] == pytest.approx(torch.log(torch.tensor(65.0)).item())  # the 64 queue keys + 1
+    # certified on the batch's 16 x 16 query-key matrix, not on the queue of older keys
+    if objective != "ml_cpc":
+        assert result["mi_ceiling"] == pytest.approx(math.log(16))
+    assert result["mi"] <= result["mi_ceiling"]
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    assert int(state["model"]["queue.ptr"]) == (3 * 2 * 16) % 64  # both views' keys enqueued each step
+    assert int(state["model"]["queue.ptr"]) == (3 * 16) % 64  # MoCo v2: one view's keys enqueued each step
     assert any(k.startswith("key.module.") for k in state["model"])  # the momentum encoder is saved
 
 
@@ -145,18 +152,21 @@ def test_an_existing_run_is_not_overwritten_without_resume(tiny, tmp_path, capsy
 
 
 class _NanAtStep2(Objective):
-    """InfoNCE that turns NaN at its third call: a stand-in for a diverging run."""
+    """InfoNCE that turns NaN at its third training call: a stand-in for a diverging run.
+
+    (Each step also calls it without gradients, for the bound on the cross-view matrix.)
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
 
     def compute(self, pos, neg):
-        self.calls += 1
+        self.calls += torch.is_grad_enabled()
         loss = torch.logsumexp(torch.cat([pos[:, None], neg], 1), 1).mean() - pos.mean()
         if self.calls == 3:
             loss = loss * float("nan")
-        return loss, -loss
+        return Terms(loss, -loss, math.log(neg.shape[1] + 1))
 
 
 @pytest.fixture
@@ -196,3 +206,14 @@ def test_bad_settings_are_one_line_errors(tiny, tmp_path, capsys, override, mess
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("moco.bn_splits=5", "multiple of 5"), ("moco.bn=shuffle", "use moco.bn=split"), ("moco.bn=ghost", "one of")],
+)
+def test_moco_batchnorm_settings_are_checked_before_training(tiny, tmp_path, capsys, override, message):
+    assert pretrain([*tiny, f"out_dir={tmp_path}", "train.max_steps=1", "method=moco", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message.lower() in err.lower() and len(err.splitlines()) == 1
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.csv").exists()
