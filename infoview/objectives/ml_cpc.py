@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from infoview.objectives.base import Objective, ObjectiveOutput, Terms, check_scores, register
+from infoview.objectives.base import Objective, Terms, _wrap, register
 
 
 def _positive(name: str, value) -> float:
@@ -134,35 +134,34 @@ class MLCPC(Objective):
         else:
             self.current_alpha = math.exp((1 - frac) * math.log(self.alpha_start) + frac * math.log(self.alpha))
 
-    def bound_alpha(self, n: int, m: int) -> float:
-        """The alpha ``.mi`` is computed at for n rows of m candidates: max(current alpha, floor)."""
-        return max(self.current_alpha, alpha_floor(n, m))
-
     @torch.no_grad()
     def bound(self, pos, neg):
-        pos, neg = check_scores(pos, neg)
-        n, k = neg.shape
-        m = k + 1
-        a = min(self.bound_alpha(n, m), float(m))
+        # rows with fewer candidates than training's (the cross-view matrix) may have m < alpha:
+        # J at m is still a bound there, so the alpha is moved down to m instead of refused
+        rows = self.rows(pos, neg)
+        k = neg.shape[1]
         with torch.autocast(device_type=pos.device.type, enabled=False):
-            j = ml_cpc_value(pos, torch.logsumexp(neg, dim=1), k, a)
-        return ObjectiveOutput(loss=-j, mi=j, ceiling=math.log(m / a), log_m=math.log(m))
+            return _wrap(self._terms(rows, k, min(self.current_alpha, float(k + 1))), k)
 
     def row_terms(self, pos, neg):
         return pos, torch.logsumexp(neg, dim=1)
 
     def pool(self, rows, k):
-        pos, lse_neg = rows
-        n, m = pos.shape[0], k + 1
-        alpha = self.current_alpha
-        if alpha > m:
+        m = k + 1
+        if self.current_alpha > m:
             raise ValueError(
-                f"ml_cpc: alpha = {alpha:g} exceeds m = K + 1 = {m} candidates per row; "
+                f"ml_cpc: alpha = {self.current_alpha:g} exceeds m = K + 1 = {m} candidates per row; "
                 "the negatives would get negative weight. Use alpha <= m."
             )
+        return self._terms(rows, k, self.current_alpha)
+
+    def _terms(self, rows, k: int, alpha: float) -> Terms:
+        """Train at ``alpha``; certify at max(alpha, floor)."""
+        pos, lse_neg = rows
+        n, m = pos.shape[0], k + 1
         j = ml_cpc_value(pos, lse_neg, k, alpha)
         loss = (math.log(m / alpha) - j) / alpha if self.kl_over_alpha else -j
-        a_bound = self.bound_alpha(n, m)
+        a_bound = max(alpha, alpha_floor(n, m))
         if a_bound == alpha:
             return Terms(loss, j, math.log(m / alpha))
         with torch.no_grad():

@@ -118,6 +118,12 @@ def test_ml_cpc_rejects_alpha_above_m():
         obj(torch.zeros(3), torch.zeros(3, 2))  # m = 3 < alpha
     out = obj(torch.zeros(3), torch.zeros(3, 4))  # m = 5 = alpha: negatives get weight 0
     assert torch.isfinite(out.loss)
+    # certifying on rows with fewer candidates (a cross-view matrix) moves alpha down to m instead
+    cert = obj.bound(torch.zeros(3), torch.zeros(3, 2))
+    assert cert.ceiling == 0.0 and cert.mi.item() == pytest.approx(0.0, abs=1e-6)
+    g = gen(11)
+    pos, neg = torch.randn(6, generator=g), torch.randn(6, 7, generator=g)
+    assert obj.bound(pos, neg).mi.item() == pytest.approx(obj(pos, neg).mi.item())  # otherwise the call itself
 
 
 def test_ring_reports_infonce_over_all_negatives_and_keeps_its_restricted_value_as_an_estimate():
