@@ -24,7 +24,7 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from infoview.config import did_you_mean, parse_overrides, read_yaml, resolve
-from infoview.errors import InfoviewError
+from infoview.errors import InfoviewError, Interrupted
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("infoview.data.prepare", "Write an image source (digits, folder:..., cifar10:...) to an ffcv .beton file."),
@@ -184,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             module, cfg = build_config(name, args)
             result = module.run(cfg)
+    except Interrupted as exc:
+        print(f"infoview {name}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except InfoviewError as exc:
         print(f"infoview {name}: error: {exc}", file=sys.stderr)
         return 2

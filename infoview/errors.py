@@ -7,3 +7,9 @@ class InfoviewError(Exception):
 
 class ConfigError(InfoviewError, ValueError):
     """An unknown key, a value of the wrong type, or a missing config file."""
+
+
+class Interrupted(InfoviewError):
+    """A run stopped by Ctrl-C or SIGTERM after saving its state; the CLI exits with 130."""
+
+    exit_code = 130

@@ -26,6 +26,8 @@ need() {
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# sched/builtin, not backfill: a job the backfill scheduler started was seen to get its --signal (USR2)
+# at once, before its task could install a handler, which killed it (the launch time-limit test).
 write_conf() {
   local host cpus mem user
   host=$(hostname -s)
@@ -56,7 +58,7 @@ SelectTypeParameters=CR_CPU
 MpiDefault=none
 SwitchType=switch/none
 ReturnToService=2
-SchedulerType=sched/backfill
+SchedulerType=sched/builtin
 SchedulerParameters=sched_interval=2
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none

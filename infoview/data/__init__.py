@@ -29,6 +29,7 @@ _EXPORTS = {
     "CocoSource": "infoview.data.sources",
     "ImageSource": "infoview.data.sources",
     "open_source": "infoview.data.sources",
+    "check_held_out": "infoview.data.sources",
     "parse_source": "infoview.data.sources",
 }
 __all__ = sorted(_EXPORTS)

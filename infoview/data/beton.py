@@ -12,6 +12,9 @@ the ffcv backend uses ffcv's own reader after the same checks.
 ``write_beton`` writes a source with ffcv's ``DatasetWriter`` (an
 ``RGBImageField`` named ``image`` and an ``IntField`` named ``label``) to a
 temp name beside the target, then renames it: a partial file is never left.
+Beside it goes ``<file>.json``: the source, its split and its class names.
+A .beton holds one split: ``BetonSource`` refuses to serve another split than
+the one its record names, so a held-out split is its own file.
 """
 from __future__ import annotations
 
@@ -132,10 +135,22 @@ class BetonFile:
         return None
 
 
-class BetonSource(ImageSource):
-    """Reads a .beton sample by sample (raw copies or JPEG decodes); no ffcv needed."""
+def meta_path(beton: str | os.PathLike) -> Path:
+    """The record ``infoview prepare`` writes beside a .beton: ``<file>.json``."""
+    p = Path(beton).expanduser()
+    return p.with_name(p.name + ".json")
 
-    def __init__(self, path: str | os.PathLike):
+
+class BetonSource(ImageSource):
+    """Reads a .beton sample by sample (raw copies or JPEG decodes); no ffcv needed.
+
+    A .beton holds one split. Where its record (``<file>.json``) names that
+    split, asking for another one is an error; a file without a record (made
+    elsewhere) has ``split = None`` and the commands refuse to take training
+    and held-out data from the same file.
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str | None = None):
         self.file = BetonFile(path)
         self.path = self.file.path
         self.name = f"beton:{path}"
@@ -143,6 +158,15 @@ class BetonSource(ImageSource):
         self._labels = self.file.labels
         self._mmap = None
         self._pid = None
+        record = _read_meta(self.path)
+        self.split = record.get("split")
+        self.classes = record.get("classes")
+        if split is not None and self.split is not None and split != self.split:
+            raise InfoviewError(
+                f"{self.name} holds the '{self.split}' split of {record.get('source', 'its source')}, not '{split}'; "
+                f"a .beton is one split: write the '{split}' split to its own file (infoview prepare ... split={split}) "
+                "and name it as the held-out data"
+            )
 
     def __len__(self) -> int:
         return self.file.num_samples
@@ -181,6 +205,19 @@ class BetonSource(ImageSource):
 
     def labels(self) -> np.ndarray:
         return self._labels.copy()
+
+
+def _read_meta(path: Path) -> dict:
+    import json
+
+    meta = meta_path(path)
+    if not meta.is_file():
+        return {}
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InfoviewError(f"{meta}: not a readable .beton record ({exc}); remove it or write the .beton again") from None
+    return record if isinstance(record, dict) else {}
 
 
 # --------------------------------------------------------------------------- writing
@@ -348,6 +385,14 @@ def write_beton(
             if not len(indices):
                 raise InfoviewError(f"no readable images in {source.name} ({len(skipped)} unreadable)")
         num_bytes = tmp.stat().st_size
+    import json
+
+    from infoview.utils.io import atomic_write_text
+
+    atomic_write_text(meta_path(out), json.dumps({
+        "format": "infoview-beton-record-1", "source": source.name, "split": source.split,
+        "classes": list(source.classes) if source.classes else None, "images": int(len(indices)),
+    }, indent=2) + "\n")
     return {
         "out": str(out),
         "source": source.name,

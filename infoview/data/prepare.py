@@ -5,7 +5,11 @@ stl10:<root>, folder:<path> (one subfolder per class; train/ and test/ inside
 are picked by split=), coco:<images>:<instances.json>, beton:<file>.
 
 The file is written under a temp name beside OUT and renamed when complete,
-and an existing OUT is kept unless overwrite=true. Images are stored raw
+and an existing OUT is kept unless overwrite=true. Beside it goes OUT.json,
+the record of its source, split and class names: a .beton holds one split,
+and reading it as another split is an error, so write each split to its own
+file (the held-out one is then data.test_source= for linear/knn and
+data.eval_source= for pretraining). Images are stored raw
 (exact), as JPEG (jpg, smaller), or smart: raw up to 96x96, JPEG above;
 max_resolution caps the longer side (0 keeps every size). An unreadable image
 is an error naming the file, or, with skip_bad=true, is left out and counted.

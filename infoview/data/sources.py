@@ -348,6 +348,32 @@ class CocoSource(FileListSource):
 # --------------------------------------------------------------------------- parsing
 
 
+def check_held_out(train: ImageSource, held: ImageSource, hint: str = "") -> None:
+    """Refuse held-out data that is the training data, or that names other classes.
+
+    The same source with the same split (a .beton without a record of its
+    split, asked for two splits) would score the model on its training
+    images; train and held-out splits whose class names differ (a val folder
+    laid out as val/images/*.JPEG reads as one class "images") would score it
+    against the wrong labels. ``hint`` says how to name other held-out data.
+    """
+    if train.name == held.name and train.split == held.split:
+        raise InfoviewError(
+            f"{held.name} has no separate held-out split: it would give the training images again"
+            + (f"; {hint}" if hint else "")
+        )
+    a, b = train.classes, held.classes
+    if a and b and list(a) != list(b):
+        def show(c):
+            return ", ".join(c[:12]) + (f", ... ({len(c)} in all)" if len(c) > 12 else "")
+
+        raise InfoviewError(
+            f"the training split ({train.name}, {train.split or 'one split'}) has classes [{show(a)}] but the "
+            f"held-out split ({held.name}, {held.split or 'one split'}) has [{show(b)}]; a score against other "
+            "class names would be meaningless"
+        )
+
+
 def _check_split(kind: str, split: str | None, valid: Sequence[str]) -> None:
     if split not in valid:
         raise InfoviewError(f"{kind} has no split '{split}'; valid splits: {', '.join(valid)}")
@@ -396,5 +422,5 @@ def open_source(source: str | ImageSource, split: str = "train", download: bool 
 
         if not rest:
             raise InfoviewError("beton: give a file, as beton:<file>")
-        return BetonSource(rest)
+        return BetonSource(rest, split)
     raise AssertionError(scheme)  # pragma: no cover

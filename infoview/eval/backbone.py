@@ -15,7 +15,12 @@ is the timm model, ``.feature_dim`` its width) and the input it expects
 (image size and normalisation), so evaluators feed it what pretraining fed it.
 
 ``frozen_features`` runs that encoder once over the splits of a source: the
-one feature extraction the linear probe and kNN share.
+one feature extraction the linear probe and kNN share. ``frozen_splits`` is
+what `infoview linear` and `infoview knn` call: it settles the data first
+(``held_out_sources``: the data the backbone was pretrained on when
+``data.source`` is not given, a second source for the held-out split when
+``data.test_source`` is), opens both splits and checks them against each
+other before any feature is extracted.
 """
 from __future__ import annotations
 
@@ -82,15 +87,40 @@ def _checkpoint_in(path: Path) -> Path:
     return path
 
 
-def load_backbone_spec(spec: str, seed: int = 0) -> Backbone:
-    from infoview.models.export import CONFIG, is_export_dir
-
+def _require_spec(spec) -> str:
     spec = str(spec).strip()
     if not spec:
         raise InfoviewError(
             "give backbone=<pretraining checkpoint or run folder>, backbone=<export folder>, "
             "backbone=random:<checkpoint or export folder> or backbone=random:<timm arch>"
         )
+    return spec
+
+
+def default_out_dir(spec: str, command: str) -> Path:
+    """Where an evaluator writes when out_dir is not given: beside what it measured.
+
+    ``runs/x`` or ``runs/x/checkpoints/last.pt`` -> ``runs/x/<command>``; an
+    export folder E -> ``E/<command>``; ``random:`` of either ->
+    ``.../<command>_random``; ``random:<timm arch>`` ->
+    ``runs/<command>/random_<arch>``. So the pretrained and random baselines of
+    one run never share a folder.
+    """
+    spec = _require_spec(spec)
+    random = spec.startswith("random:")
+    target = Path(spec[len("random:"):] if random else spec)
+    name = f"{command}_random" if random else command
+    if target.is_file():
+        return (target.parent.parent if target.parent.name == "checkpoints" else target.parent) / name
+    if target.is_dir():
+        return target / name
+    return Path("runs") / command / f"random_{target.name}"
+
+
+def load_backbone_spec(spec: str, seed: int = 0) -> Backbone:
+    from infoview.models.export import CONFIG, is_export_dir
+
+    spec = _require_spec(spec)
     if spec.startswith("random:"):
         target = spec[len("random:"):]
         if is_export_dir(target):
@@ -114,27 +144,58 @@ def load_backbone_spec(spec: str, seed: int = 0) -> Backbone:
     return _from_checkpoint(path, trained=True)
 
 
-#: the data keys of the commands that measure frozen features (linear, knn)
-FROZEN_DATA = {"source": "digits", "train_split": "train", "test_split": "test", "batch_size": 256,
+#: the data keys of the commands that measure frozen features (linear, knn); an empty source is
+#: the data the backbone was pretrained on, an empty test_source is source
+FROZEN_DATA = {"source": "", "test_source": "", "train_split": "train", "test_split": "test", "batch_size": 256,
                "num_workers": 2, "backend": "auto"}
 
 
-def frozen_splits(cfg):
-    """``(backbone, device, (train feats, labels), (test feats, labels))`` from a linear/knn config
-    (``backbone``, ``data.*`` as in :data:`FROZEN_DATA`, ``train.device``, ``train.seed``, ``train.progress``)."""
+def note(command: str, text: str) -> None:
+    """A line on stderr that says which default was taken (stdout stays the result)."""
+    import sys
+
+    print(f"infoview {command}: {text}", file=sys.stderr, flush=True)
+
+
+def held_out_sources(d, bb: Backbone, command: str) -> tuple[str, str]:
+    """``(source, test_source)`` for ``data.*``; infers them from the backbone's pretraining run when not given."""
+    source, test_source = str(d.source or "").strip(), str(d.test_source or "").strip()
+    if not source:
+        pretrain = (bb.pretrain_config or {}).get("data") or {}
+        source = str(pretrain.get("source") or "")
+        if not source:
+            raise InfoviewError(
+                f"data.source is not given, and {bb.description} records no pretraining data to default to; "
+                "give data.source=<source> (and data.test_source=<source> when the held-out split is another file)"
+            )
+        test_source = test_source or str(pretrain.get("eval_source") or "") or source
+        note(command, f"data.source not given: measuring on {source} (held-out: {test_source}, split "
+                      f"'{d.test_split}'), the data {bb.description} was pretrained on")
+    return source, test_source or source
+
+
+def frozen_splits(cfg, command: str):
+    """``(backbone, device, (train feats, labels), (test feats, labels), (source, test_source))`` from a
+    linear/knn config (``backbone``, ``data.*`` as in :data:`FROZEN_DATA`, ``train.device``, ``train.seed``,
+    ``train.progress``). Both splits are opened and checked against each other before any extraction."""
+    from infoview.data import check_held_out, open_source
     from infoview.utils.device import resolve_device
 
     device = resolve_device(cfg.train.device)
     bb = load_backbone_spec(cfg.backbone, seed=cfg.train.seed)
     d = cfg.data
-    feats = frozen_features(bb, d.source, (d.train_split, d.test_split), d.batch_size, d.num_workers, d.backend,
-                            device, cfg.train.progress)
-    return bb, device, feats[d.train_split], feats[d.test_split]
+    source, test_source = held_out_sources(d, bb, command)
+    train = open_source(source, split=d.train_split)
+    test = open_source(test_source, split=d.test_split)
+    check_held_out(train, test, hint=f"name the held-out data with data.test_source=<source> ({d.test_split} split)")
+    feats = frozen_features(bb, {d.train_split: train, d.test_split: test}, (d.train_split, d.test_split),
+                            d.batch_size, d.num_workers, d.backend, device, cfg.train.progress)
+    return bb, device, feats[d.train_split], feats[d.test_split], (source, test_source)
 
 
 def frozen_features(
     bb: Backbone,
-    source: str,
+    source,
     splits: Sequence[str],
     batch_size: int,
     num_workers: int,
@@ -144,10 +205,12 @@ def frozen_features(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{split: (features (N, D) float32, labels (N,) int64)}`` on the CPU, in source order.
 
-    The encoder is moved to ``device`` (it stays there) and run in eval mode
-    on the images of each split, resized to ``bb.size`` and normalised with
+    ``source``: one source for every split, or ``{split: source}``. The
+    encoder is moved to ``device`` (it stays there) and run in eval mode on
+    the images of each split, resized to ``bb.size`` and normalised with
     ``bb.normalize``: what pretraining fed it, minus the randomness. A split
-    named twice is extracted once.
+    named twice is extracted once. Every split's loader is opened before the
+    first is extracted, so a missing split fails at once.
     """
     from infoview.augment.recipes import normalization
     from infoview.data import build_loader
@@ -157,12 +220,12 @@ def frozen_features(
     device = resolve_device(device)
     encoder = bb.encoder.to(device)
     mean, std = normalization(bb.normalize, None, None)
-    feats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    loaders = {}
     for split in splits:
-        if split in feats:
-            continue
-        loader = build_loader(source, batch_size, split=split, shuffle=False, drop_last=False, device=device,
-                              num_workers=num_workers, resolution=bb.size, backend=backend)
-        feats[split] = extract_features(encoder, loader, mean, std, device=device, progress=progress,
-                                        desc=f"features {split}")
-    return feats
+        if split not in loaders:
+            src = source[split] if isinstance(source, dict) else source
+            loaders[split] = build_loader(src, batch_size, split=split, shuffle=False, drop_last=False,
+                                          device=device, num_workers=num_workers, resolution=bb.size,
+                                          backend=backend)
+    return {split: extract_features(encoder, loader, mean, std, device=device, progress=progress,
+                                    desc=f"features {split}") for split, loader in loaders.items()}

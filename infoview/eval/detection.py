@@ -41,7 +41,6 @@ import math
 import sys
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -60,7 +59,8 @@ WARMUP_FACTOR = 0.001  # lr at step 0, as a fraction of train.lr (Detectron2's d
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 DEFAULTS: dict[str, Any] = {
-    "out_dir": "runs/detect",
+    "out_dir": "",  # beside the backbone (runs/x/detect; .../detect_random for random:)
+    "overwrite": False,
     "backbone": "",
     "task": "segm",
     "sync_bn": False,
@@ -437,6 +437,10 @@ def run(cfg) -> dict | None:
     from infoview.utils.io import atomic_write_text
 
     _check(cfg)
+    from infoview.eval.backbone import default_out_dir
+    from infoview.utils.io import claim_out_dir
+
+    out = claim_out_dir(cfg.out_dir or default_out_dir(cfg.backbone, "detect"), "detect.json", cfg.overwrite)
     t, d, task = cfg.train, cfg.data, cfg.task
     masks = task == "segm"
     if t.threads:
@@ -579,8 +583,8 @@ def run(cfg) -> dict | None:
                 "world_size": world,
                 "device": str(device),
                 "time_s": {"train": round(train_time, 2), "eval": round(eval_time, 2)},
+                "out_dir": str(out),
             }
-            out = Path(cfg.out_dir)
             save_config(cfg, out / "config.yaml")
             if log:
                 keys = list(log[-1])

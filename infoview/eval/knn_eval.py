@@ -14,18 +14,28 @@ backbone: a pretraining checkpoint (or its run folder), an export folder
 (infoview export), random:<checkpoint or export> (the same encoder at its
 initial weights: the baseline of that run), or random:<timm arch>.
 
+data.source: the data to measure on; when not given, the data the backbone was
+pretrained on (its run records it; said on stderr). data.test_source: where
+the held-out split (data.test_split) lives when it is another source, such as
+a second .beton; by default data.source. Held-out data that is the training
+data, or whose class names differ from the training split's, is an error.
+
+out_dir: by default beside what is measured (runs/x/knn, or
+runs/x/knn_random for random:); a folder that already holds knn.json
+is an error unless overwrite=true. Both are checked before any work.
+
 Example: infoview knn backbone=runs/demo data.source=digits out_dir=runs/demo/knn
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from infoview.eval.backbone import FROZEN_DATA
 
 DEFAULTS: dict[str, Any] = {
-    "out_dir": "runs/knn",
+    "out_dir": "",
+    "overwrite": False,
     "backbone": "",
     "data": dict(FROZEN_DATA),
     "knn": {"k": 200, "temperature": 0.07},
@@ -35,16 +45,18 @@ DEFAULTS: dict[str, Any] = {
 
 def run(cfg) -> dict:
     from infoview.config import save_config
-    from infoview.eval.backbone import frozen_splits
-    from infoview.eval.knn import knn_accuracy
-    from infoview.utils.io import atomic_write_text
+    from infoview.eval.backbone import default_out_dir, frozen_splits
+    from infoview.eval.knn import _check_temperature, _positive_int, knn_accuracy
+    from infoview.utils.io import atomic_write_text, claim_out_dir
 
-    bb, device, (xtr, ytr), (xte, yte) = frozen_splits(cfg)
-    d = cfg.data
+    _positive_int(cfg.knn.k, "k")  # the cheap checks, before any extraction
+    _check_temperature(cfg.knn.temperature)
+    out = claim_out_dir(cfg.out_dir or default_out_dir(cfg.backbone, "knn"), "knn.json", cfg.overwrite)
+    bb, device, (xtr, ytr), (xte, yte), (source, test_source) = frozen_splits(cfg, "knn")
     scores = knn_accuracy(xtr.to(device), ytr.to(device), xte.to(device), yte.to(device), k=cfg.knn.k,
                           temperature=cfg.knn.temperature)
-    result = {"backbone": bb.description, "data": d.source, "feature_dim": int(xtr.shape[1]), **scores}
-    out = Path(cfg.out_dir)
+    result = {"backbone": bb.description, "data": source, "test_data": test_source, "feature_dim": int(xtr.shape[1]),
+              **scores, "out_dir": str(out)}
     save_config(cfg, out / "config.yaml")
     atomic_write_text(out / "knn.json", json.dumps(result, indent=2))
     return result

@@ -14,18 +14,28 @@ backbone: a pretraining checkpoint (or its run folder), an export folder
 (infoview export), random:<checkpoint or export> (the same encoder at its
 initial weights: the baseline of that run), or random:<timm arch>.
 
+data.source: the data to measure on; when not given, the data the backbone was
+pretrained on (its run records it; said on stderr). data.test_source: where
+the held-out split (data.test_split) lives when it is another source, such as
+a second .beton; by default data.source. Held-out data that is the training
+data, or whose class names differ from the training split's, is an error.
+
+out_dir: by default beside what is measured (runs/x/linear, or
+runs/x/linear_random for random:); a folder that already holds linear.json
+is an error unless overwrite=true. Both are checked before any work.
+
 Example: infoview linear backbone=runs/demo data.source=digits out_dir=runs/demo/linear
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from infoview.eval.backbone import FROZEN_DATA
 
 DEFAULTS: dict[str, Any] = {
-    "out_dir": "runs/linear",
+    "out_dir": "",
+    "overwrite": False,
     "backbone": "",
     "augment": False,
     "data": dict(FROZEN_DATA),
@@ -39,12 +49,15 @@ PROBE_VIEW_OVERRIDES = {"jitter.p": 0.0, "grayscale.p": 0.0, "blur.p": 0.0, "sol
 
 def run(cfg) -> dict:
     from infoview.config import save_config
-    from infoview.eval.backbone import frozen_splits
-    from infoview.eval.linear import train_linear_probe, train_linear_probe_augmented
-    from infoview.utils.io import atomic_write_text
+    from infoview.eval.backbone import default_out_dir, frozen_splits
+    from infoview.eval.linear import _check_settings, train_linear_probe, train_linear_probe_augmented
+    from infoview.utils.io import atomic_write_text, claim_out_dir
 
-    bb, device, (xtr, ytr), (xte, yte) = frozen_splits(cfg)
-    d, t = cfg.data, cfg.train
+    t = cfg.train
+    _check_settings(t.epochs, t.batch_size, t.lr, t.weight_decay, 0.9, "standardize")  # before any extraction
+    out = claim_out_dir(cfg.out_dir or default_out_dir(cfg.backbone, "linear"), "linear.json", cfg.overwrite)
+    bb, device, (xtr, ytr), (xte, yte), (source, test_source) = frozen_splits(cfg, "linear")
+    d = cfg.data
     settings = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, seed=t.seed,
                     device=device, progress=t.progress)
     if cfg.augment:
@@ -53,14 +66,14 @@ def run(cfg) -> dict:
 
         views = build_views("simclr", bb.size, num_views=1, seed=t.seed, normalize=bb.normalize,
                             overrides=PROBE_VIEW_OVERRIDES)
-        loader = build_loader(d.source, t.batch_size, split=d.train_split, seed=t.seed, shuffle=True,
+        loader = build_loader(source, t.batch_size, split=d.train_split, seed=t.seed, shuffle=True,
                               drop_last=False, device=device, num_workers=d.num_workers, resolution=bb.size,
                               backend=d.backend)
         result = train_linear_probe_augmented(bb.encoder, loader, views, xtr, ytr, xte, yte, **settings)
     else:
         result = {**train_linear_probe(xtr, ytr, xte, yte, **settings), "augment": False}
-    result = {"backbone": bb.description, "data": d.source, "feature_dim": int(xtr.shape[1]), **result}
-    out = Path(cfg.out_dir)
+    result = {"backbone": bb.description, "data": source, "test_data": test_source, "feature_dim": int(xtr.shape[1]),
+              **result, "out_dir": str(out)}
     save_config(cfg, out / "config.yaml")
     atomic_write_text(out / "linear.json", json.dumps(result, indent=2))
     return result

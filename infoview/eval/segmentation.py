@@ -51,7 +51,8 @@ DEEPLAB_RATES_AT_STRIDE_8 = (12, 24, 36)
 POLY_POWER = 0.9
 
 DEFAULTS: dict[str, Any] = {
-    "out_dir": "runs/segment",
+    "out_dir": "",  # beside the backbone (runs/x/segment; .../segment_random for random:)
+    "overwrite": False,
     "backbone": "",
     "head": "fcn",
     "num_classes": 0,
@@ -512,8 +513,12 @@ def run(cfg) -> dict:
     from infoview.utils.device import resolve_device
     from infoview.utils.io import atomic_write_text
 
+    from infoview.eval.backbone import default_out_dir
+    from infoview.utils.io import claim_out_dir
+
     start = time.perf_counter()
     _check(cfg)
+    out = claim_out_dir(cfg.out_dir or default_out_dir(cfg.backbone, "segment"), "segment.json", cfg.overwrite)
     d, t = cfg.data, cfg.train
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
@@ -583,8 +588,8 @@ def run(cfg) -> dict:
         "train_s": round(train_s, 2),
         "eval_s": round(eval_s, 2),
         **metrics,
+        "out_dir": str(out),
     }
-    out = Path(cfg.out_dir)
     save_config(cfg, out / "config.yaml")
     if samples:
         title = (f"{cfg.head} head, {bb.description}\n{val_src.split}: mIoU {result['miou']:.1f}%, "

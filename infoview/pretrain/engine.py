@@ -16,6 +16,10 @@ batch by optim.lr_scaling (linear or sqrt), so the same config trains alike on
 1 GPU or 16. Warm-up for optim.warmup_epochs, then cosine to optim.min_lr.
 train.max_steps > 0 sets the run's length in steps instead of train.epochs.
 
+The online monitors read data.eval_split of data.eval_source (by default
+data.source); held-out data that is the training data (a .beton holds one
+split) or that names other classes is an error at start.
+
 Writes to out_dir: config.yaml (the effective config, with the commit),
 metrics.csv and tb/ (loss, mi, mi_ceiling, mi_estimate, lr, images_per_sec, and every
 train.eval_every epochs the online kNN top-1 and online probe top-1 on
@@ -42,7 +46,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from infoview.errors import ConfigError, InfoviewError
+from infoview.errors import ConfigError, InfoviewError, Interrupted
 
 DEFAULTS: dict[str, Any] = {
     "out_dir": "runs/pretrain",
@@ -50,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "source": "digits",
         "split": "train",
+        "eval_source": "",  # where data.eval_split lives when it is another source (a second .beton); "" = source
         "eval_split": "test",
         "batch_size": 256,
         "num_workers": 2,
@@ -201,6 +206,37 @@ def _signals_deferred():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
 
 
+@contextlib.contextmanager
+def _stop_requests():
+    """While training, Ctrl-C (SIGINT) and SIGTERM only ask the loop to stop; it saves, then stops.
+
+    Yields a dict whose "signal" is set to the signal's name. A second Ctrl-C
+    stops at once (KeyboardInterrupt). Handlers someone else installed (a
+    SLURM job's, through submitit) are left alone; off the main thread nothing
+    is installed.
+    """
+    request: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request["signal"] = signal.Signals(signum).name
+
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    previous = {s: signal.getsignal(s) for s in defaults}
+    mine = [s for s, default in defaults.items() if previous[s] is default]
+    for s in mine:
+        signal.signal(s, handler)
+    try:
+        yield request
+    finally:
+        for s in mine:
+            signal.signal(s, previous[s])
+
+
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -331,7 +367,7 @@ class Trainer:
 
         self.online_eval = None
         if t.eval_every > 0 and self.info.is_main:
-            self.online_eval = OnlineEvalFactory(cfg, self.device, self.mean, self.std)
+            self.online_eval = OnlineEvalFactory(cfg, self.device, self.mean, self.std, train_source=source)
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(self.ckpt_dir)
@@ -421,6 +457,20 @@ class Trainer:
         save_checkpoint(state, path, keep_previous=False)
         return path
 
+    def _stop_nonfinite(self, images, labels, loss_v, mi_v, views_rng):
+        """Save what replays the step whose loss was not finite, and stop with a message that says so."""
+        from infoview.pretrain.checkpoint import find_resume
+
+        path = self._dump_nonfinite(images, labels, [loss_v, mi_v], views_rng)
+        good = find_resume(self.ckpt_dir)
+        where = f"the last good checkpoint is {good}" if good is not None else "no checkpoint had been written yet"
+        raise InfoviewError(
+            f"the loss is not finite (loss={loss_v}, mi={mi_v}) at step {self.step} "
+            f"(epoch {self.step / self.steps_per_epoch:.2f}); the model, the optimizer and the batch are saved "
+            f"in {path} to investigate, and {where}. "
+            "Lower optim.lr, set optim.clip_grad, or try train.precision=fp32"
+        )
+
     # -- one step ----------------------------------------------------------------
     def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         views = self.views(images)
@@ -428,12 +478,13 @@ class Trainer:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return views
 
-    def train_step(self, views: list[torch.Tensor], labels: torch.Tensor):
+    def train_step(self, views: list[torch.Tensor], labels: torch.Tensor, stop: bool = False):
         """One optimisation step at ``self.step`` (which the caller advances).
 
-        Returns ``(lr, [loss, mi, mi_estimate, probe_loss, probe_correct, probe_count, nonfinite], ceiling)``,
-        averaged or summed over ranks. Parameters are left untouched when the loss is
-        not finite, so the caller can save the state that produced it.
+        Returns ``(lr, [loss, mi, mi_estimate, probe_loss, probe_correct, probe_count, stop, nonfinite],
+        ceiling)``, averaged or summed over ranks; ``stop`` counts the ranks asked to stop (Ctrl-C,
+        SIGTERM), so that all of them stop after the same step. Parameters are left untouched when the
+        loss is not finite, so the caller can save the state that produced it.
         """
         from infoview.pretrain import distributed as D
         from infoview.pretrain.optim import lr_factor, set_lr
@@ -444,7 +495,8 @@ class Trainer:
             out = self.model(views, labels)
         stats = torch.stack([
             out.ssl_loss.float(), out.mi.float(), out.mi_estimate.float(), out.probe_loss.float(),
-            out.probe_correct.float(), out.probe_count.float(), (~torch.isfinite(out.loss)).float(),
+            out.probe_correct.float(), out.probe_count.float(), out.loss.new_tensor(float(stop)).float(),
+            (~torch.isfinite(out.loss)).float(),
         ])
         if D.is_distributed():
             torch.distributed.all_reduce(stats)
@@ -485,60 +537,64 @@ class Trainer:
         probe_correct = probe_count = 0.0
         _ACTIVE.append(self)
         try:
-            while self.step < self.total_steps:
-                epoch, start = divmod(self.step, spe)
-                self.loader.set_epoch(epoch, start_batch=start)
-                self.method.train()
-                for images, labels in self.loader:
-                    with _signals_deferred():  # a pre-emption hook runs between steps, never inside one
-                        views_rng = self.views.get_rng_state()
-                        lr, (loss_v, mi_v, est_v, probe_loss_v, correct_v, count_v, bad), ceiling = self.train_step(
-                            self.make_views(images), labels)
-                        if bad:
-                            path = self._dump_nonfinite(images, labels, [loss_v, mi_v], views_rng)
-                            raise InfoviewError(
-                                f"the loss is not finite (loss={loss_v}, mi={mi_v}) at step {self.step} "
-                                f"(epoch {self.step / spe:.2f}); the model, the optimizer and the batch are saved "
-                                f"in {path} to investigate, and the last good checkpoint is in {self.ckpt_dir}. "
-                                "Lower optim.lr, set optim.clip_grad, or try train.precision=fp32"
-                            )
-                        self.step += 1
-                        seen += self.global_batch
-                        probe_correct += correct_v
-                        probe_count += count_v
-                        last = {"loss": loss_v, "mi": mi_v, "mi_ceiling": ceiling if math.isfinite(ceiling) else None,
-                                "mi_estimate": est_v, "lr": lr}
-                        self.metrics.update(last)
-                        if bar is not None:
-                            bar.update(1)
-                            bar.set_postfix(loss=f"{loss_v:.3f}", mi=f"{mi_v:.2f}/{ceiling:.2f}",
-                                            lr=f"{lr:.3g}", refresh=False)
-                        done = self.step >= self.total_steps
-                        if self.step % t.log_every == 0 or done:
-                            elapsed = time.perf_counter() - t0
-                            row = {"step": self.step, "epoch": round(self.step / spe, 4), **last,
-                                   "images_per_sec": seen / elapsed if elapsed > 0 else None,
-                                   "online_probe_loss": probe_loss_v if count_v else None,
-                                   "online_probe_train_top1": 100.0 * probe_correct / probe_count if probe_count else None}
+            with _stop_requests() as stop:
+                while self.step < self.total_steps:
+                    epoch, start = divmod(self.step, spe)
+                    self.loader.set_epoch(epoch, start_batch=start)
+                    self.method.train()
+                    for images, labels in self.loader:
+                        with _signals_deferred():  # a pre-emption hook runs between steps, never inside one
+                            views_rng = self.views.get_rng_state()
+                            lr, (loss_v, mi_v, est_v, probe_loss_v, correct_v, count_v, stopping, bad), ceiling = \
+                                self.train_step(self.make_views(images), labels, stop=stop["signal"] is not None)
+                            if bad:
+                                self._stop_nonfinite(images, labels, loss_v, mi_v, views_rng)
+                            self.step += 1
+                            seen += self.global_batch
+                            probe_correct += correct_v
+                            probe_count += count_v
+                            last = {"loss": loss_v, "mi": mi_v, "mi_estimate": est_v, "lr": lr,
+                                    "mi_ceiling": ceiling if math.isfinite(ceiling) else None}
+                            self.metrics.update(last)
+                            if bar is not None:
+                                bar.update(1)
+                                bar.set_postfix(loss=f"{loss_v:.3f}", mi=f"{mi_v:.2f}/{ceiling:.2f}",
+                                                lr=f"{lr:.3g}", refresh=False)
+                            done = self.step >= self.total_steps
+                            if self.step % t.log_every == 0 or done:
+                                elapsed = time.perf_counter() - t0
+                                row = {"step": self.step, "epoch": round(self.step / spe, 4), **last,
+                                       "images_per_sec": seen / elapsed if elapsed > 0 else None,
+                                       "online_probe_loss": probe_loss_v if count_v else None,
+                                       "online_probe_train_top1": 100.0 * probe_correct / probe_count if probe_count else None}
+                                if log is not None:
+                                    log.write(row)
+                                seen, t0, probe_correct, probe_count = 0, time.perf_counter(), 0.0, 0.0
+                            if stopping and not done:
+                                self.save()
+                                raise Interrupted(
+                                    f"stopped by {stop['signal'] or 'another rank'} at step {self.step} of "
+                                    f"{self.total_steps}; saved {self.ckpt_dir / 'last.pt'}. Run the same command "
+                                    "again to resume (train.resume=auto)"
+                                )
+                            if t.ckpt_every_steps > 0 and self.step % t.ckpt_every_steps == 0 and self.step % spe and not done:
+                                self.save()  # (an epoch's end saves below)
+                            if done:
+                                break
+                    if self.step % spe == 0 or self.step >= self.total_steps:
+                        final = self.step >= self.total_steps
+                        self.save()  # before the monitors: an evaluation killed half-way loses nothing
+                        if self.online_eval is not None and (final or (self.step // spe) % t.eval_every == 0):
+                            online = self.online_eval(self.method)
+                            self.metrics.update(online)
                             if log is not None:
-                                log.write(row)
-                            seen, t0, probe_correct, probe_count = 0, time.perf_counter(), 0.0, 0.0
-                        if t.ckpt_every_steps > 0 and self.step % t.ckpt_every_steps == 0 and self.step % spe and not done:
-                            self.save()  # (an epoch's end saves below)
-                        if done:
-                            break
-                if self.step % spe == 0 or self.step >= self.total_steps:
-                    final = self.step >= self.total_steps
-                    if self.online_eval is not None and (final or (self.step // spe) % t.eval_every == 0):
-                        online = self.online_eval(self.method)
-                        self.metrics.update(online)
-                        if log is not None:
-                            log.write({"step": self.step, "epoch": round(self.step / spe, 4), **online})
-                        if bar is not None:
-                            bar.write(f"epoch {self.step / spe:.2f}: " + ", ".join(
-                                f"{k} {v:.2f}" for k, v in online.items()))
-                    D.barrier()
-                    self.save()  # after the monitors, so the checkpoint carries their figures
+                                log.write({"step": self.step, "epoch": round(self.step / spe, 4), **online})
+                            if bar is not None:
+                                bar.write(f"epoch {self.step / spe:.2f}: " + ", ".join(
+                                    f"{k} {v:.2f}" for k, v in online.items()))
+                            D.barrier()
+                            if final:
+                                self.save()  # the final checkpoint carries the final figures too
         finally:
             _ACTIVE.remove(self)
             if bar is not None:
@@ -561,13 +617,17 @@ class Trainer:
 class OnlineEvalFactory:
     """Builds the online evaluator on first use (its loaders cost nothing until then)."""
 
-    def __init__(self, cfg, device, mean, std):
+    def __init__(self, cfg, device, mean, std, train_source=None):
         self.cfg, self.device, self.mean, self.std = cfg, device, mean, std
         self._eval = None
-        from infoview.data import open_source
+        from infoview.data import check_held_out, open_source
 
-        try:  # fail at start, not after the first epoch, when the held-out split is missing
-            open_source(cfg.data.source, split=cfg.data.eval_split)
+        d = cfg.data
+        self.eval_source = d.eval_source or d.source
+        try:  # fail at start, not after the first epoch, when the held-out split is missing or wrong
+            held = open_source(self.eval_source, split=d.eval_split)
+            train = open_source(train_source if train_source is not None else d.source, split=d.split)
+            check_held_out(train, held, hint="name it with data.eval_source=<source>")
         except InfoviewError as exc:
             raise ConfigError(f"{exc}; online monitors read data.eval_split (set train.eval_every=0 to turn them off)") from None
 
@@ -580,6 +640,7 @@ class OnlineEvalFactory:
                 c.data.source, c.data.split, c.data.eval_split, c.augment.size, max(c.data.batch_size, 256),
                 self.device, self.mean, self.std, num_workers=c.data.num_workers, k=c.monitor.knn_k,
                 temperature=c.monitor.knn_t, max_images=c.monitor.max_images, backend=c.data.backend,
+                eval_source=self.eval_source, progress=bool(c.train.progress),
             )
         return self._eval(method)
 

@@ -95,17 +95,18 @@ class OnlineEval:
 
     def __init__(self, source: str, train_split: str, eval_split: str, size: int, batch_size: int, device,
                  mean, std, num_workers: int = 0, k: int = 200, temperature: float = 0.07, max_images: int = 0,
-                 backend: str = "auto"):
+                 backend: str = "auto", eval_source: str | None = None, progress: bool = False):
         from infoview.data import build_loader
 
         kw = dict(batch_size=batch_size, shuffle=bool(max_images), seed=0, drop_last=False, device=device,
                   num_workers=num_workers, resolution=size, backend=backend)
         self.train_loader = build_loader(source, split=train_split, **kw)
-        self.eval_loader = build_loader(source, split=eval_split, **kw)
+        self.eval_loader = build_loader(eval_source or source, split=eval_split, **kw)
         self.mean, self.std = mean, std
         self.k, self.temperature = k, temperature
         self.max_images = max_images or None
         self.device = device
+        self.progress = progress
 
     @torch.no_grad()
     def __call__(self, method) -> dict:
@@ -115,9 +116,9 @@ class OnlineEval:
         self.train_loader.set_epoch(0)  # the same subset and order every time
         self.eval_loader.set_epoch(0)
         ftr, ytr = extract_features(method.encoder, self.train_loader, self.mean, self.std, device=self.device,
-                                    max_images=self.max_images)
+                                    max_images=self.max_images, progress=self.progress, desc="online kNN: train")
         fte, yte = extract_features(method.encoder, self.eval_loader, self.mean, self.std, device=self.device,
-                                    max_images=self.max_images)
+                                    max_images=self.max_images, progress=self.progress, desc="online kNN: held-out")
         out: dict = {}
         if (ytr >= 0).all() and len(ytr):
             out["online_knn_top1"] = knn_accuracy(ftr, ytr, fte, yte, k=self.k, temperature=self.temperature)["top1"]

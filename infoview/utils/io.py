@@ -46,3 +46,29 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def claim_out_dir(out_dir: str | os.PathLike, result: str, overwrite: bool = False) -> Path:
+    """Check, before any work, that ``out_dir`` can take a new ``result`` file; return it as a Path.
+
+    A file in the folder's place, or a finished ``result`` already there
+    (unless ``overwrite``), is an error naming it: nothing expensive runs
+    only to fail at the end, and no finished result is replaced unasked.
+    Creates nothing.
+    """
+    from infoview.errors import InfoviewError
+
+    out = Path(out_dir).expanduser()
+    if not str(out_dir).strip():
+        raise InfoviewError("out_dir is empty; give out_dir=<folder>")
+    if out.exists() and not out.is_dir():
+        raise InfoviewError(f"out_dir {out} is a file; give a folder")
+    if (out / result).exists() and not overwrite:
+        raise InfoviewError(
+            f"{out} already holds a finished result ({result}); choose another out_dir, or pass overwrite=true "
+            "to replace it"
+        )
+    parent = next((p for p in (out, *out.parents) if p.exists()), None)
+    if parent is not None and not os.access(parent, os.W_OK):
+        raise InfoviewError(f"out_dir {out}: cannot write in {parent}")
+    return out

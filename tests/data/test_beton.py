@@ -68,7 +68,7 @@ def test_ffcv_shards_and_order_match_the_pytorch_backend(tmp_path):
     write_beton(open_source("digits", split="test"), out, write_mode="raw", num_workers=1)
     shards = []
     for rank in (0, 1):
-        kw = dict(batch_size=30, seed=4, rank=rank, world_size=2, distributed=True, drop_last=False)
+        kw = dict(batch_size=30, split="test", seed=4, rank=rank, world_size=2, distributed=True, drop_last=False)
         ffcv = build_loader(f"beton:{out}", num_workers=1, **kw)
         torch_ = build_loader(f"beton:{out}", backend="pytorch", num_workers=0, **kw)
         ffcv.set_epoch(3), torch_.set_epoch(3)
@@ -152,3 +152,17 @@ def test_cli_prepare_end_to_end(image_folder, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines() == [f"infoview prepare: error: {out} exists; pass overwrite=true to replace it"]
+
+
+def test_a_beton_records_its_split_and_classes_and_refuses_another_split(tmp_path):
+    out = tmp_path / "test.beton"
+    write_beton(open_source("digits", split="test"), out, write_mode="raw", num_workers=1)
+    record = json.loads((tmp_path / "test.beton.json").read_text())
+    assert record["split"] == "test" and record["source"] == "digits" and record["images"] == 360
+    assert record["classes"] == [str(d) for d in range(10)]
+    src = open_source(f"beton:{out}", split="test")
+    assert src.split == "test" and src.classes == record["classes"] and len(src) == 360
+    with pytest.raises(InfoviewError, match="holds the 'test' split of digits, not 'train'"):
+        open_source(f"beton:{out}", split="train")  # it used to serve the test images as any split
+    (tmp_path / "test.beton.json").unlink()  # a .beton made elsewhere: no record, so no split to check here
+    assert open_source(f"beton:{out}", split="train").split is None

@@ -47,6 +47,19 @@ def wait_for_state(job_id: str, state: str, timeout: float, on_requeued=None) ->
     raise AssertionError(f"job {job_id} did not reach {state}: {fields.get('JobState')} ({fields.get('Reason')})")
 
 
+def wait_until_idle(timeout: float = 180) -> None:
+    """No job left and the node idle: a job whose step must wait for the last job's clean-up ("completing")
+    would still be counting down its time limit, and its signal could reach a task that has not started."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        queue = subprocess.run(["squeue", "-h"], capture_output=True, text=True, timeout=60).stdout.strip()
+        nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=60).stdout.split()
+        if not queue and nodes and all(n == "idle" for n in nodes):
+            return
+        time.sleep(1)
+    raise AssertionError(f"the cluster did not come idle: queue {queue!r}, nodes {nodes}")
+
+
 def steps_logged(run: Path) -> list[int]:
     with open(run / "metrics.csv", newline="") as f:
         return [int(r["step"]) for r in csv.DictReader(f) if r["loss"]]
@@ -96,6 +109,7 @@ def test_a_job_past_its_time_limit_is_requeued_by_the_checkpoint_hook_and_finish
     # A 2-minute limit with the signal 115 s before it: SLURM, which checks limits every 30 s, signals each run
     # 5-35 s in, long before 1500 tiny steps are done on any CPU. Once the hook has saved and requeued the job,
     # the test gives the job a longer limit, so that the resumed run can finish instead of being cut again.
+    wait_until_idle()
     total = 1500
     result = launch(["pretrain", *common(tmp_path, tiny), f"train.max_steps={total}", "train.ckpt_every_steps=100",
                      "train.log_every=1", "launch.timeout_min=2", "launch.signal_delay_s=115",

@@ -81,6 +81,7 @@ def _worker(rank: int, init_file: str, views_file: str, out_file: str) -> None:
         results["shuffle"] = [D.gather_no_grad(shuffled), torch.equal(D.unshuffle_across_ranks(shuffled, undo), x)]
         if rank == 0:
             torch.save(results, out_file)
+        dist.barrier()  # neither rank tears gloo down while the other may still use it (it aborted, now and then)
     finally:
         dist.destroy_process_group()
 

@@ -183,6 +183,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_saving_the_batch(tiny, tmp
     assert pretrain([*tiny, f"out_dir={tmp_path}", "train.max_steps=5", f"objective.name={nan_objective}"]) == 2
     err = capsys.readouterr().err
     assert "not finite" in err and "at step 2" in err
+    assert "no checkpoint had been written yet" in err  # not a pointer to a checkpoint that does not exist
     dump = tmp_path / "checkpoints" / "nonfinite_step2_rank0.pt"
     state = torch.load(dump, weights_only=True)
     assert state["images"].shape == (16, 3, 32, 32) and state["images"].dtype == torch.uint8
@@ -217,3 +218,61 @@ def test_moco_batchnorm_settings_are_checked_before_training(tiny, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert message.lower() in err.lower() and len(err.splitlines()) == 1
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.csv").exists()
+
+
+def test_online_monitors_refuse_a_beton_as_its_own_held_out_split(tiny, tmp_path, capsys):
+    from infoview.data import open_source, write_beton
+    from infoview.data.beton import ffcv_import_error
+
+    if ffcv_import_error():
+        pytest.skip(ffcv_import_error())
+    for split in ("train", "test"):
+        write_beton(open_source("digits", split=split), tmp_path / f"{split}.beton", write_mode="raw", num_workers=1)
+    args = [*tiny, "train.max_steps=2", "train.eval_every=1", "monitor.max_images=100",
+            f"data.source=beton:{tmp_path / 'train.beton'}", "data.backend=pytorch"]
+    assert pretrain([*args, f"out_dir={tmp_path / 'a'}"]) == 2  # the monitors would score the training images
+    err = capsys.readouterr().err
+    assert "not 'test'" in err and "data.eval_split" in err and not (tmp_path / "a" / "checkpoints").exists()
+    assert pretrain([*args, f"out_dir={tmp_path / 'b'}", f"data.eval_source=beton:{tmp_path / 'test.beton'}"]) == 0
+    assert json.loads(capsys.readouterr().out)["online_knn_top1"] >= 0
+
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_between_two_steps_and_the_run_resumes_there(tiny, tmp_path, sig):
+    steps = 40
+    args = [*tiny, f"out_dir={tmp_path}", f"train.max_steps={steps}", "train.ckpt_every_steps=1000",
+            "train.log_every=1"]
+    cmd = [sys.executable, "-m", "infoview.cli", "pretrain", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (tmp_path / "metrics.csv").exists() and len(read_metrics(tmp_path)) >= 5:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.05)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-2000:]
+    name = signal.Signals(sig).name
+    stopped = int(err.split(f"stopped by {name} at step ")[1].split()[0])
+    assert 5 <= stopped < steps
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == stopped  # saved at the step it stopped, with no periodic checkpoint to fall back on
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    logged = [int(r["step"]) for r in read_metrics(tmp_path) if r["loss"]]
+    assert logged == list(range(1, steps + 1))
+
+
+def test_the_final_checkpoint_is_written_before_the_final_evaluation(tiny, tmp_path, monkeypatch, capsys):
+    from infoview.pretrain import monitor
+
+    def dies(self, method):
+        raise RuntimeError("the evaluation was killed")
+
+    monkeypatch.setattr(monitor.OnlineEval, "__call__", dies)
+    with pytest.raises(RuntimeError, match="killed"):
+        pretrain([*tiny, f"out_dir={tmp_path}", "train.max_steps=3", "train.eval_every=1",
+                  "monitor.max_images=50"])
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 3  # the work is kept
