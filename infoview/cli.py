@@ -7,6 +7,8 @@ Each command lives in its own module, which exposes:
 - optionally ``POSITIONAL``: names of keys filled by positional arguments
   (``infoview prepare SRC OUT`` sets ``src`` and ``out``);
 - optionally ``OPEN_SECTIONS``: sections whose keys the command checks itself;
+- optionally ``SECTION_RESETS``: ``{key: section}``, a key whose change starts
+  its section afresh (``objective.name`` -> ``objective``);
 - optionally ``main(args)``: the command parses its own arguments (``launch``,
   which passes most of them on to another command).
 
@@ -23,7 +25,7 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from infoview.config import did_you_mean, parse_overrides, read_yaml, resolve
+from infoview.config import DELETE, did_you_mean, parse_overrides, read_yaml, resolve
 from infoview.errors import InfoviewError, Interrupted
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -120,8 +122,9 @@ def build_config(name: str, args: Sequence[str]):
             rest.append(arg)
         i += 1
     positional_names = list(getattr(module, "POSITIONAL", ()))
+    deletions = [a for a in rest if a.startswith("~") and "=" not in a]  # ~key removes a key
     overrides_raw = [a for a in rest if "=" in a and not a.startswith("-")]
-    positional = [a for a in rest if a not in overrides_raw]
+    positional = [a for a in rest if a not in overrides_raw and a not in deletions]
     flags = [a for a in positional if a.startswith("-")]
     if flags:
         raise InfoviewError(f"unknown option {flags[0]} for '{name}'; see `infoview {name} --help`")
@@ -135,14 +138,23 @@ def build_config(name: str, args: Sequence[str]):
     overrides = parse_overrides(overrides_raw)
     for key, value in zip(positional_names, positional):
         overrides[key] = value
+    for item in deletions:
+        if not item[1:].strip():
+            raise InfoviewError(f"'{item}': write ~<key> to remove a key, e.g. ~objective.alpha")
+        overrides[item[1:].strip()] = DELETE
     file_cfg = read_yaml(config_file) if config_file else None
+    notes: list[str] = []
     cfg = resolve(
         module.DEFAULTS,
         file_cfg,
         overrides,
         open_sections=getattr(module, "OPEN_SECTIONS", ()),
         source=config_file or "",
+        resets=getattr(module, "SECTION_RESETS", None),
+        notes=notes,
     )
+    for note in notes:
+        print(f"infoview {name}: {note}", file=sys.stderr)
     missing = [p for p in positional_names if cfg.get(p) in (None, "")]
     if missing:
         raise InfoviewError(

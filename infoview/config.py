@@ -6,6 +6,13 @@ in that order. A key that is not in the defaults is an error that names the
 nearest valid key; a value of the wrong type is an error that names the key
 and the type expected. Sections named in ``open_sections`` take any key: the
 command checks those itself (an objective's own keys, for instance).
+
+Changing a key named in ``resets`` starts its section afresh: with
+``{"objective.name": "objective"}``, a command line that switches a preset's
+``ml_cpc`` to ``ring`` drops the preset's ``objective.alpha`` (and says so).
+A key is removed with ``~key`` on the command line (a fixed key goes back to
+its default), an open-section key also with ``key=null``, and ``section={}``
+empties an open section. Duplicate keys in a YAML file are an error.
 """
 from __future__ import annotations
 
@@ -58,10 +65,17 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
     return f"; did you mean '{hint}'?" if hint else ""
 
 
+DELETE = object()  #: an override value that removes its key (``~key`` on the command line)
+
+
 def _unknown_key_error(key: str, valid: Iterable[str], where: str) -> ConfigError:
     valid = sorted(valid)
     msg = f"unknown config key '{key}' ({where})" + did_you_mean(key, valid)
-    return ConfigError(msg + " Valid keys: " + ", ".join(valid))
+    section = key.rsplit(".", 1)[0] + "." if "." in key else None
+    near = [v for v in valid if section and v.startswith(section)] or difflib.get_close_matches(key, valid, 6, 0.3)
+    near = near[:8]
+    shown = f" Nearby keys: {', '.join(near)}." if near else ""
+    return ConfigError(msg + shown + f" `--help` lists all {len(valid)} keys with their defaults")
 
 
 def parse_value(text: str) -> Any:
@@ -122,6 +136,28 @@ def _check_type(key: str, default: Any, value: Any) -> Any:
     return value
 
 
+class _Duplicate(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a mapping that names a key twice (YAML itself keeps the last silently)."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise _Duplicate(f"key '{key}' appears twice (lines {seen[key]} and {line}); keep one")
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML config with the safe loader; errors name the file."""
     p = Path(path)
@@ -132,7 +168,9 @@ def read_yaml(path: str | os.PathLike) -> dict:
         hint = f" Presets: {', '.join(presets)}" if presets else ""
         raise ConfigError(f"config file '{path}' does not exist.{hint}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
+    except _Duplicate as exc:
+        raise ConfigError(f"config file '{p}': {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from None
     if data is None:
@@ -149,14 +187,40 @@ def resolve(
     overrides: Mapping[str, Any] | None = None,
     open_sections: Iterable[str] = (),
     source: str = "",
+    resets: Mapping[str, str] | None = None,
+    notes: list[str] | None = None,
 ) -> DictConfig:
-    """Merge ``defaults`` <- ``file_cfg`` <- ``overrides`` with checked keys."""
+    """Merge ``defaults`` <- ``file_cfg`` <- ``overrides`` with checked keys.
+
+    ``resets``: ``{key: section}``; a layer that changes ``key`` drops what
+    earlier layers put in ``section`` (open keys are removed, fixed keys go
+    back to their defaults). What is dropped is appended to ``notes``.
+    """
     open_sections = tuple(open_sections)
+    resets = dict(resets or {})
     flat = flatten(defaults)
     sections = {k.rsplit(".", 1)[0] for k in flat if "." in k}
 
     def is_open(key: str) -> bool:
         return any(key.startswith(s + ".") for s in open_sections)
+
+    def under(section: str, key: str) -> bool:
+        return key.startswith(section + ".")
+
+    def drop(section: str, keep: str = "") -> list[str]:
+        """Remove what ``section`` holds (open keys) or put it back to the defaults (fixed keys)."""
+        dropped = []
+        for k in [k for k in merged if under(section, k) and k != keep]:
+            if k in flat:
+                if merged[k] != flat[k]:
+                    dropped.append(k)
+                merged[k] = copy.deepcopy(flat[k])
+            else:
+                dropped.append(k)
+                del merged[k]
+        if section in flat:  # an open section that is itself a key ({} by default)
+            merged[section] = copy.deepcopy(flat[section])
+        return dropped
 
     merged = copy.deepcopy(flat)  # the tree below is built in place: never in the caller's defaults
     layers = []
@@ -165,8 +229,28 @@ def resolve(
     if overrides:
         layers.append((dict(overrides), "on the command line"))
     for layer, where in layers:
+        # a changed reset key first: it decides what the rest of this layer lands in
+        for key, section in resets.items():
+            if key in layer and layer[key] is not DELETE and layer[key] != merged.get(key):
+                dropped = drop(section, keep=key)
+                if dropped and notes is not None:
+                    notes.append(f"{key}={layer[key]} ({where}) starts {section} afresh: dropped "
+                                 + ", ".join(dropped))
         for key, value in layer.items():
-            if key in flat:
+            if value is DELETE or (value is None and is_open(key)):
+                if key in flat:
+                    merged[key] = copy.deepcopy(flat[key])
+                elif is_open(key) or key in open_sections:
+                    merged.pop(key, None)
+                    drop(key)
+                else:
+                    raise _unknown_key_error(key, flat, where)
+            elif key in flat:
+                if key in open_sections and isinstance(value, Mapping):
+                    drop(key)  # section={...} replaces the section
+                    for sub, v in flatten(value, key + ".").items():
+                        merged[sub] = v
+                    continue
                 merged[key] = _check_type(key, flat[key], value)
             elif is_open(key) or key in open_sections:
                 merged[key] = value
@@ -185,6 +269,8 @@ def resolve(
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"config key '{key}' conflicts with a value at '{part}'")
+        if isinstance(node.get(parts[-1]), dict) and value == {}:
+            continue  # an open section's {} beside keys inside it: the keys win
         node[parts[-1]] = value
     return OmegaConf.create(tree)
 

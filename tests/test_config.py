@@ -101,3 +101,65 @@ def test_open_sections_do_not_leak_into_the_defaults():
     assert first.model.kwargs.channels == [8, 16]
     assert defaults == {"model": {"arch": "resnet18", "kwargs": {}}}
     assert resolve(defaults, None, {}, open_sections=("model.kwargs",)).model.kwargs == {}  # a second run is clean
+
+
+# ---- what a user ran into: sections that cannot be switched, keys that cannot go --------------------------
+
+OPEN = ("objective", "model.kwargs")
+PRESET = {"objective": {"name": "ml_cpc", "alpha": 0.1}, "model": {"arch": "resnet18", "kwargs": {"channels": [8]}}}
+WITH_MODEL = {**DEFAULTS, "model": {"arch": "resnet50", "kwargs": {}}}
+RESETS = {"objective.name": "objective", "model.arch": "model.kwargs"}
+
+
+def test_switching_a_presets_objective_starts_its_section_afresh_and_says_so():
+    notes = []
+    cfg = resolve(WITH_MODEL, PRESET, parse_overrides(["objective.name=ring", "objective.outer=0.2"]),
+                  open_sections=OPEN, resets=RESETS, notes=notes)
+    assert dict(cfg.objective) == {"name": "ring", "outer": 0.2}  # no alpha from the preset
+    assert notes == ["objective.name=ring (on the command line) starts objective afresh: dropped objective.alpha"]
+    same = resolve(WITH_MODEL, PRESET, parse_overrides(["objective.name=ml_cpc"]), open_sections=OPEN, resets=RESETS)
+    assert dict(same.objective) == {"name": "ml_cpc", "alpha": 0.1}  # the same name keeps its keys
+
+
+def test_switching_the_architecture_drops_the_old_ones_kwargs():
+    cfg = resolve(WITH_MODEL, PRESET, parse_overrides(["model.arch=vit_small_patch16_224"]), open_sections=OPEN,
+                  resets=RESETS)
+    assert cfg.model.arch == "vit_small_patch16_224" and dict(cfg.model.kwargs) == {}
+
+
+def test_keys_can_be_removed_from_the_command_line():
+    from infoview.config import DELETE
+
+    cfg = resolve(WITH_MODEL, PRESET, {"objective.alpha": DELETE, "optim.lr": DELETE}, open_sections=OPEN)
+    assert dict(cfg.objective) == {"name": "ml_cpc"} and cfg.optim.lr == 0.1  # a fixed key: its default
+    cfg = resolve(WITH_MODEL, PRESET, parse_overrides(["objective.alpha=null", "model.kwargs={}"]), open_sections=OPEN)
+    assert dict(cfg.objective) == {"name": "ml_cpc"} and dict(cfg.model.kwargs) == {}
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        resolve(WITH_MODEL, None, {"optim.lrr": DELETE})
+
+
+def test_duplicate_keys_in_a_yaml_file_are_an_error(tmp_path):
+    f = tmp_path / "dup.yaml"
+    f.write_text("optim:\n  lr: 0.3\n  name: adamw\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml': key 'lr' appears twice \(lines 2 and 4\)"):
+        read_yaml(f)
+
+
+def test_unknown_key_error_lists_the_nearby_keys_not_all_of_them():
+    many = {**DEFAULTS, "data": {f"key{i}": i for i in range(60)}}
+    with pytest.raises(ConfigError) as err:
+        resolve(many, None, parse_overrides(["optim.lrr=1"]))
+    msg = str(err.value)
+    assert "Nearby keys: optim.lr, optim.name, optim.weight_decay." in msg and "data.key5" not in msg
+    assert "`--help` lists all 69 keys" in msg
+
+
+def test_the_command_line_takes_tilde_keys(tmp_path, capsys):
+    from infoview.cli import build_config
+
+    _, cfg = build_config("pretrain", ["--config", "demo", "~objective.alpha", f"out_dir={tmp_path}"])
+    assert dict(cfg.objective) == {"name": "ml_cpc"}
+    _, cfg = build_config("pretrain", ["--config", "demo", "model.arch=resnet34", f"out_dir={tmp_path}"])
+    assert dict(cfg.model.kwargs) == {}
+    assert "model.arch=resnet34 (on the command line) starts model.kwargs afresh: dropped model.kwargs.channels" \
+        in capsys.readouterr().err

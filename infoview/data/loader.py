@@ -357,6 +357,11 @@ def build_loader(
     """
     if backend not in BACKENDS:
         raise InfoviewError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    if num_workers is not None and (isinstance(num_workers, bool) or int(num_workers) != num_workers
+                                    or num_workers < 0):
+        raise InfoviewError(f"num_workers must be 0 (load in this process) or a positive count, got {num_workers}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise InfoviewError(f"batch_size must be a positive integer, got {batch_size}")
     src = open_source(source, split=split, download=download)
     if len(src) == 0:
         raise InfoviewError(f"{src.name} has no images")

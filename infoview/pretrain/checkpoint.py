@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +67,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise InfoviewError(f"checkpoint {path} is empty (0 bytes){hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # torch.load raises many kinds on foreign bytes (a text file gives KeyError)
+        text = str(exc).strip()
+        if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+            raise InfoviewError(
+                f"refused to load {path}: it holds Python objects, not only tensors and plain values, and "
+                "unpickling those can run any code; infoview checkpoints never hold them, so this file was not "
+                "written by infoview (or was altered)"
+            ) from None
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise InfoviewError(
-            f"checkpoint {path} is truncated or corrupt and cannot be read ({first}){hint}"
+            f"checkpoint {path} is truncated or corrupt, or not a checkpoint, and cannot be read "
+            f"({type(exc).__name__}: {first}){hint}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InfoviewError(

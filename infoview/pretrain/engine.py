@@ -112,6 +112,9 @@ DEFAULTS: dict[str, Any] = {
     "monitor": {"knn_k": 200, "knn_t": 0.07, "probe": True, "max_images": 0},
 }
 OPEN_SECTIONS = ("objective", "model.kwargs", "augment.overrides")
+# a new objective or architecture does not inherit the old one's keys (ml_cpc's alpha under ring, a ResNet's
+# channels under a ViT); the ones dropped are named on stderr
+SECTION_RESETS = {"objective.name": "objective", "model.arch": "model.kwargs", "augment.recipe": "augment.overrides"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -153,8 +156,12 @@ def build_method(cfg, encoder, num_classes: int):
     from infoview.pretrain.methods import MoCo, SimCLR
 
     m = cfg.model
-    proj = make_projector(encoder.feature_dim, m.proj_hidden, m.proj_dim, m.proj_layers, m.proj_bn, m.proj_last_bn)
     objective = build_objective(cfg)
+    temperature = cfg[cfg.method].temperature
+    if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
+        raise ConfigError(f"{cfg.method}.temperature divides the scores: it must be a positive number, got "
+                          f"{temperature}")
+    proj = make_projector(encoder.feature_dim, m.proj_hidden, m.proj_dim, m.proj_layers, m.proj_bn, m.proj_last_bn)
     if cfg.method == "simclr":
         if m.pred_hidden:
             raise ConfigError("model.pred_hidden (a predictor) is used by method=moco only; set it to 0 for simclr")
@@ -326,6 +333,9 @@ class Trainer:
         method = build_method(cfg, self.encoder, max(num_classes, 0))
         if cfg.method == "moco" and len(self.views.specs) != 2:
             raise ConfigError("method=moco takes augment.num_views=2 and a two-view recipe")
+        if len(self.views.specs) < 2:
+            raise ConfigError(f"method={cfg.method} contrasts views of one image: augment.num_views must be at "
+                              f"least 2, got {len(self.views.specs)}")
         splits = getattr(method, "bn_splits", 0) if getattr(method, "bn", None) == "split" else 0
         if splits and (self.local_batch % splits or self.local_batch // splits < 2):
             raise ConfigError(

@@ -27,7 +27,7 @@ def test_damaged_files_are_errors_that_name_them(tmp_path):
     save_checkpoint({"step": 1}, path)
     save_checkpoint({"step": 2, "w": torch.randn(1000)}, path)
     path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(InfoviewError, match=r"last.pt is truncated or corrupt .*prev.pt"):
+    with pytest.raises(InfoviewError, match=r"last.pt is truncated or corrupt.*prev.pt"):
         load_checkpoint(path)
     path.write_bytes(b"")
     with pytest.raises(InfoviewError, match="is empty"):
@@ -57,3 +57,24 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     set_rng_state(load_checkpoint(tmp_path / "last.pt")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_an_unsafe_pickle_is_refused_as_unsafe_and_no_one_is_told_to_unpickle_it(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran while loading",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "infoview-pretrain-1", "model": Payload()}, path)
+    with pytest.raises(InfoviewError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert "refused to load" in msg and "can run any code" in msg
+    assert "weights_only=False" not in msg and "corrupt" not in msg
+
+
+def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(InfoviewError, match="notes.txt is truncated or corrupt, or not a checkpoint"):
+        load_checkpoint(path)

@@ -200,13 +200,17 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_saving_the_batch(tiny, tmp
         ("train.epoch=3", "did you mean 'train.epochs'"),
         ("data.batch_size=100000", "larger than"),
         ("model.arch=resnet19", "resnet"),
+        ("data.num_workers=-1", "num_workers must be 0"),
+        ("simclr.temperature=0", "simclr.temperature divides the scores"),
+        ("augment.num_views=1", "augment.num_views must be at least 2"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tiny, tmp_path, capsys, override, message):
-    assert pretrain([*tiny, f"out_dir={tmp_path}", "train.max_steps=1", "objective.name=ml_cpc", override]) == 2
+    out = tmp_path / "run"
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=1", "objective.name=ml_cpc", override]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "checkpoints").exists()
+    assert not out.exists()  # nothing half-written: no config.yaml, metrics.csv or tb/
 
 
 @pytest.mark.parametrize(
