@@ -47,7 +47,7 @@ test: sysdeps $(VENV)/.installed-dev,ffcv,detection
 # linear probe on the frozen features of the pretrained encoder and of the same
 # encoder at its initial weights. Each run starts afresh in runs/demo.
 DEMO := runs/demo
-demo: $(VENV)/.installed-dev
+demo: $(VENV)/.installed-dev,detection
 	rm -rf $(DEMO)
 	$(BIN)/infoview pretrain --config demo out_dir=$(DEMO)
 	$(BIN)/infoview linear backbone=$(DEMO) out_dir=$(DEMO)/linear_pretrained train.progress=false >/dev/null

@@ -62,6 +62,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "infoview.eval.mi_bench",
         "Train critics on the Gaussian MI staircase and compare what each bound certifies.",
     ),
+    "list": (
+        "infoview.listing",
+        "List presets, objectives (with parameters), methods, data sources, view recipes or timm archs.",
+    ),
 }
 
 
@@ -77,7 +81,8 @@ def _usage() -> str:
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in sorted(COMMANDS.items())]
     lines += [
         "",
-        "`infoview <command> --help` lists the command's keys and their defaults.",
+        "`infoview <command> --help` (or `infoview help <command>`) lists the command's keys and",
+        "their defaults; `infoview list presets|objectives|methods|sources|recipes|archs` lists names.",
         "Keys are dotted (optim.lr=0.1); --config reads a YAML file (a path, or a preset",
         "name from configs/) and key=value arguments override it.",
     ]
@@ -97,6 +102,8 @@ def _command_help(name: str, module) -> str:
     head = getattr(module, "USAGE", None) or (
         f"usage: infoview {name} {positional + ' ' if positional else ''}[--config FILE] [key=value ...]"
     )
+    if not hasattr(module, "DEFAULTS"):  # a command without keys (list)
+        return f"{head}\n\n{doc}"
     keys = OmegaConf.to_yaml(OmegaConf.create(module.DEFAULTS)).rstrip()
     return f"{head}\n\n{doc}\n\nkeys and defaults:\n" + "\n".join("  " + l for l in keys.splitlines())
 
@@ -173,6 +180,8 @@ def _print(text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["help"] and len(argv) > 1:
+        argv = [argv[1], "--help"]  # `infoview help pretrain` is `infoview pretrain --help`
     if not argv or argv[0] in ("-h", "--help", "help"):
         _print(_usage())
         return 0

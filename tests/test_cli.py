@@ -62,3 +62,22 @@ def test_positional_arguments_fill_declared_keys(monkeypatch):
     assert (cfg.src, cfg.out, cfg.overwrite) == ("digits", "/tmp/o.beton", True)
     with pytest.raises(Exception, match="needs OUT"):
         cli.build_config("fake", ["digits"])
+
+
+def test_help_and_list_name_what_a_config_may_use(capsys):
+    assert main(["help", "knn"]) == 0  # what `infoview knn --help` prints, not the general usage
+    assert "usage: infoview knn" in capsys.readouterr().out
+    assert main(["help", "pretrain"]) == 0
+    assert "usage: infoview pretrain" in capsys.readouterr().out
+    assert main(["list", "presets"]) == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "simclr_mlcpc_cifar10" in out and "SimCLR with alpha-ML-CPC" in out
+    assert main(["list", "objectives"]) == 0
+    out = capsys.readouterr().out
+    assert "ml_cpc" in out and "alpha=1.0" in out and "ceiling log(m / that alpha)" in out
+    assert main(["list", "methods"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["simclr", "moco"]
+    assert main(["list", "archs", "resnet1?"]) == 0
+    assert "resnet18" in capsys.readouterr().out.split()
+    assert main(["list", "archz"]) == 2
+    assert "did you mean 'archs'" in capsys.readouterr().err

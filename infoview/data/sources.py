@@ -156,9 +156,11 @@ def _torchvision_source(kind: str, root: str, split: str, download: bool) -> Arr
         hint = ""
         if (root_path / "train").is_dir() or (root_path / "test").is_dir():
             hint = f" ({root_path} looks like a folder of images per class: use folder:{root})"
+        fetch = (f"python -c \"import torchvision; torchvision.datasets.{cls.__name__}('{root_path}', "
+                 + ("split='train', " if kind == "stl10" else "") + "download=True)\"")
         raise InfoviewError(
-            f"{kind}: no {kind.upper()} files at {expected}{hint}; pass download=true to fetch "
-            f"them into {root_path}"
+            f"{kind}: no {kind.upper()} files at {expected}{hint}; fetch them once with {fetch}, "
+            f"or with `infoview prepare {kind}:{root} OUT.beton download=true`, which also writes a .beton"
         )
     try:
         if kind == "stl10":

@@ -426,6 +426,17 @@ def _to_device(target: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in target.items()}
 
 
+def require_pycocotools() -> None:
+    """A one-line error with the install command when the detection extra is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("pycocotools") is None:
+        raise InfoviewError(
+            "infoview detect needs pycocotools (COCO AP), which is not installed: "
+            "`.venv/bin/pip install -e '.[detection]'` (or `pip install pycocotools`)"
+        )
+
+
 def run(cfg) -> dict | None:
     from tqdm import tqdm
 
@@ -437,6 +448,7 @@ def run(cfg) -> dict | None:
     from infoview.utils.io import atomic_write_text
 
     _check(cfg)
+    require_pycocotools()
     from infoview.eval.backbone import default_out_dir
     from infoview.utils.io import claim_out_dir
 

@@ -71,6 +71,8 @@ class Objective(nn.Module):
 
     name: str = ""
     pooled: bool = False
+    #: one line: what ``.mi`` certifies and its ceiling (``infoview list objectives`` prints it)
+    certifies: str = ""
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> ObjectiveOutput:
         pos, neg = check_scores(pos, neg)

@@ -96,6 +96,8 @@ class HardNegative(_DebiasedBase):
     in log space: log reweighted = log K + LSE((1+beta) neg) - LSE(beta neg).
     """
 
+    certifies = "InfoNCE on the same scores (the HCL loss is not a bound); ceiling log m"
+
     def __init__(self, beta: float = 1.0, tau_plus: float = 0.1, temperature: float = 0.5) -> None:
         super().__init__(beta, tau_plus, temperature)
 
@@ -118,6 +120,8 @@ class Debiased(_DebiasedBase):
     This is ``hard_negative`` with beta = 0. ``mi`` reports the InfoNCE bound on
     the same scores.
     """
+
+    certifies = "InfoNCE on the same scores (the DCL loss is not a bound); ceiling log m"
 
     def __init__(self, tau_plus: float = 0.1, temperature: float = 0.5) -> None:
         super().__init__(0.0, tau_plus, temperature)

@@ -33,6 +33,8 @@ class InfoNCE(Objective):
     the two views and can never exceed log m, whatever the critic.
     """
 
+    certifies = "InfoNCE bound; ceiling log m"
+
     def __init__(self) -> None:
         super().__init__()
 

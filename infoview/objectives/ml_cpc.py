@@ -94,6 +94,9 @@ class MLCPC(Objective):
     negatives, with gradients) from every rank and computes the global value.
     """
 
+    certifies = ("ML-CPC at max(alpha, floor m / (n (m - 1) + 1)); ceiling log(m / that alpha); "
+                 "below the floor, J at alpha is an estimate")
+
     pooled = True
 
     def __init__(

@@ -54,6 +54,8 @@ class Ring(Objective):
     fractional epochs if you like) and read :attr:`current_outer`.
     """
 
+    certifies = "InfoNCE over all K negatives; ceiling log m; the ring's own value is an estimate"
+
     def __init__(self, outer: float = 0.1, inner: float = 0.1, anneal_epochs: float = 0.0) -> None:
         super().__init__()
         outer, inner, anneal_epochs = float(outer), float(inner), float(anneal_epochs)

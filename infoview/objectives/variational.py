@@ -58,6 +58,8 @@ class NWJ(Objective):
     -inf and the loss +inf, which is what the bound is there, but never NaN.
     """
 
+    certifies = "NWJ bound; no ceiling"
+
     def __init__(self) -> None:
         super().__init__()
 
@@ -80,6 +82,8 @@ class JS(Objective):
     shift: NWJ evaluated at log r reads I - 1/e (at log r + 1 it would be tight).
     ``mi`` may be -inf when a negative score is huge; the loss stays finite.
     """
+
+    certifies = "NWJ bound on the JS-trained critic; no ceiling"
 
     def __init__(self) -> None:
         super().__init__()

@@ -104,6 +104,7 @@ DEFAULTS: dict[str, Any] = {
         "compile": False,
         "ckpt_every_steps": 500,
         "resume": "auto",
+        "allow_config_change": False,  # resume a run with other training settings (both configs are kept)
         "eval_every": 10,
         "log_every": 10,
         "threads": 0,
@@ -244,6 +245,28 @@ def _stop_requests():
             signal.signal(s, previous[s])
 
 
+#: keys a resumed run may change: where and how fast it runs, how long, what it logs, not what it trains
+RESUME_MAY_CHANGE = (
+    "out_dir", "train.resume", "train.allow_config_change", "train.epochs", "train.max_steps", "train.progress",
+    "train.device", "train.threads", "train.log_every", "train.eval_every", "train.ckpt_every_steps",
+    "data.num_workers", "data.backend", "data.eval_source", "data.eval_split", "monitor.",
+)
+
+
+def config_changes(saved: dict, now: dict) -> list[str]:
+    """``"key: old -> new"`` for every training setting that differs between a checkpoint's config and this run's."""
+    from infoview.config import flatten
+
+    a, b = flatten(saved), flatten(now)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE):
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            out.append(f"{key}: {a.get(key, '<unset>')} -> {b.get(key, '<unset>')}")
+    return out
+
+
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -301,6 +324,18 @@ class Trainer:
         else:
             self.resume_path = Path(str(t.resume))
         state = load_checkpoint(self.resume_path) if self.resume_path is not None else None
+        self.config_changes: list[str] = []
+        if state is not None:
+            self.config_changes = config_changes(state.get("config") or {}, OmegaConf.to_container(cfg, resolve=True))
+            if self.config_changes and not t.allow_config_change:
+                shown = "; ".join(self.config_changes[:6]) + (
+                    f"; and {len(self.config_changes) - 6} more" if len(self.config_changes) > 6 else "")
+                raise InfoviewError(
+                    f"{self.resume_path} was trained with other settings ({shown}); a resumed run must keep them, "
+                    "or its metrics and config.yaml would describe a run that never happened. Use another out_dir "
+                    "for a new run, or pass train.allow_config_change=true to go on with the new settings "
+                    "(config.yaml then holds them, and the old one is kept beside it)"
+                )
 
         _seed_all(int(t.seed))
         self.loader = build_loader(
@@ -531,8 +566,12 @@ class Trainer:
 
         cfg, t, info = self.cfg, self.cfg.train, self.info
         if info.is_main:
-            save_config(cfg, self.out / "config.yaml", extra={"world_size": info.world_size,
-                                                               "resumed_from": str(self.resume_path or "")})
+            current = self.out / "config.yaml"
+            if self.config_changes and current.is_file():  # the settings the steps so far were trained with
+                current.replace(self.out / f"config.until_step{self.step}.yaml")
+            save_config(cfg, current, extra={"world_size": info.world_size,
+                                             "resumed_from": str(self.resume_path or ""),
+                                             "changed_on_resume": list(self.config_changes)})
         log = MetricsLog(self.out, start_step=self.step) if info.is_main else None
         bar = None
         if info.is_main and t.progress:

@@ -117,7 +117,10 @@ def test_torchvision_sources_never_download_unasked(tmp_path, monkeypatch):
     with pytest.raises(InfoviewError) as err:
         open_source(f"cifar10:{tmp_path}")
     msg = str(err.value)
-    assert str(tmp_path / "cifar-10-batches-py") in msg and "download=true" in msg
+    assert str(tmp_path / "cifar-10-batches-py") in msg
+    # advice that can be followed: the commands named really take download (only `infoview prepare` does)
+    assert f"torchvision.datasets.CIFAR10('{tmp_path}', download=True)" in msg
+    assert f"infoview prepare cifar10:{tmp_path} OUT.beton download=true" in msg
     with pytest.raises(InfoviewError, match=r"stl10_binary.*download=true"):
         open_source(f"stl10:{tmp_path}")
     with pytest.raises(InfoviewError, match=r"cifar-100-python"):

@@ -185,3 +185,13 @@ def test_default_out_dirs_sit_beside_what_is_measured(tmp_path):
     assert default_out_dir(f"random:{run_dir / 'checkpoints' / 'last.pt'}", "linear") == run_dir / "linear_random"
     assert default_out_dir(str(export), "knn") == export / "knn"
     assert str(default_out_dir("random:resnet18", "detect")) == "runs/detect/random_resnet18"
+
+
+def test_detect_without_pycocotools_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pycocotools" else real(name, *a))
+    assert main(["detect", "backbone=random:resnet18", f"out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs pycocotools" in err and "pip install -e '.[detection]'" in err and len(err.splitlines()) == 1

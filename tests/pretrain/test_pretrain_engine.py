@@ -280,3 +280,25 @@ def test_the_final_checkpoint_is_written_before_the_final_evaluation(tiny, tmp_p
         pretrain([*tiny, f"out_dir={tmp_path}", "train.max_steps=3", "train.eval_every=1",
                   "monitor.max_images=50"])
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 3  # the work is kept
+
+
+def test_resuming_with_other_training_settings_is_refused_unless_asked_and_then_both_configs_are_kept(
+        tiny, tmp_path, capsys):
+    args = [*tiny, f"out_dir={tmp_path}", "train.ckpt_every_steps=1"]
+    assert pretrain([*args, "train.max_steps=2"]) == 0
+    first = (tmp_path / "config.yaml").read_text()
+    capsys.readouterr()
+    # a longer run, from where it stopped: allowed
+    assert pretrain([*args, "train.max_steps=3"]) == 0
+    capsys.readouterr()
+    # another learning rate and objective: what was trained would no longer match config.yaml
+    assert pretrain([*args, "train.max_steps=4", "optim.lr=0.5", "objective.name=ring"]) == 2
+    err = capsys.readouterr().err
+    assert "trained with other settings" in err and "optim.lr: 0.3 -> 0.5" in err
+    assert "objective.name: infonce -> ring" in err and "train.allow_config_change=true" in err
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["optim"]["lr"] == 0.3  # untouched
+    assert pretrain([*args, "train.max_steps=4", "optim.lr=0.5", "train.allow_config_change=true"]) == 0
+    now = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert now["optim"]["lr"] == 0.5 and now["_provenance"]["changed_on_resume"] == ["optim.lr: 0.3 -> 0.5"]
+    kept = yaml.safe_load((tmp_path / "config.until_step3.yaml").read_text())
+    assert kept["optim"]["lr"] == 0.3 and yaml.safe_load(first)["optim"]["lr"] == 0.3

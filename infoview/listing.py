@@ -1,0 +1,94 @@
+"""`infoview list <what>`: what a config may name, without provoking an error to find out.
+
+  infoview list presets             the configs/ presets, with their first line
+  infoview list objectives          every objective, its parameters and defaults, and what its .mi certifies
+  infoview list methods             the pretraining methods
+  infoview list sources             the data source schemes
+  infoview list recipes             the view recipes (augment.recipe)
+  infoview list archs [PATTERN]     timm encoder names matching PATTERN (a glob, default *), one per line
+"""
+from __future__ import annotations
+
+import inspect
+
+from infoview.config import CONFIG_DIR, did_you_mean
+from infoview.errors import InfoviewError
+
+USAGE = "usage: infoview list presets|objectives|methods|sources|recipes|archs [PATTERN]"
+
+
+def _first_line(text: str | None) -> str:
+    for line in (text or "").strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def presets() -> list[str]:
+    rows = []
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        first = next((ln.lstrip("# ").strip() for ln in path.read_text(encoding="utf-8").splitlines()
+                      if ln.startswith("#")), "")
+        rows.append((path.stem, first))
+    width = max((len(n) for n, _ in rows), default=0)
+    return [f"{name:<{width}}  {first}" for name, first in rows]
+
+
+def objectives() -> list[str]:
+    from infoview.objectives import available, objective_params
+    from infoview.objectives.base import _get
+
+    lines = []
+    for name in available():
+        cls = _get(name)
+        params = ", ".join(f"{k}={v!r}" for k, v in objective_params(name).items()) or "no parameters"
+        title = _first_line(inspect.getdoc(cls)).split(" (")[0]  # the name, without the citation
+        lines.append(f"{name:<14} {title}\n{'':<14} parameters: {params}\n"
+                     f"{'':<14} .mi: {cls.certifies}")
+    return lines
+
+
+def methods() -> list[str]:
+    from infoview.pretrain.methods import METHODS, MoCo, SimCLR
+
+    docs = {"simclr": SimCLR.__doc__, "moco": MoCo.__doc__}
+    return [f"{m:<8} {_first_line(docs.get(m))}" for m in METHODS]
+
+
+def sources() -> list[str]:
+    from infoview.data.sources import SOURCE_HELP
+
+    return [s.strip() for s in SOURCE_HELP.split(", ")]
+
+
+def recipes() -> list[str]:
+    from infoview.augment.recipes import available_recipes
+
+    return available_recipes()
+
+
+def archs(pattern: str = "*") -> list[str]:
+    import timm
+
+    names = timm.list_models(pattern)
+    if not names:
+        raise InfoviewError(f"no timm model matches '{pattern}'; try a glob such as 'resnet*' or 'vit_small*'")
+    return names
+
+
+LISTS = {"presets": presets, "objectives": objectives, "methods": methods, "sources": sources,
+         "recipes": recipes, "archs": archs}
+
+
+def main(args: list[str]) -> None:
+    if not args:
+        raise InfoviewError(f"say what to list; {USAGE}")
+    what, rest = args[0], args[1:]
+    if what not in LISTS:
+        raise InfoviewError(f"cannot list '{what}'" + did_you_mean(what, LISTS) + f"; {USAGE}")
+    if rest and what != "archs":
+        raise InfoviewError(f"'infoview list {what}' takes no argument; {USAGE}")
+    if len(rest) > 1:
+        raise InfoviewError(f"'infoview list archs' takes one pattern, got {len(rest)}; {USAGE}")
+    for line in LISTS[what](*rest):
+        print(line)
