@@ -12,8 +12,13 @@ root, images and single-channel masks of class ids paired by file stem, as
 (procedural, no files). data.train_split / data.val_split: "" picks the two
 split folders found, the one with "train" in its name for training.
 
-Pixels whose label is ignore_index (default 0, COCO's "unlabelled") or 255
-are void: they carry no loss and no score. mIoU is the mean IoU over the
+Pixels whose label is ignore_index or 255 are void: they carry no loss and no
+score. ignore_index is not guessed: give it (ignore_index=-1 when every id is
+a class), or leave it out and it is read from the dataset's own description,
+the class named unlabeled/unlabelled/void/ignore in the masks' config.yaml
+(coco128: 0 = unlabeled; shapes: 0 = void); which one was used is said on
+stderr and in segment.json. A dataset with no such description is an error
+that asks for it. mIoU is the mean IoU over the
 classes that occur in the val ground truth. Images and masks are resized to
 data.size x data.size for training (random resized crop + flip) and for
 scoring (the whole image; masks with nearest neighbour).
@@ -56,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "backbone": "",
     "head": "fcn",
     "num_classes": 0,
-    "ignore_index": 0,
+    "ignore_index": None,  # None: read from the dataset's description (its void class), else an error asks
     "freeze_backbone": False,
     "output_stride": 8,
     "data": {"source": "shapes", "train_split": "", "val_split": "", "size": 256, "scale": [0.25, 1.0],
@@ -403,6 +408,29 @@ def _check(cfg) -> None:
         raise ConfigError("give train.epochs > 0 or train.max_steps > 0 (max_steps wins when both are set)")
     if cfg.num_classes < 0:
         raise ConfigError(f"num_classes must be >= 0 (0 = derived from the masks), got {cfg.num_classes}")
+    ii = cfg.ignore_index
+    if ii is not None and (isinstance(ii, bool) or not isinstance(ii, int) or not -1 <= ii <= 255):
+        raise ConfigError(f"ignore_index must be a mask id in 0..255, or -1 for none, got {ii!r}")
+
+
+#: class names that mean "no label" in a dataset's description
+VOID_NAMES = ("unlabeled", "unlabelled", "void", "ignore", "ignored")
+
+
+def resolve_ignore_index(given, class_names: dict[int, str], source: str) -> tuple[int, str]:
+    """``(ignore_index, where it came from)``: as given, or the dataset's own void class; never a silent default."""
+    if given is not None:
+        return int(given), "given"
+    void = sorted(i for i, name in class_names.items() if str(name).strip().lower() in VOID_NAMES)
+    if len(void) == 1:
+        return void[0], f"the dataset's description names {void[0]} '{class_names[void[0]]}'"
+    if len(void) > 1:
+        raise ConfigError(f"{source}: the dataset's description names several void classes ({void}); give "
+                          "ignore_index=<id>")
+    raise ConfigError(
+        f"{source}: which mask id is void (no label) is not said by the data: give ignore_index=<id> "
+        "(COCO's masks: 0, 'unlabeled'), or ignore_index=-1 when every id is a class (255 stays void)"
+    )
 
 
 def derive_num_classes(splits: Sequence, num_classes: int, ignore_index: int) -> int:
@@ -527,7 +555,10 @@ def run(cfg) -> dict:
         if split.unlabelled_images:
             print(f"infoview segment: {split.split}: {split.unlabelled_images} image(s) without a mask left out "
                   f"(first: {split.first_unlabelled})", file=sys.stderr)
-    num_classes = derive_num_classes([train_src, val_src], cfg.num_classes, cfg.ignore_index)
+    ignore_index, ignore_from = resolve_ignore_index(cfg.ignore_index, train_src.class_names, d.source)
+    if ignore_from != "given":
+        print(f"infoview segment: ignore_index not given: using {ignore_index}, as {ignore_from}", file=sys.stderr)
+    num_classes = derive_num_classes([train_src, val_src], cfg.num_classes, ignore_index)
 
     bb = load_backbone_spec(cfg.backbone, seed=t.seed)
     torch.manual_seed(t.seed)  # the head's init does not depend on how the backbone was built
@@ -550,19 +581,19 @@ def run(cfg) -> dict:
 
     optimizer = build_optimizer(t.optimizer, model, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
     t0 = time.perf_counter()
-    losses = train_head(model, train_loader, steps, optimizer, mean, std, cfg.ignore_index, device, t.progress)
+    losses = train_head(model, train_loader, steps, optimizer, mean, std, ignore_index, device, t.progress)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    conf, n_val, samples = evaluate(model, val_loader, num_classes, cfg.ignore_index, mean, std, device,
+    conf, n_val, samples = evaluate(model, val_loader, num_classes, ignore_index, mean, std, device,
                            cfg.plot.num_images, t.progress, val_src.describe)
     eval_s = time.perf_counter() - t0
-    metrics = segmentation_metrics(conf, cfg.ignore_index, train_src.class_names)
+    metrics = segmentation_metrics(conf, ignore_index, train_src.class_names)
     tail = losses[-max(1, min(10, len(losses))):]
     result = {
         "miou": metrics.pop("miou"),
         "pixel_accuracy": metrics.pop("pixel_accuracy"),
         "mean_class_accuracy": metrics.pop("mean_class_accuracy"),
-        "constant_baseline": constant_baseline(conf, cfg.ignore_index),
+        "constant_baseline": constant_baseline(conf, ignore_index),
         "backbone": bb.description,
         "backbone_spec": str(cfg.backbone),
         "head": cfg.head,
@@ -577,7 +608,8 @@ def run(cfg) -> dict:
         "images_without_mask": {train_src.split: train_src.unlabelled_images, val_src.split: val_src.unlabelled_images},
         "size": d.size,
         "num_classes": num_classes,
-        "ignore_index": cfg.ignore_index,
+        "ignore_index": ignore_index,
+        "ignore_index_from": ignore_from,
         "steps": steps,
         "epochs": round(steps / max(len(train_loader), 1), 2),
         "batch_size": d.batch_size,
@@ -594,7 +626,7 @@ def run(cfg) -> dict:
     if samples:
         title = (f"{cfg.head} head, {bb.description}\n{val_src.split}: mIoU {result['miou']:.1f}%, "
                  f"pixel accuracy {result['pixel_accuracy']:.1f}% ({n_val} images at {d.size} px)")
-        plot_predictions(out / "predictions.png", samples, cfg.ignore_index, train_src.class_names, title)
+        plot_predictions(out / "predictions.png", samples, ignore_index, train_src.class_names, title)
     result["time_s"] = round(time.perf_counter() - start, 2)
     atomic_write_text(out / "segment.json", json.dumps(result, indent=2) + "\n")
     return result

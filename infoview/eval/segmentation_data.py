@@ -3,6 +3,11 @@
 A segmentation source yields ``(image, mask)`` pairs: the image an RGB
 ``uint8`` array (H, W, 3), the mask an ``int64`` array (H, W) of class ids.
 
+``masks:<root>`` (one root)
+    The layout of CamVid and other road-scene sets: each split's images in a
+    folder and its masks in a sibling folder of the same name plus ``annot``
+    (``train/`` beside ``trainannot/``, ``val/`` beside ``valannot/``).
+
 ``masks:<images_root>:<masks_root>``
     Each root holds one folder per split (``images/train2017/*.jpg`` beside
     ``masks/train2017/*.png``, as ``../shared/data/coco128`` does). An image
@@ -40,7 +45,8 @@ from infoview.errors import InfoviewError
 VOID = 255
 SHAPES_CLASSES = {0: "void", 1: "background", 2: "circle", 3: "square", 4: "triangle"}
 SHAPES_SPLITS = ("train", "val", "test")
-SOURCE_HELP = "masks:<images_root>:<masks_root> or shapes"
+SOURCE_HELP = "masks:<images_root>:<masks_root>, masks:<root> (train/ beside trainannot/) or shapes"
+ANNOT = "annot"  #: masks:<root>: a split's masks are in <split>annot/
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 _MASK_EXT = (".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
 
@@ -166,11 +172,12 @@ def load_mask_file(path: str | os.PathLike) -> np.ndarray:
 class MaskFolderSplit(SegmentationSource):
     """One split of ``masks:<images_root>:<masks_root>``: the images of ``images_root/split`` that have a mask."""
 
-    def __init__(self, images_root: str | os.PathLike, masks_root: str | os.PathLike, split: str):
+    def __init__(self, images_root: str | os.PathLike, masks_root: str | os.PathLike, split: str,
+                 mask_suffix: str = ""):
         self.images_root, self.masks_root = Path(images_root), Path(masks_root)
         self.split = split
-        self.name = f"masks:{images_root}:{masks_root}"
-        img_dir, mask_dir = self.images_root / split, self.masks_root / split
+        self.name = f"masks:{images_root}" if mask_suffix else f"masks:{images_root}:{masks_root}"
+        img_dir, mask_dir = self.images_root / split, self.masks_root / (split + mask_suffix)
         for folder, key in ((img_dir, "images"), (mask_dir, "masks")):
             if not folder.is_dir():
                 root = self.images_root if key == "images" else self.masks_root
@@ -285,6 +292,23 @@ class ShapesSegmentation(SegmentationSource):
 # --------------------------------------------------------------------------- opening
 
 
+def _annot_splits(root: str, train_split: str, val_split: str) -> tuple[SegmentationSource, SegmentationSource]:
+    """``masks:<root>`` where each split folder X has its masks in a sibling Xannot/."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise InfoviewError(f"masks:{root}: {path} is not a folder")
+    folders = _split_dirs(path)
+    found = [d for d in folders if not d.endswith(ANNOT) and d + ANNOT in folders]
+    if not found:
+        raise InfoviewError(
+            f"masks:{root}: no split folder has its masks beside it as <split>{ANNOT}/ (folders: "
+            f"{', '.join(folders) or 'none'}); for one root of images and one of masks, each with a folder per "
+            "split, write masks:<images_root>:<masks_root>"
+        )
+    train, val = resolve_splits(found, train_split, val_split, f"masks:{root}")
+    return (MaskFolderSplit(path, path, train, mask_suffix=ANNOT), MaskFolderSplit(path, path, val, mask_suffix=ANNOT))
+
+
 def open_segmentation_splits(
     source: str, train_split: str = "", val_split: str = "", size: int = 64, seed: int = 0
 ) -> tuple[SegmentationSource, SegmentationSource]:
@@ -296,6 +320,8 @@ def open_segmentation_splits(
             raise InfoviewError(f"'shapes' takes no argument, got '{source}'")
         train, val = resolve_splits(SHAPES_SPLITS, train_split or "train", val_split or "val", "shapes")
         return ShapesSegmentation(train, size, seed=seed), ShapesSegmentation(val, size, seed=seed)
+    if scheme == "masks" and rest and ":" not in rest:
+        return _annot_splits(rest, train_split, val_split)
     if scheme == "masks":
         images_root, sep, masks_root = rest.partition(":")
         if not sep or not images_root or not masks_root:

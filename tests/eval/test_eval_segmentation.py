@@ -226,3 +226,61 @@ def test_confusion_drops_ignore_index_and_255():
     # another ignore index: 0 is a class, 2 is void, 255 still void
     conf2 = confusion_matrix(pred, target, num_classes=3, ignore_index=2)
     assert conf2.sum() == 4 and conf2[0].tolist() == [0, 1, 1]
+
+
+# --------------------------------------------------------------------------- the void label is never guessed
+
+
+def _road_scene(root: Path) -> None:
+    """Masks where 0 is a real class (sky) and 11 the void label, as a public road-scene set has them."""
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(root / "images" / split / f"{i}.png")
+            mask = np.zeros((32, 32), np.uint8)  # sky above ...
+            mask[16:] = 3  # ... road below
+            mask[:, :4] = 11  # and a void border
+            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
+
+
+def test_without_ignore_index_or_a_description_of_the_void_class_it_asks(tmp_path, capsys):
+    _road_scene(tmp_path)
+    assert main(["segment", *QUIET, "backbone=random:resnet18", f"data.source={_source(tmp_path)}",
+                 f"out_dir={tmp_path / 'out'}", "data.size=32", "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "which mask id is void" in err and "ignore_index=<id>" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_given_ignore_index_is_used_and_sky_stays_a_class(tmp_path, capsys):
+    _road_scene(tmp_path)
+    r = _segment(capsys, tmp_path / "out", "backbone=random:resnet18", f"data.source={_source(tmp_path)}",
+                 "data.size=32", "train.max_steps=1", "ignore_index=11", "data.batch_size=2")
+    assert r["ignore_index"] == 11 and r["ignore_index_from"] == "given"
+    assert "0" in r["per_class_iou"] and "11" not in r["per_class_iou"]  # sky scored, the void label not
+
+
+def test_the_void_class_is_read_from_the_datasets_description_and_said(tmp_path, capsys):
+    _road_scene(tmp_path)
+    (tmp_path / "masks" / "config.yaml").write_text("classes:\n  0: sky\n  3: road\n  11: void\n")
+    r = _segment(capsys, tmp_path / "out", "backbone=random:resnet18", f"data.source={_source(tmp_path)}",
+                 "data.size=32", "train.max_steps=1", "data.batch_size=2")
+    assert r["ignore_index"] == 11 and "names 11 'void'" in r["ignore_index_from"]
+
+
+def test_the_split_beside_splitannot_layout_needs_no_symlinks(tmp_path):
+    for split in ("train", "val", "test"):
+        (tmp_path / split).mkdir()
+        (tmp_path / f"{split}annot").mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((8, 8, 3), 50, np.uint8)).save(tmp_path / split / f"f{i}.png")
+            Image.fromarray(np.full((8, 8), 2, np.uint8)).save(tmp_path / f"{split}annot" / f"f{i}.png")
+    train, val = open_segmentation_splits(f"masks:{tmp_path}", "train", "val")
+    assert (train.split, val.split, len(train), len(val)) == ("train", "val", 2, 2)
+    image, mask = val.load(1)
+    assert image.shape == (8, 8, 3) and int(mask[0, 0]) == 2
+    with pytest.raises(InfoviewError, match="no split 'dev'"):
+        open_segmentation_splits(f"masks:{tmp_path}", "train", "dev")
+    with pytest.raises(InfoviewError, match="no split folder has its masks beside it"):
+        open_segmentation_splits(f"masks:{tmp_path / 'train'}")
