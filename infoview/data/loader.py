@@ -39,6 +39,7 @@ else uses the first image's shorter side.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Iterator
 
 import numpy as np
@@ -164,21 +165,37 @@ class _Base:
 
 
 class _DecodeOnce(torch.utils.data.Dataset):
-    def __init__(self, source: ImageSource, resolution: int):
-        self.source, self.resolution = source, resolution
+    """Decodes one image; with ``skip_bad`` an unreadable one is replaced by the next readable image.
+
+    Returns ``(image, label, bad)``, ``bad`` being the unreadable index that was
+    replaced (-1 when none), so that the loader can count and name them; the
+    batch keeps its size, which DDP and the schedules rely on.
+    """
+
+    def __init__(self, source: ImageSource, resolution: int, skip_bad: bool = False):
+        self.source, self.resolution, self.skip_bad = source, resolution, skip_bad
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int):
-        image, label = self.source.load(int(index))
-        return fit_square(image, self.resolution), label
+        index, n = int(index), len(self.source)
+        for step in range(n):
+            try:
+                image, label = self.source.load((index + step) % n)
+            except InfoviewError as exc:
+                if not self.skip_bad:
+                    raise InfoviewError(f"{exc}; pass data.skip_bad=true to skip unreadable images") from None
+                continue
+            return fit_square(image, self.resolution), label, (index if step else -1)
+        raise InfoviewError(f"{self.source.name}: no image could be read")
 
 
 def _collate(batch):
     images = torch.from_numpy(np.stack([b[0] for b in batch]))  # (B, H, W, 3), contiguous
     labels = torch.tensor([b[1] for b in batch], dtype=torch.int64)
-    return images, labels
+    bad = torch.tensor([b[2] for b in batch if b[2] >= 0], dtype=torch.int64)
+    return images, labels, bad
 
 
 class _OrderSampler(torch.utils.data.Sampler):
@@ -199,13 +216,15 @@ class TorchLoader(_Base):
 
     backend = "pytorch"
 
-    def __init__(self, source: ImageSource, batch_size: int, *, num_workers: int, prefetch_factor: int = 4, **kw):
+    def __init__(self, source: ImageSource, batch_size: int, *, num_workers: int, prefetch_factor: int = 4,
+                 skip_bad: bool = False, **kw):
         super().__init__(source, batch_size, **kw)
         self.sampler = _OrderSampler(self, len(source))
         self.num_workers = int(num_workers)
+        self.skipped: set[int] = set()  # indices of unreadable images met so far (with skip_bad)
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if self.num_workers > 0 else {}
         self._loader = DataLoader(
-            _DecodeOnce(source, self.resolution),
+            _DecodeOnce(source, self.resolution, skip_bad),
             batch_size=self.batch_size,
             sampler=self.sampler,
             num_workers=self.num_workers,
@@ -219,7 +238,19 @@ class TorchLoader(_Base):
         self.sampler.order = self._order(self._next_epoch, len(self.source), self._take_start())
         self._next_epoch += 1
         non_blocking = self.device.type == "cuda"
-        for images, labels in self._loader:
+        batches = iter(self._loader)
+        while True:
+            try:
+                images, labels, bad = next(batches)
+            except StopIteration:
+                return
+            except InfoviewError as exc:  # from a worker: its message, without the worker's traceback
+                raise InfoviewError(str(exc).strip().splitlines()[-1].split("InfoviewError: ", 1)[-1]) from None
+            for i in bad.tolist():
+                if i not in self.skipped:
+                    self.skipped.add(i)
+                    print(f"infoview: skipped unreadable image {self.source.describe(i)} (data.skip_bad=true; "
+                          f"{len(self.skipped)} so far)", file=sys.stderr, flush=True)
             images = images.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2)
             yield images, labels.to(self.device, non_blocking=non_blocking)
 
@@ -346,6 +377,7 @@ def build_loader(
     os_cache: bool = True,
     batches_ahead: int = 3,
     reuse_buffers: bool = False,
+    skip_bad: bool = False,
 ):
     """A loader of ``(uint8 images (B,3,H,W) on device, int64 labels)``; see the module docstring.
 
@@ -354,6 +386,9 @@ def build_loader(
     shuffling (training) and keeps it otherwise (evaluation). ``rank`` and
     ``world_size`` default to torch.distributed's when ``distributed=True``.
     ``os_cache``, ``batches_ahead`` and ``reuse_buffers`` are ffcv's.
+    ``skip_bad`` (PyTorch backend): an unreadable image is replaced by the next
+    readable one, named on stderr and counted in ``loader.skipped``; a .beton
+    was checked when it was written.
     """
     if backend not in BACKENDS:
         raise InfoviewError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
@@ -383,4 +418,4 @@ def build_loader(
         )
     if num_workers is None:
         num_workers = min(os.cpu_count() or 1, 8)
-    return TorchLoader(src, batch_size, num_workers=num_workers, **common)
+    return TorchLoader(src, batch_size, num_workers=num_workers, skip_bad=skip_bad, **common)

@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "source": "digits",
         "split": "train",
         "eval_source": "",  # where data.eval_split lives when it is another source (a second .beton); "" = source
+        "skip_bad": False,  # replace an unreadable training image by the next readable one, name and count it
         "eval_split": "test",
         "batch_size": 256,
         "num_workers": 2,
@@ -342,6 +343,7 @@ class Trainer:
             source if source is not None else cfg.data.source, self.local_batch, split=cfg.data.split, distributed=world > 1, rank=self.info.rank,
             world_size=world, seed=int(t.seed), device=self.device, num_workers=cfg.data.num_workers,
             shuffle=True, drop_last=True, backend=cfg.data.backend, resolution=cfg.data.resolution or None,
+            skip_bad=bool(cfg.data.skip_bad),
         )
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
@@ -650,8 +652,12 @@ class Trainer:
                 bar.close()
             if log is not None:
                 log.close()
+        skipped = torch.tensor(float(len(getattr(self.loader, "skipped", ()))), device=self.device)
+        if D.is_distributed():
+            torch.distributed.all_reduce(skipped)
         result = {
             "steps": self.step, "epochs": round(self.step / spe, 4), "global_batch": self.global_batch,
+            "skipped_images": int(skipped.item()),
             "world_size": info.world_size, "peak_lr": self.peak_lr, **self.metrics,
             "checkpoint": str(self.ckpt_dir / "last.pt"),
         }

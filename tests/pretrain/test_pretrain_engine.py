@@ -302,3 +302,22 @@ def test_resuming_with_other_training_settings_is_refused_unless_asked_and_then_
     assert now["optim"]["lr"] == 0.5 and now["_provenance"]["changed_on_resume"] == ["optim.lr: 0.3 -> 0.5"]
     kept = yaml.safe_load((tmp_path / "config.until_step3.yaml").read_text())
     assert kept["optim"]["lr"] == 0.3 and yaml.safe_load(first)["optim"]["lr"] == 0.3
+
+
+def test_a_corrupt_image_stops_the_run_with_its_name_or_is_skipped_and_counted(tiny, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (20, 20), (25 * i, 100, 50 if c == "a" else 200)).save(folder / c / f"{i}.png")
+    (folder / "b" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # the corrupt one
+    args = [*tiny, "data.source=folder:" + str(folder), "data.batch_size=4", "train.max_steps=5"]
+    assert pretrain([*args, f"out_dir={tmp_path / 'strict'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "3.png" in err and "data.skip_bad=true" in err and len(err.splitlines()) == 1
+    assert pretrain([*args, f"out_dir={tmp_path / 'lenient'}", "data.skip_bad=true"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["skipped_images"] == 1
+    assert "skipped unreadable image" in err and "3.png" in err
