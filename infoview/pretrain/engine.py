@@ -21,6 +21,7 @@ data.source); held-out data that is the training data (a .beton holds one
 split) or that names other classes is an error at start.
 
 Writes to out_dir: config.yaml (the effective config, with the commit),
+curves.png (the curves below, redrawn at each evaluation and at the end),
 metrics.csv and tb/ (loss, mi, mi_ceiling, mi_estimate, lr, images_per_sec, and every
 train.eval_every epochs the online kNN top-1 and online probe top-1 on
 data.eval_split), checkpoints/last.pt (every train.ckpt_every_steps steps, at
@@ -646,12 +647,15 @@ class Trainer:
                             D.barrier()
                             if final:
                                 self.save()  # the final checkpoint carries the final figures too
+                            if log is not None:
+                                log.flush_plot()
         finally:
             _ACTIVE.remove(self)
             if bar is not None:
                 bar.close()
             if log is not None:
                 log.close()
+                log.flush_plot()  # curves.png, also for a run that stopped early
         skipped = torch.tensor(float(len(getattr(self.loader, "skipped", ()))), device=self.device)
         if D.is_distributed():
             torch.distributed.all_reduce(skipped)

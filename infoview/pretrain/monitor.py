@@ -75,6 +75,22 @@ class MetricsLog:
         if self.tb is not None:
             self.tb.close()
 
+    def flush_plot(self) -> None:
+        """Redraw curves.png from metrics.csv (at each evaluation and at the end).
+
+        A figure that cannot be drawn is a warning, not the end of the run
+        (and never hides the error that ended one).
+        """
+        import sys
+
+        if not self._file.closed:
+            self._file.flush()
+        try:
+            plot_curves(self.path.parent)
+        except Exception as exc:  # noqa: BLE001 - a plot is not worth a run
+            print(f"infoview: could not draw {self.path.parent / 'curves.png'}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+
 
 def _fmt(value) -> str:
     if value is None:
@@ -128,3 +144,59 @@ class OnlineEval:
             logits = probe(fte[known].to(probe.weight.device, probe.weight.dtype))
             out["online_probe_top1"] = 100.0 * (logits.argmax(1).cpu() == yte[known]).float().mean().item()
         return out
+
+
+def plot_curves(out_dir: str | os.PathLike) -> Path | None:
+    """``curves.png`` beside ``metrics.csv``: the run at a glance, for whoever does not open TensorBoard.
+
+    Four panels against step: the loss; the certified MI bound with its ceiling
+    and the training rows' (uncertified) estimate; the learning rate; the
+    online kNN and probe accuracies. Returns the path, or None before any row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from infoview.utils.io import save_figure
+
+    path = Path(out_dir) / "metrics.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+
+    def series(key):
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "") and r.get("step")]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    if not series("loss")[0]:
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=100, sharex=True)
+    (a_loss, a_mi), (a_lr, a_acc) = axes
+    a_loss.plot(*series("loss"), lw=1.2)
+    a_loss.set_title("training loss")
+    a_mi.plot(*series("mi"), lw=1.4, label="mi: certified bound")
+    steps, ceil = series("mi_ceiling")
+    if steps:
+        a_mi.plot(steps, ceil, ls="--", color="0.4", lw=1.0, label="its ceiling")
+    a_mi.plot(*series("mi_estimate"), ls=":", lw=1.0, label="mi_estimate: training rows, not a bound")
+    a_mi.set_title("mutual information (nats)")
+    a_mi.legend(fontsize=8, loc="center right")
+    a_lr.plot(*series("lr"), lw=1.2, color="C2")
+    a_lr.set_title("learning rate")
+    a_lr.set_xlabel("step")
+    for key, label in (("online_knn_top1", "kNN top-1 (held-out)"), ("online_probe_top1", "probe top-1 (held-out)"),
+                       ("online_probe_train_top1", "probe top-1 (training batches)")):
+        x, y = series(key)
+        if x:
+            a_acc.plot(x, y, marker="o" if key != "online_probe_train_top1" else None, ms=3, lw=1.2, label=label)
+    a_acc.set_title("online monitors (%)")
+    a_acc.set_xlabel("step")
+    if a_acc.lines:
+        a_acc.legend(fontsize=8, loc="lower right")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.suptitle(str(Path(out_dir)), fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, Path(out_dir) / "curves.png")

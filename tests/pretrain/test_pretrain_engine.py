@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -321,3 +322,16 @@ def test_a_corrupt_image_stops_the_run_with_its_name_or_is_skipped_and_counted(t
     out, err = capsys.readouterr()
     assert json.loads(out)["skipped_images"] == 1
     assert "skipped unreadable image" in err and "3.png" in err
+
+
+@pytest.mark.parametrize("objective", ["ml_cpc", "nwj"])  # nwj: a bound with no ceiling to draw
+def test_curves_png_shows_the_run_beside_metrics_csv(tiny, tmp_path, capsys, objective):
+    from PIL import Image
+
+    assert pretrain([*tiny, f"out_dir={tmp_path}", "train.max_steps=4", "train.log_every=1", "train.eval_every=1",
+                     "monitor.max_images=60", f"objective.name={objective}"]) == 0
+    png = tmp_path / "curves.png"
+    with Image.open(png) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    assert pixels.shape[0] >= 600 and pixels.shape[1] >= 1000 and pixels.std() > 20  # four panels, not blank
+    assert "could not draw" not in capsys.readouterr().err
