@@ -486,6 +486,11 @@ def run(cfg) -> dict | None:
             raise ConfigError("sync_bn=true under DDP needs CUDA devices (torch's SyncBatchNorm runs on GPUs only)")
 
         bb = load_backbone_spec(cfg.backbone, seed=t.seed)
+        if getattr(bb.encoder, "cifar_stem", False) and info.is_main:
+            print(f"infoview detect: {bb.description} has the CIFAR stem (a 3x3 stride-1 conv1 and no max-pool, "
+                  "for 32-px images): its feature maps are 4x larger per side than a standard stem's, so each step "
+                  f"costs about 10x more at model.min_size={cfg.model.min_size}; for photos, pretrain with "
+                  "model.cifar_stem=false", file=sys.stderr, flush=True)
         mean, std = normalization(bb.normalize, None, None)
         torch.manual_seed(t.seed)
         train_bn = bool(cfg.sync_bn)

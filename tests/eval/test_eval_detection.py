@@ -292,3 +292,11 @@ def test_lr_schedule():
     assert lr_at(50, 100, t) == pytest.approx(0.01) and lr_at(99, 100, t) == pytest.approx(0.001)
     t.schedule = "cosine"
     assert lr_at(10, 100, t) == pytest.approx(0.1) and lr_at(55, 100, t) == pytest.approx(0.05)
+
+
+def test_a_cifar_stem_backbone_is_said_to_be_slow_on_photos(cifar_checkpoint, tmp_path, capsys):
+    assert main(["detect", f"backbone={cifar_checkpoint}", "task=bbox", "data.holdout=3", "train.max_steps=1",
+                 "model.min_size=64", "model.max_size=96", "data.num_workers=0", "train.progress=false",
+                 f"out_dir={tmp_path}"]) == 0
+    err = capsys.readouterr().err
+    assert "has the CIFAR stem" in err and "about 10x more" in err and "model.cifar_stem=false" in err
