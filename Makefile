@@ -35,9 +35,11 @@ sysdeps:
 	  echo "not root: not installing system packages ($(SYS_PKGS)); see README.md"; \
 	fi
 
-# One stamp per set of extras; reinstalled when setup.py changes.
-$(VENV)/.installed-%: setup.py | $(BIN)/python
-	$(PIP) install $(PIP_FLAGS) -e ".[$*]"
+# One stamp per set of extras; reinstalled when setup.py or the pinned versions change. constraints.txt
+# pins the packages whose versions change the numbers (torch, timm, numpy, pillow, ...), so the demo
+# prints what the README shows.
+$(VENV)/.installed-%: setup.py constraints.txt | $(BIN)/python
+	$(PIP) install $(PIP_FLAGS) -c constraints.txt -e ".[$*]"
 	@touch $@
 
 test: sysdeps $(VENV)/.installed-dev,ffcv,detection
