@@ -55,6 +55,11 @@ def find_resume(folder: str | os.PathLike) -> Path | None:
     return None
 
 
+#: what every checkpoint holds; resuming also needs RESUME_KEYS
+REQUIRED = ("config", "model", "step")
+RESUME_KEYS = ("optimizer", "scaler")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     prev = path.with_name(PREV)
@@ -84,6 +89,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise InfoviewError(
             f"{path} is not an infoview pretraining checkpoint (expected a dict with format={FORMAT!r})"
         )
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise InfoviewError(f"{path} claims to be an infoview checkpoint but lacks {', '.join(map(repr, missing))}"
+                            f"{hint}")
     return state
 
 

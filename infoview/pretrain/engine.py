@@ -467,7 +467,12 @@ class Trainer:
         return save_checkpoint(self._state(collective=False), self.ckpt_dir / LAST)
 
     def _restore(self, state: dict) -> None:
-        from infoview.pretrain.checkpoint import set_rng_state
+        from infoview.pretrain.checkpoint import RESUME_KEYS, set_rng_state
+
+        missing = [k for k in RESUME_KEYS if k not in state]
+        if missing:
+            raise InfoviewError(f"{self.resume_path} holds no {' or '.join(missing)} state to resume training from "
+                                "(an export or a trimmed checkpoint?); start a new run in another out_dir")
 
         try:
             self.method.load_state_dict(state["model"])

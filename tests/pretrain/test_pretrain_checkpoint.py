@@ -13,10 +13,15 @@ from infoview.pretrain.checkpoint import (
 )
 
 
+def state(step: int = 0, **more) -> dict:
+    """What every checkpoint holds (the engine adds the optimizer, RNG states and the rest)."""
+    return {"config": {}, "model": {}, "step": step, **more}
+
+
 def test_round_trip_keeps_the_previous_file_and_loads_weights_only(tmp_path):
     path = tmp_path / "last.pt"
-    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
-    save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    save_checkpoint(state(1, w=torch.ones(3)), path)
+    save_checkpoint(state(2, w=torch.zeros(3)), path)
     assert load_checkpoint(path)["step"] == 2 and load_checkpoint(tmp_path / "prev.pt")["step"] == 1
     assert torch.load(path, weights_only=True)["w"].sum() == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "prev.pt"]  # no temp files left
@@ -24,8 +29,8 @@ def test_round_trip_keeps_the_previous_file_and_loads_weights_only(tmp_path):
 
 def test_damaged_files_are_errors_that_name_them(tmp_path):
     path = tmp_path / "last.pt"
-    save_checkpoint({"step": 1}, path)
-    save_checkpoint({"step": 2, "w": torch.randn(1000)}, path)
+    save_checkpoint(state(1), path)
+    save_checkpoint(state(2, w=torch.randn(1000)), path)
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(InfoviewError, match=r"last.pt is truncated or corrupt.*prev.pt"):
         load_checkpoint(path)
@@ -41,8 +46,8 @@ def test_damaged_files_are_errors_that_name_them(tmp_path):
 
 def test_resume_falls_back_to_prev_when_last_is_missing_and_stale_temps_go(tmp_path):
     assert find_resume(tmp_path) is None
-    save_checkpoint({"step": 1}, tmp_path / "last.pt")
-    save_checkpoint({"step": 2}, tmp_path / "last.pt")
+    save_checkpoint(state(1), tmp_path / "last.pt")
+    save_checkpoint(state(2), tmp_path / "last.pt")
     (tmp_path / "last.pt").unlink()  # killed between the two renames
     assert find_resume(tmp_path).name == "prev.pt"
     (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"half")
@@ -51,8 +56,7 @@ def test_resume_falls_back_to_prev_when_last_is_missing_and_stale_temps_go(tmp_p
 
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
-    state = rng_state()
-    save_checkpoint({"rng": state}, tmp_path / "last.pt")
+    save_checkpoint(state(rng=rng_state()), tmp_path / "last.pt")
     expected = (torch.rand(3), np.random.rand(3), random.random())
     set_rng_state(load_checkpoint(tmp_path / "last.pt")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
@@ -77,4 +81,11 @@ def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello")
     with pytest.raises(InfoviewError, match="notes.txt is truncated or corrupt, or not a checkpoint"):
+        load_checkpoint(path)
+
+
+def test_a_forged_checkpoint_that_lacks_its_config_is_a_clear_error(tmp_path):
+    path = tmp_path / "forged.pt"
+    torch.save({"format": "infoview-pretrain-1", "model": {}, "step": 3}, path)
+    with pytest.raises(InfoviewError, match="lacks 'config'"):
         load_checkpoint(path)
