@@ -12,4 +12,4 @@ print(f"\npretrained for {pretrain['epochs']:g} epochs ({pretrain['steps']} step
 print(f"linear probe on digits, test split ({pre['num_test']} images), top-1:")
 for name, result in (("pretrained encoder", pre), ("same encoder at its initial weights", rnd)):
     print(f"  {name:<36} {result['top1']:5.1f}%")
-print(f"outputs in {run}/: metrics.csv, tb/, checkpoints/, linear_pretrained/, linear_random/")
+print(f"outputs in {run}/: curves.png, metrics.csv, tb/, checkpoints/, linear_pretrained/, linear_random/")

@@ -170,7 +170,7 @@ def held_out_sources(d, bb: Backbone, command: str) -> tuple[str, str]:
             )
         test_source = test_source or str(pretrain.get("eval_source") or "") or source
         note(command, f"data.source not given: measuring on {source} (held-out: {test_source}, split "
-                      f"'{d.test_split}'), the data {bb.description} was pretrained on")
+                      f"'{d.test_split}'), the data its pretraining run recorded ({bb.description})")
     return source, test_source or source
 
 
