@@ -10,19 +10,7 @@ the InstDisc, DINO and solo-learn evaluations). Top-1 / top-5 on the test
 split are written to OUT/knn.json and printed; no training, no
 hyper-parameter but k and T, so it is the quick check of a backbone.
 
-backbone: a pretraining checkpoint (or its run folder), an export folder
-(infoview export), random:<checkpoint or export> (the same encoder at its
-initial weights: the baseline of that run), or random:<timm arch>.
-
-data.source: the data to measure on; when not given, the data the backbone was
-pretrained on (its run records it; said on stderr). data.test_source: where
-the held-out split (data.test_split) lives when it is another source, such as
-a second .beton; by default data.source. Held-out data that is the training
-data, or whose class names differ from the training split's, is an error.
-
-out_dir: by default beside what is measured (runs/x/knn, or
-runs/x/knn_random for random:); a folder that already holds knn.json
-is an error unless overwrite=true. Both are checked before any work.
+{frozen}
 
 Example: infoview knn backbone=runs/demo data.source=digits out_dir=runs/demo/knn
 """
@@ -31,7 +19,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infoview.eval.backbone import FROZEN_DATA
+from infoview.eval.backbone import FROZEN_DATA, FROZEN_HELP
+
+__doc__ = __doc__.replace("{frozen}", FROZEN_HELP.format(command="knn", result="knn.json"))
 
 DEFAULTS: dict[str, Any] = {
     "out_dir": "",

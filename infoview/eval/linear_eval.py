@@ -10,19 +10,7 @@ every epoch, on features of fresh random-resized-crop + flip views of the
 train images (the encoder stays frozen; slower: one encoder pass per image
 per epoch); standardisation and the test split use the un-augmented features.
 
-backbone: a pretraining checkpoint (or its run folder), an export folder
-(infoview export), random:<checkpoint or export> (the same encoder at its
-initial weights: the baseline of that run), or random:<timm arch>.
-
-data.source: the data to measure on; when not given, the data the backbone was
-pretrained on (its run records it; said on stderr). data.test_source: where
-the held-out split (data.test_split) lives when it is another source, such as
-a second .beton; by default data.source. Held-out data that is the training
-data, or whose class names differ from the training split's, is an error.
-
-out_dir: by default beside what is measured (runs/x/linear, or
-runs/x/linear_random for random:); a folder that already holds linear.json
-is an error unless overwrite=true. Both are checked before any work.
+{frozen}
 
 Example: infoview linear backbone=runs/demo data.source=digits out_dir=runs/demo/linear
 """
@@ -31,7 +19,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infoview.eval.backbone import FROZEN_DATA
+from infoview.eval.backbone import FROZEN_DATA, FROZEN_HELP
+
+__doc__ = __doc__.replace("{frozen}", FROZEN_HELP.format(command="linear", result="linear.json"))
 
 DEFAULTS: dict[str, Any] = {
     "out_dir": "",
