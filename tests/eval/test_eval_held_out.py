@@ -159,7 +159,7 @@ def test_bad_settings_fail_before_any_extraction(cifar_checkpoint, tmp_path, cap
 
 @pytest.mark.parametrize("command,result", [("detect", "detect.json"), ("segment", "segment.json")])
 def test_detect_and_segment_keep_a_finished_result_and_say_so_first(command, result, tmp_path, capsys, monkeypatch):
-    from infoview.eval import detection, segmentation
+    from infoview.eval import detection
 
     (tmp_path / result).write_text("{}")
 
