@@ -12,10 +12,19 @@ over the 600 score matrices with torch.func.vmap, so the real code runs.
 The values that are *not* bounds are shown to need their separate name: the
 training value of ML-CPC below its alpha floor and Ring's restricted value
 read more nats than the data holds.
+
+NWJ and JS average exp(critic) over the negatives, a heavy-tailed quantity:
+where its fourth moment is infinite (strong dependence, tempered-up critics)
+the standard error of 600 batches says nothing, and a sample mean sits above
+the true one most of the time. There the Monte Carlo check would test the
+sampling, not the code, so it runs where that moment is finite; that NWJ's
+expectation is a bound everywhere is checked in closed form instead.
 """
 from __future__ import annotations
 
 import math
+import os
+import zlib
 
 import pytest
 import torch
@@ -74,7 +83,9 @@ def scores():
         key = (n, mi, critic)
         if key not in cache:
             scale, shift = CRITICS[critic]
-            cache[key] = gaussian_scores(n, mi, scale, shift, seed=hash(key) % 2**31)
+            # a seed from the key itself (not hash(), which changes with every process) + an optional offset
+            seed = zlib.crc32(repr(key).encode()) + int(os.environ.get("INFOVIEW_TEST_SEED", "0"))
+            cache[key] = gaussian_scores(n, mi, scale, shift, seed=seed % 2**31)
         return cache[key]
 
     return get
@@ -88,6 +99,16 @@ def test_batched_scores_match_one_matrix_at_a_time(scores):
         torch.testing.assert_close(batched(obj, s), one)
 
 
+def rho_of(mi: float) -> float:
+    return math.sqrt(1 - math.exp(-2 * mi / DIM))
+
+
+def exp_moment_is_finite(mi: float, scale: float, k: int) -> bool:
+    """E_q[exp(k * scale * log ratio)] < inf: per dimension it needs k * scale < (1 + rho) / rho."""
+    rho = rho_of(mi)
+    return k * scale < (1 + rho) / rho
+
+
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("mi", LEVELS)
 def test_every_objective_and_parameter_stays_below_the_true_mi(scores, n, mi):
@@ -95,10 +116,42 @@ def test_every_objective_and_parameter_stays_below_the_true_mi(scores, n, mi):
     for critic in CRITICS:
         s = scores(n, mi, critic)
         for name, params in grid(n):
+            if name in ("nwj", "js") and not exp_moment_is_finite(mi, CRITICS[critic][0], 4):
+                continue  # a standard error that means nothing (see the module docstring)
             mean, se = mean_se(batched(build(name, **params), s))
             if mean > mi + 4 * se + 1e-9:
                 failures.append(f"{name}{params} with the {critic} critic: {mean:.4f} +- {se:.4f} > {mi}")
     assert not failures, "\n".join(failures)
+
+
+def test_nwj_is_a_bound_in_expectation_for_every_critic_of_the_family():
+    """E[NWJ] = E_p[f] - E_q[e^(f - 1)] in closed form for f = s log r + c, per dimension
+    E_q[r^s] = (1 - rho^2)^(-s/2) / sqrt(det A), A the quadratic form's matrix: never above the true MI."""
+    for mi in [0.5, 2.0, 4.0, 6.0, 8.0]:
+        rho = rho_of(mi)
+        c2 = 1 - rho**2
+        for s in [0.25, 0.5, 1.0, 1.5, 1.9]:
+            if not exp_moment_is_finite(mi, s, 1):
+                continue  # E_q[e^f] is infinite: NWJ is -inf, a bound trivially
+            a = 1 + s * rho**2 / c2
+            b = s * rho / c2
+            log_moment = DIM * (-s / 2 * math.log(c2) - 0.5 * math.log(a * a - b * b))
+            for shift in [-2.0, 0.0, 1.0, 3.0]:
+                expected = s * mi + shift - math.exp(shift - 1 + log_moment)
+                assert expected <= mi + 1e-9, (mi, s, shift, expected)
+        # and it is tight at the critic 1 + log r (s = 1, shift = 1): E_q[r] = 1
+        assert 1 * mi + 1 - math.exp(1 - 1 + 0) == pytest.approx(mi)
+
+
+def test_the_closed_form_matches_the_nwj_objective_where_the_sample_mean_is_reliable(scores):
+    s = scores(8, 0.5, "cold")  # scale 0.5 at 0.5 nats: every moment needed is finite
+    est, se = mean_se(batched(build("nwj"), s))
+    rho = rho_of(0.5)
+    c2, scale = 1 - rho**2, 0.5
+    a, b = 1 + scale * rho**2 / c2, scale * rho / c2
+    log_moment = DIM * (-scale / 2 * math.log(c2) - 0.5 * math.log(a * a - b * b))
+    expected = scale * 0.5 - math.exp(-1 + log_moment)
+    assert abs(est - expected) < 4 * se
 
 
 @pytest.mark.parametrize("n", SIZES)
