@@ -715,6 +715,9 @@ def run(cfg) -> dict:
     try:
         trainer = Trainer(cfg)
         result = trainer.fit()
+        # no rank tears the group down while another still writes (rank 0: pretrain.json, curves.png); gloo
+        # aborted the process ("terminate called without an active exception") when one left early
+        D.barrier()
         return result if trainer.info.is_main else None  # one rank reports
     finally:
         D.teardown()
