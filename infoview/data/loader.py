@@ -104,8 +104,8 @@ class _Base:
     backend = ""
 
     def __init__(self, source: ImageSource, batch_size: int, *, seed, shuffle, drop_last, rank, world_size, device, resolution):
-        if batch_size < 1:
-            raise InfoviewError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise InfoviewError(f"batch_size must be a positive integer, got {batch_size}")
         self.source = source
         self.batch_size = int(batch_size)
         self.seed, self.shuffle, self.drop_last = int(seed), bool(shuffle), bool(drop_last)
@@ -395,8 +395,6 @@ def build_loader(
     if num_workers is not None and (isinstance(num_workers, bool) or int(num_workers) != num_workers
                                     or num_workers < 0):
         raise InfoviewError(f"num_workers must be 0 (load in this process) or a positive count, got {num_workers}")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise InfoviewError(f"batch_size must be a positive integer, got {batch_size}")
     src = open_source(source, split=split, download=download)
     if len(src) == 0:
         raise InfoviewError(f"{src.name} has no images")

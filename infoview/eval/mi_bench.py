@@ -434,6 +434,13 @@ def _smooth(values, steps_per_level: int):
     return out
 
 
+def with_estimates(uncertified) -> list[int]:
+    """The estimators (column indices) that recorded an uncertified training value at some step."""
+    import numpy as np
+
+    return [] if uncertified is None else [e for e in range(uncertified.shape[1]) if np.isfinite(uncertified[:, e]).any()]
+
+
 def plot(path, record, keys, levels, steps_per_level, log_m, batch_size, title="", uncertified=None,
          ceiling_lines=()) -> Path:
     """Bounds solid, uncertified training values dashed (in the bound's colour), true MI as stairs.
@@ -455,11 +462,9 @@ def plot(path, record, keys, levels, steps_per_level, log_m, batch_size, title="
         ax.plot(steps, record[:, e], color=f"C{e % 10}", alpha=0.15, lw=0.5)
     for e, key in enumerate(keys):
         ax.plot(steps, _smooth(record[:, e], steps_per_level), color=f"C{e % 10}", lw=1.6, label=key)
-    if uncertified is not None:
-        for e, key in enumerate(keys):
-            if np.isfinite(uncertified[:, e]).any():
-                ax.plot(steps, _smooth(uncertified[:, e], steps_per_level), color=f"C{e % 10}", lw=1.2, ls="--",
-                        label=f"{key}: its training value (an estimate, not a bound)")
+    for e in with_estimates(uncertified):
+        ax.plot(steps, _smooth(uncertified[:, e], steps_per_level), color=f"C{e % 10}", lw=1.2, ls="--",
+                label=f"{keys[e]}: its training value (an estimate, not a bound)")
     edges = np.arange(len(levels) + 1) * steps_per_level
     ax.stairs([float(v) for v in levels], edges, color="black", lw=2, label="true MI", baseline=None)
     ax.axhline(log_m, color="0.35", ls="--", lw=1.2, label=f"log m = log {batch_size} = {log_m:.2f}")
@@ -479,11 +484,9 @@ def plot(path, record, keys, levels, steps_per_level, log_m, batch_size, title="
 
 def write_csv(path, record, keys, levels, steps_per_level, uncertified=None) -> Path:
     """One row per step: the true MI, each estimator's bound, then the uncertified values that exist."""
-    import numpy as np
-
     from infoview.utils.io import atomic_write_text
 
-    extra = [] if uncertified is None else [e for e in range(len(keys)) if np.isfinite(uncertified[:, e]).any()]
+    extra = with_estimates(uncertified)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["step", "true_mi", *keys, *(f"{keys[e]} [estimate]" for e in extra)])
@@ -538,7 +541,6 @@ def _check_cfg(cfg) -> dict[str, Any]:
 
 
 def run(cfg) -> dict:
-    import numpy as np
     import torch
     from omegaconf import OmegaConf
 
@@ -588,7 +590,7 @@ def run(cfg) -> dict:
     medians = level_means(record, c["steps_per_level"], len(c["levels"]), "median")
 
     estimates = {k: [_finite_or_none(v) for v in row] for k, row in zip(keys, means)}
-    has_estimate = [e for e in range(len(keys)) if np.isfinite(uncertified[:, e]).any()]
+    has_estimate = with_estimates(uncertified)
     unc_means = level_means(uncertified, c["steps_per_level"], len(c["levels"])) if has_estimate else []
     results = {
         "batch_size": c["batch_size"],

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from infoview.objectives.base import Objective, Terms, _wrap, register
+from infoview.objectives.base import Objective, Terms, _no_autocast, _wrap, register
 
 
 def _positive(name: str, value) -> float:
@@ -143,7 +143,7 @@ class MLCPC(Objective):
         # J at m is still a bound there, so the alpha is moved down to m instead of refused
         rows = self.rows(pos, neg)
         k = neg.shape[1]
-        with torch.autocast(device_type=pos.device.type, enabled=False):
+        with _no_autocast(pos):
             return _wrap(self._terms(rows, k, min(self.current_alpha, float(k + 1))), k)
 
     def row_terms(self, pos, neg):

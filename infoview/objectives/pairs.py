@@ -23,15 +23,13 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from infoview.objectives.base import _no_autocast
+
 Views = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
-
-
-def _no_autocast(t: torch.Tensor):
-    return torch.autocast(device_type=t.device.type, enabled=False)
 
 
 def _upcast(normalize: bool, *ts: torch.Tensor) -> list[torch.Tensor]:

@@ -415,7 +415,7 @@ class Trainer:
 
         self.online_eval = None
         if t.eval_every > 0 and self.info.is_main:
-            self.online_eval = OnlineEvalFactory(cfg, self.device, self.mean, self.std, train_source=source)
+            self.online_eval = OnlineEvalFactory(cfg, self.device, self.mean, self.std, self.loader.source)
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(self.ckpt_dir)
@@ -681,7 +681,7 @@ class Trainer:
 class OnlineEvalFactory:
     """Builds the online evaluator on first use (its loaders cost nothing until then)."""
 
-    def __init__(self, cfg, device, mean, std, train_source=None):
+    def __init__(self, cfg, device, mean, std, train_source):
         self.cfg, self.device, self.mean, self.std = cfg, device, mean, std
         self._eval = None
         from infoview.data import check_held_out, open_source
@@ -690,8 +690,7 @@ class OnlineEvalFactory:
         self.eval_source = d.eval_source or d.source
         try:  # fail at start, not after the first epoch, when the held-out split is missing or wrong
             held = open_source(self.eval_source, split=d.eval_split)
-            train = open_source(train_source if train_source is not None else d.source, split=d.split)
-            check_held_out(train, held, hint="name it with data.eval_source=<source>")
+            check_held_out(train_source, held, hint="name it with data.eval_source=<source>")
         except InfoviewError as exc:
             raise ConfigError(f"{exc}; online monitors read data.eval_split (set train.eval_every=0 to turn them off)") from None
 
