@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from infoview.objectives.base import Objective, Terms, register
-from infoview.objectives.infonce import infonce_bound
+from infoview.objectives.lse import row_lse
 
 _LOG2 = math.log(2.0)
 
@@ -26,19 +26,40 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(near, a, b)
 
 
+def _row_sums(neg: torch.Tensor, beta: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log reweighted, LSE(neg)) per row, from one pass over ``neg``.
+
+    log reweighted = log K + LSE((1 + beta) neg) - LSE(beta neg); with beta = 0
+    (DCL) it is LSE(neg), and with beta = 1 its second term is LSE(neg). The
+    plain LSE(neg) is what the InfoNCE bound (``.mi``) needs, so it comes from
+    the same pass instead of a second one.
+    """
+    if beta == 0.0:
+        lse = row_lse(neg)[:, 0]
+        return lse, lse
+    if beta == 1.0:
+        both = row_lse(neg, (2.0, 1.0))
+        return math.log(k) + both[:, 0] - both[:, 1], both[:, 1]
+    three = row_lse(neg, (1.0 + beta, beta, 1.0))
+    return math.log(k) + three[:, 0] - three[:, 1], three[:, 2]
+
+
 def log_debiased_negatives(
-    pos: torch.Tensor, neg: torch.Tensor, beta: float, tau_plus: float, temperature: float
+    pos: torch.Tensor, neg: torch.Tensor, beta: float, tau_plus: float, temperature: float, k: int | None = None
 ) -> torch.Tensor:
     """log Ng per row, computed in log space so that scores of 1e4 do not overflow.
 
     Ng = max((reweighted - tau_plus K p) / (1 - tau_plus), K exp(-1 / temperature)),
     with p = exp(pos) and reweighted = sum_j w_j exp(neg_j) / mean_j w_j,
-    w_j = exp(beta neg_j).
+    w_j = exp(beta neg_j). ``k``: the number of negatives when ``neg`` holds
+    -inf entries that are not negatives.
     """
-    k = neg.shape[1]
+    k = neg.shape[1] if k is None else k
+    return _log_ng(pos, _row_sums(neg, beta, k)[0], tau_plus, temperature, k)
+
+
+def _log_ng(pos: torch.Tensor, log_rw: torch.Tensor, tau_plus: float, temperature: float, k: int) -> torch.Tensor:
     log_k = math.log(k)
-    # log reweighted = log K + LSE((1 + beta) neg) - LSE(beta neg)
-    log_rw = log_k + torch.logsumexp((1.0 + beta) * neg, dim=1) - torch.logsumexp(beta * neg, dim=1)
     floor = torch.full_like(log_rw, log_k - 1.0 / temperature)
     if tau_plus == 0.0:
         return torch.maximum(log_rw, floor)
@@ -66,13 +87,15 @@ class _DebiasedBase(Objective):
         self.tau_plus = tau_plus
         self.temperature = temperature
 
-    def compute(self, pos, neg):
-        log_ng = log_debiased_negatives(pos, neg, self.beta, self.tau_plus, self.temperature)
+    def compute(self, pos, neg, k):
+        log_rw, lse = _row_sums(neg, self.beta, k)
+        log_ng = _log_ng(pos, log_rw, self.tau_plus, self.temperature, k)
         # -log(p / (p + Ng)) = log(1 + Ng / p) = softplus(log Ng - pos)
         loss = F.softplus(log_ng - pos).mean()
-        with torch.no_grad():
-            mi = infonce_bound(pos, neg)
-        return Terms(loss, mi, math.log(neg.shape[1] + 1))
+        with torch.no_grad():  # the InfoNCE bound on the same scores, from the LSE already taken
+            p, lse = pos.detach(), lse.detach()
+            mi = (p - torch.logaddexp(p, lse)).mean() + math.log(k + 1)
+        return Terms(loss, mi, math.log(k + 1))
 
 
 @register("hard_negative")

@@ -6,16 +6,20 @@ import math
 import torch
 
 from infoview.objectives.base import Objective, Terms, register
+from infoview.objectives.lse import row_lse
 
 
-def infonce_bound(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+def infonce_bound(pos: torch.Tensor, neg: torch.Tensor, k: int | None = None) -> torch.Tensor:
     """The InfoNCE estimate in nats: mean_i [pos_i - LSE(pos_i, neg_i.)] + log(K + 1).
 
     Used by InfoNCE itself and reported as ``.mi`` by the objectives that train
-    with another loss on the same scores (hard-negative, debiased).
+    with another loss on the same scores (hard-negative, debiased). ``k``: the
+    number of negatives when ``neg`` holds -inf entries that are not negatives.
+    The positive joins each row's log-sum-exp through logaddexp, not by
+    concatenating it to a copy of ``neg``.
     """
-    logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
-    return (pos - torch.logsumexp(logits, dim=1)).mean() + math.log(neg.shape[1] + 1)
+    k = neg.shape[1] if k is None else k
+    return (pos - torch.logaddexp(pos, row_lse(neg)[:, 0])).mean() + math.log(k + 1)
 
 
 @register("infonce")
@@ -38,6 +42,6 @@ class InfoNCE(Objective):
     def __init__(self) -> None:
         super().__init__()
 
-    def compute(self, pos, neg):
-        mi = infonce_bound(pos, neg)
-        return Terms(-mi, mi, math.log(neg.shape[1] + 1))
+    def compute(self, pos, neg, k):
+        mi = infonce_bound(pos, neg, k)
+        return Terms(-mi, mi, math.log(k + 1))

@@ -6,6 +6,7 @@ import math
 import torch
 
 from infoview.objectives.base import Objective, Terms, _no_autocast, _wrap, register
+from infoview.objectives.lse import row_lse
 
 
 def _positive(name: str, value) -> float:
@@ -138,16 +139,16 @@ class MLCPC(Objective):
             self.current_alpha = math.exp((1 - frac) * math.log(self.alpha_start) + frac * math.log(self.alpha))
 
     @torch.no_grad()
-    def bound(self, pos, neg):
+    def bound(self, pos, neg, k=None):
         # rows with fewer candidates than training's (the cross-view matrix) may have m < alpha:
         # J at m is still a bound there, so the alpha is moved down to m instead of refused
-        rows = self.rows(pos, neg)
-        k = neg.shape[1]
+        rows = self.rows(pos, neg, k)
+        k = neg.shape[1] if k is None else int(k)
         with _no_autocast(pos):
             return _wrap(self._terms(rows, k, min(self.current_alpha, float(k + 1))), k)
 
     def row_terms(self, pos, neg):
-        return pos, torch.logsumexp(neg, dim=1)
+        return pos, row_lse(neg)[:, 0]
 
     def pool(self, rows, k):
         m = k + 1

@@ -2,7 +2,10 @@
 
 - :func:`in_batch_pairs`: SimCLR-style, every other view of the same image is a
   positive and every view of every other image a negative (NT-Xent for 2 views);
-  with ``all_views`` the candidates come from a batch gathered across ranks.
+  with ``all_views`` the candidates come from a batch gathered across ranks;
+  with ``masked=True`` the negatives stay in the score matrix as it was
+  computed, their own image's columns set to -inf, instead of being copied out
+  (what the methods train on: less time and memory, same values).
 - :func:`matrix_pairs`: an (n, n) critic matrix with positives on the diagonal.
 - :func:`cross_view_pairs`: that matrix for two views of n images, the layout
   the methods certify their MI bound on.
@@ -18,6 +21,7 @@ cut would fall on ties) and the bound would move with the rounding.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence, Union
 
 import torch
@@ -72,7 +76,8 @@ def in_batch_pairs(
     normalize: bool = True,
     all_views: torch.Tensor | None = None,
     offset: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    masked: bool = False,
+):
     """In-batch positives and negatives for V >= 2 views of B images.
 
     Scores are cosine similarities / temperature (dot products if
@@ -90,6 +95,16 @@ def in_batch_pairs(
     local ``views`` and candidates come from ``all_views``.
 
     Returns ``(pos (N,), neg (N, K))`` in float32 (float64 for float64 embeddings).
+
+    ``masked=True`` returns ``(pos, neg, K)`` instead, where ``neg`` is
+    (N, V B_total): row (v, w, i) holds the scores of view v of image i against
+    every candidate (w', j), and the V columns of image i itself are -inf,
+    which the objectives read as "not a negative" when called as
+    ``objective(pos, neg, K)``. The scores are the same; only the copy of the
+    (N, K) negatives is saved. For V = 2 the rows are the score matrix itself,
+    written in place, so a step holds one (2B, 2B_total) matrix and its
+    gradient (lightly's NT-Xent holds several; benchmarks/objectives.py
+    measures both).
     """
     z = _stack_views(views, "views")
     temperature = _check_temperature(temperature)
@@ -114,7 +129,66 @@ def in_batch_pairs(
     if bt < 2:
         raise ValueError(f"need at least 2 images in the batch for negatives, got {bt}")
     with _no_autocast(z):
+        if masked:
+            pos, neg = _in_batch_masked(z, cands, all_views is None, offset, temperature, normalize)
+            return pos, neg, v * (bt - 1)
         return _in_batch_scores(z, cands, all_views is None, offset, temperature, normalize)
+
+
+def _in_batch_positives(z, cands, offset, temperature):
+    """pos (V (V - 1) B,): view v of image i against its other views w != v, rows (v, w, i)."""
+    v, b, _ = z.shape
+    own = cands[:, offset : offset + b]  # (V, B, D)
+    # an elementwise product and a sum: einsum would make this a batched matmul of B tiny (V, D) x (D, V)
+    # products, 30x slower on a CPU whose idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE, which the CLI sets)
+    pos_all = (z.unsqueeze(1) * own.unsqueeze(0)).sum(-1) / temperature  # (V, V, B)
+    off_diag = ~torch.eye(v, dtype=torch.bool, device=z.device)
+    return pos_all[off_diag].reshape(-1)
+
+
+class _MaskedScores(torch.autograd.Function):
+    """a @ b.T with the entries (rows, cols) set to -inf, and the gradient of the unmasked entries only.
+
+    Written by hand for memory: the same with autograd (a matmul, then an
+    in-place index_put of -inf) would make its backward clone the full (N, M)
+    gradient twice. Here the backward is the matmul's, minus the few masked
+    entries' share, added back per entry (index_add over V V B rows).
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, rows, cols):
+        scores = a @ b.t()
+        scores[rows, cols] = -math.inf
+        ctx.save_for_backward(a, b, rows, cols)
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, rows, cols = ctx.saved_tensors
+        g_masked = grad[rows, cols].unsqueeze(1)  # usually 0 (exp(-inf)); removed whatever it is
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = (grad @ b).index_add_(0, rows, g_masked * b[cols], alpha=-1)
+        if ctx.needs_input_grad[1]:
+            grad_b = (grad.t() @ a).index_add_(0, cols, g_masked * a[rows], alpha=-1)
+        return grad_a, grad_b, None, None
+
+
+def _in_batch_masked(z, cands, same, offset, temperature, normalize):
+    v, b, d = z.shape
+    bt = cands.shape[1]
+    (z,) = _upcast(normalize, z)
+    cands = z if same else _upcast(normalize, cands)[0]
+    pos = _in_batch_positives(z, cands, offset, temperature)
+    # rows (v, i), columns (w, j); image i's own columns, in every view, are no negatives
+    vv, ww, ii = torch.meshgrid(*(torch.arange(n, device=z.device) for n in (v, v, b)), indexing="ij")
+    rows, cols = (vv * b + ii).reshape(-1), (ww * bt + ii + offset).reshape(-1)
+    # the temperature goes on the (V B, D) anchors rather than on the (V B, V Bt) result
+    scores = _MaskedScores.apply(z.reshape(v * b, d) / temperature, cands.reshape(v * bt, d), rows, cols)
+    if v == 2:
+        return pos, scores  # rows (0, 1, i) then (1, 0, i): the score matrix's own rows
+    neg = scores.view(v, 1, b, v * bt).expand(v, v - 1, b, v * bt)
+    return pos, neg.reshape(-1, v * bt)
 
 
 def _in_batch_scores(z, cands, same, offset, temperature, normalize):
@@ -126,11 +200,7 @@ def _in_batch_scores(z, cands, same, offset, temperature, normalize):
     # scores[v, i, w, j] = <z[v, i], cands[w, j]> / t
     scores = torch.einsum("vid,wjd->viwj", z, cands) / temperature
 
-    # positives: the local image's own column in every other view
-    own = cands[:, offset : offset + b]  # (V, B, D)
-    pos_all = torch.einsum("vid,wid->vwi", z, own) / temperature  # (V, V, B)
-    off_diag = ~torch.eye(v, dtype=torch.bool, device=z.device)
-    pos = pos_all[off_diag].reshape(-1)  # rows (v, w != v, i)
+    pos = _in_batch_positives(z, cands, offset, temperature)
 
     # negatives: drop column offset + i of each row, in all V candidate views
     cols = torch.arange(bt - 1, device=z.device).unsqueeze(0)  # (1, Bt - 1)

@@ -7,6 +7,7 @@ import torch
 
 from infoview.objectives.base import Objective, Terms, register
 from infoview.objectives.infonce import infonce_bound
+from infoview.objectives.lse import row_lse
 
 
 def _floor(x: float) -> int:
@@ -87,16 +88,15 @@ class Ring(Objective):
         """(n_in, n_out) for rows of ``k`` negatives at the current threshold."""
         return ring_ranks(self.current_outer, self.inner, k)
 
-    def compute(self, pos, neg):
-        k = neg.shape[1]
+    def compute(self, pos, neg, k):
         n_in, n_out = self.ranks(k)
         if n_in == 0 and n_out == k:
-            kept = neg  # every negative: no selection needed
+            kept = neg  # every negative: no selection needed (-inf entries, if any, add nothing)
         else:
+            # -inf entries (not negatives) rank last, below the k that are, so n_out <= k never picks one
             kept = torch.topk(neg, n_out, dim=1, largest=True, sorted=True).values[:, n_in:]
-        logits = torch.cat([pos.unsqueeze(1), kept], dim=1)
-        loss = (torch.logsumexp(logits, dim=1) - pos).mean()
+        loss = (torch.logaddexp(pos, row_lse(kept)[:, 0]) - pos).mean()
         estimate = None if kept is neg else math.log(1 + n_out - n_in) - loss
         with torch.no_grad():
-            mi = infonce_bound(pos.detach(), neg.detach())
+            mi = infonce_bound(pos.detach(), neg.detach(), k)
         return Terms(loss, mi, math.log(k + 1), estimate=estimate)

@@ -10,7 +10,7 @@ from infoview.objectives.base import Objective, Terms, register
 
 
 class _MeanExp(torch.autograd.Function):
-    """mean(exp(x)) over all elements, with the value taken from a log-mean-exp.
+    """mean(exp(x)) over ``count`` elements (those of x that are not -inf), from a log-mean-exp.
 
     The value overflows only when the mean itself does. The gradient is written
     per element, exp(x_ij) / n, so an overflowing value gives inf gradients on
@@ -21,25 +21,28 @@ class _MeanExp(torch.autograd.Function):
     generate_vmap_rule = True  # so that torch.func.vmap can batch it (the exact-critic tests do)
 
     @staticmethod
-    def forward(x):
-        return torch.exp(torch.logsumexp(x.reshape(-1), dim=0) - math.log(x.numel()))
+    def forward(x, count):
+        return torch.exp(torch.logsumexp(x.reshape(-1), dim=0) - math.log(count))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
+        ctx.count = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return grad * torch.exp(x - math.log(x.numel()))
+        return grad * torch.exp(x - math.log(ctx.count)), None
 
 
-def nwj_bound(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+def nwj_bound(pos: torch.Tensor, neg: torch.Tensor, k: int | None = None) -> torch.Tensor:
     """NWJ estimate in nats: mean(pos) - e^{-1} mean(exp(neg)) = 1 + E_p[f - 1] - E_q[e^{f - 1}].
 
     It is -inf when exp(neg - 1) overflows (the bound is then vacuous), not NaN.
+    ``k``: negatives per row when ``neg`` holds -inf entries that are not negatives.
     """
-    return pos.mean() - _MeanExp.apply(neg - 1.0)
+    k = neg.shape[1] if k is None else k
+    return pos.mean() - _MeanExp.apply(neg - 1.0, neg.shape[0] * k)
 
 
 @register("nwj")
@@ -63,8 +66,8 @@ class NWJ(Objective):
     def __init__(self) -> None:
         super().__init__()
 
-    def compute(self, pos, neg):
-        mi = nwj_bound(pos, neg)
+    def compute(self, pos, neg, k):
+        mi = nwj_bound(pos, neg, k)
         return Terms(-mi, mi, math.inf)
 
 
@@ -88,8 +91,9 @@ class JS(Objective):
     def __init__(self) -> None:
         super().__init__()
 
-    def compute(self, pos, neg):
-        loss = F.softplus(-pos).mean() + F.softplus(neg).mean()
+    def compute(self, pos, neg, k):
+        # softplus(-inf) = 0: entries that are not negatives add nothing to the sum over N k
+        loss = F.softplus(-pos).mean() + F.softplus(neg).sum() / (neg.shape[0] * k)
         with torch.no_grad():
-            mi = nwj_bound(pos, neg)
+            mi = nwj_bound(pos, neg, k)
         return Terms(loss, mi, math.inf)

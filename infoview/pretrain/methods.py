@@ -102,11 +102,13 @@ class Method(nn.Module):
             i = j
         return feats[0][:b], torch.cat(embs).view(len(views), b, -1)
 
-    def _objective(self, pos: torch.Tensor, neg: torch.Tensor) -> ObjectiveOutput:
+    def _objective(self, pos: torch.Tensor, neg: torch.Tensor, k: int | None = None) -> ObjectiveOutput:
+        """The objective on these rows; ``k``: negatives per row when ``neg`` holds -inf entries."""
+        k = neg.shape[1] if k is None else k
         if self.objective.pooled and D.is_distributed():
-            rows = tuple(D.gather_with_grad(r) for r in self.objective.rows(pos, neg))
-            return self.objective.from_rows(rows, neg.shape[1])
-        return self.objective(pos, neg)
+            rows = tuple(D.gather_with_grad(r) for r in self.objective.rows(pos, neg, k))
+            return self.objective.from_rows(rows, k)
+        return self.objective(pos, neg, k)
 
     @torch.no_grad()
     def _certify(self, a: torch.Tensor, b: torch.Tensor) -> ObjectiveOutput:
@@ -146,11 +148,12 @@ class SimCLR(Method):
         if D.is_distributed():
             all_z = D.gather_with_grad(z.transpose(0, 1).contiguous()).transpose(0, 1)  # (V, B_total, D)
             offset = torch.distributed.get_rank() * b
-            pos, neg = in_batch_pairs(z, self.temperature, all_views=all_z, offset=offset)
+            pos, neg, k = in_batch_pairs(z, self.temperature, all_views=all_z, offset=offset, masked=True)
         else:
             all_z = z
-            pos, neg = in_batch_pairs(z, self.temperature)
-        out = self._objective(pos, neg)
+            pos, neg, k = in_batch_pairs(z, self.temperature, masked=True)
+        # masked: the negatives stay in the score matrix (their own image's columns -inf), not copied out
+        out = self._objective(pos, neg, k)
         return self._finish(out, self._certify(all_z[0], all_z[1]), first, labels)
 
 

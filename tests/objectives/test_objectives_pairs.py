@@ -204,3 +204,90 @@ def test_bank_logits_score_each_row_against_its_own_negatives():
         torch.testing.assert_close(neg[i], nn_[i] @ qn[i] / 0.5)
     with pytest.raises(ValueError, match="negatives must be"):
         bank_logits(q, k, torch.randn(3, 5, 8))
+
+
+# masked rows: the negatives left in the score matrix, their own image's columns -inf
+
+MASKED_CASES = [
+    ("infonce", {}), ("ml_cpc", {"alpha": 0.1}), ("ml_cpc", {"alpha": 1e-4}), ("ring", {"outer": 0.3, "inner": 0.2}),
+    ("ring", {}), ("hard_negative", {"beta": 1.0, "tau_plus": 0.1}), ("hard_negative", {"beta": -0.5}),
+    ("hard_negative", {"beta": -2.0, "tau_plus": 0.0}), ("debiased", {"tau_plus": 0.1}), ("nwj", {}), ("js", {}),
+]
+
+
+@pytest.mark.parametrize("views", [2, 3])
+@pytest.mark.parametrize("name, kw", MASKED_CASES, ids=lambda x: str(x))
+def test_masked_rows_give_every_objective_the_same_figures_and_gradients(name, kw, views):
+    g = gen(7)
+    b, d, t = 6, 5, 0.3
+    z = torch.randn(views, b, d, generator=g, dtype=torch.float64)
+    figures = []
+    for masked in (False, True):
+        zz = z.clone().requires_grad_(True)
+        obj = build(name, **kw)
+        if masked:
+            pos, neg, k = in_batch_pairs(zz, temperature=t, masked=True)
+            assert neg.shape == (views * (views - 1) * b, views * b) and k == views * (b - 1)
+            assert (neg == -math.inf).sum(dim=1).eq(views).all()
+            out = obj(pos, neg, k)
+        else:
+            pos, neg = in_batch_pairs(zz, temperature=t)
+            out = obj(pos, neg)
+        out.loss.backward()
+        est = None if out.estimate is None else out.estimate.item()
+        figures.append((out.loss.item(), out.mi.item(), out.ceiling, out.log_m, est, zz.grad))
+    (l0, mi0, c0, lm0, e0, g0), (l1, mi1, c1, lm1, e1, g1) = figures
+    assert l1 == pytest.approx(l0, rel=1e-12, abs=1e-12) and mi1 == pytest.approx(mi0, rel=1e-12, abs=1e-12)
+    assert (c1, lm1) == (c0, lm0) and (e1 is None) == (e0 is None)
+    if e0 is not None:
+        assert e1 == pytest.approx(e0, rel=1e-12)
+    assert torch.isfinite(g1).all()
+    torch.testing.assert_close(g1, g0, rtol=1e-10, atol=1e-12)
+
+
+def test_masked_rows_of_a_gathered_batch_match_the_compact_ones():
+    g = gen(8)
+    z = torch.randn(2, 8, 4, generator=g)
+    for offset in (0, 4):
+        local = z[:, offset:offset + 4]
+        pos0, neg0 = in_batch_pairs(local, 0.2, all_views=z, offset=offset)
+        pos1, neg1, k = in_batch_pairs(local, 0.2, all_views=z, offset=offset, masked=True)
+        torch.testing.assert_close(pos1, pos0)
+        assert k == neg0.shape[1] and neg1.shape == (8, 16)
+        torch.testing.assert_close(neg1[neg1 != -math.inf].view(8, k), neg0, rtol=1e-6, atol=1e-6)
+
+
+def test_a_wrong_count_of_negatives_is_refused():
+    pos, neg, k = in_batch_pairs(torch.randn(2, 4, 3, generator=gen(9)), 0.5, masked=True)
+    obj = build("infonce")
+    with pytest.raises(ValueError, match=r"exactly 7 scores other than -inf, but rows hold 6 to 6"):
+        obj(pos, neg, k + 1)  # a larger k would raise log m: the bound would not hold
+    with pytest.raises(ValueError, match="k .negatives per row. must be an integer in 1..8"):
+        obj(pos, neg, 9)
+    neg2 = neg.clone()
+    neg2[0, neg2[0] != -math.inf] = -math.inf
+    neg2[0, 0] = 0.0
+    with pytest.raises(ValueError, match="rows hold 1 to 6"):
+        obj(pos, neg2, k)
+
+
+def test_an_objective_without_k_gets_the_negatives_copied_out(monkeypatch):
+    from infoview.objectives import Objective, Terms, base, register
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    seen = []
+
+    @register("plain_lse")
+    class PlainLSE(Objective):
+        def compute(self, pos, neg):
+            seen.append(tuple(neg.shape))
+            loss = (torch.logsumexp(torch.cat([pos[:, None], neg], 1), 1) - pos).mean()
+            return Terms(loss, -loss, math.log(neg.shape[1] + 1))
+
+    z = torch.randn(2, 5, 3, generator=gen(10))
+    pos, neg, k = in_batch_pairs(z, 0.5, masked=True)
+    masked = build("plain_lse")(pos, neg, k)
+    pos0, neg0 = in_batch_pairs(z, 0.5)
+    plain = build("plain_lse")(pos0, neg0)
+    assert seen == [(10, 8), (10, 8)]
+    assert masked.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6) and masked.log_m == plain.log_m
