@@ -1,0 +1,67 @@
+"""benchmarks/objectives_cifar10.py, shortened (--smoke) on a few real CIFAR-10 images: every stage runs,
+the table, the JSON lines and the plot appear, and a second invocation reads the finished runs instead of
+redoing them."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_cifar(src: Path, dst: Path, per_class: int = 4) -> Path:
+    for split in ("train", "test"):
+        for cls in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+            (dst / split / cls.name).mkdir(parents=True)
+            for f in sorted(cls.glob("*.jpg"))[:per_class]:
+                shutil.copy(f, dst / split / cls.name / f.name)
+    return dst
+
+
+def run(args):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "objectives_cifar10.py"), *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_run_writes_table_jsonl_and_plot_and_keeps_finished_runs(shared_data, tmp_path):
+    data = tiny_cifar(shared_data / "cifar10", tmp_path / "cifar")
+    out = tmp_path / "bench"
+    args = ["--smoke", "--data", str(data), "--out", str(out), "--runs", "simclr/ml_cpc", "moco/ring",
+            "--no-second-seed"]
+    proc = run(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [x["run"] for x in lines] == ["random_init", "simclr/ml_cpc", "moco/ring"]
+    for x in lines[1:]:
+        assert x["steps"] == 3 and x["num_test"] == 40 and x["num_train"] == 40
+        assert 0 <= x["knn_top1"] <= 100 and 0 <= x["linear_top1"] <= 100
+        assert x["mi"] <= x["mi_ceiling"] and x["images_per_sec"] > 0
+    table = (out / "table.md").read_text()
+    assert table.strip() in proc.stdout  # what it prints is what it writes
+    assert "| random init (floor) |" in table and "| simclr/ml_cpc | 0 |" in table and "| moco/ring | 0 |" in table
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert (out / "simclr_ml_cpc_s0" / "checkpoints" / "last.pt").exists()
+
+    stamp = (out / "simclr_ml_cpc_s0" / "pretrain.json").stat().st_mtime_ns
+    again = run(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "$ infoview pretrain" not in again.stderr and "$ infoview knn" not in again.stderr
+    assert (out / "simclr_ml_cpc_s0" / "pretrain.json").stat().st_mtime_ns == stamp
+    assert (out / "table.md").read_text() == table
+
+
+def test_data_without_splits_is_a_one_line_error(tmp_path):
+    proc = run(["--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --data {tmp_path} must hold train/ and test/ (ImageFolder layout); "
+        "CIFAR-10 as JPEGs is in ../shared/data/cifar10"
+    ]
+    assert not (tmp_path / "o").exists()
