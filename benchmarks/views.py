@@ -21,9 +21,13 @@ recorded in the output.
 
 Prints one JSON line (progress goes to stderr). lightly is needed for this
 script only: ``pip install lightly``; it is not an infoview dependency.
+``--no-peer`` times ours alone, where lightly is not installed (the GPU
+machine): the output's peer figures and ratio are then null and ``peer``
+says why.
 
     python benchmarks/views.py                     # CPU, 32 and 224 px
     python benchmarks/views.py --device cuda       # ours on the GPU, peer on the CPU
+    python benchmarks/views.py --device cuda --no-peer   # ours only (no lightly installed)
 """
 from __future__ import annotations
 
@@ -121,13 +125,18 @@ def main(argv: list[str] | None = None) -> dict:
                     help="leave OMP_WAIT_POLICY and THP_MEM_ALLOC_ENABLE as the environment has them")
     ap.add_argument("--with-kornia", action="store_true",
                     help="also time infoview's kornia backend (kornia's augmentation modules)")
+    ap.add_argument("--no-peer", action="store_true",
+                    help="time ours only, without lightly (peer figures and ratio are null in the output)")
     args = ap.parse_args(argv)
 
-    try:
-        import lightly
-        from lightly.transforms import SimCLRTransform
-    except ImportError:
-        sys.exit("error: this benchmark compares against lightly's SimCLRTransform: pip install lightly")
+    lightly = SimCLRTransform = None
+    if not args.no_peer:
+        try:
+            import lightly
+            from lightly.transforms import SimCLRTransform
+        except ImportError:
+            sys.exit("error: this benchmark compares against lightly's SimCLRTransform: pip install lightly "
+                     "(or pass --no-peer to time ours alone)")
     from PIL import Image
 
     from infoview.augment import build_views
@@ -152,30 +161,35 @@ def main(argv: list[str] | None = None) -> dict:
         blur = 0.5 if size > 32 else 0.0
         ours = build_views("simclr", size, seed=0)
         kornia_views = build_views("simclr", size, seed=0, backend="kornia") if args.with_kornia else None
-        peer = SimCLRTransform(input_size=size, cj_strength=0.5, gaussian_blur=blur)
-        loader = torch.utils.data.DataLoader(
-            _PILDataset(pil, peer), batch_size=args.batch, num_workers=args.workers,
-            persistent_workers=args.workers > 0, shuffle=False,
-        )
+        loader = None
+        if SimCLRTransform is not None:
+            peer = SimCLRTransform(input_size=size, cj_strength=0.5, gaussian_blur=blur)
+            loader = torch.utils.data.DataLoader(
+                _PILDataset(pil, peer), batch_size=args.batch, num_workers=args.workers,
+                persistent_workers=args.workers > 0, shuffle=False,
+            )
         # warm up: worker start-up, allocator, oneDNN/cuDNN kernel choice
         time_ours(ours, u8[: args.batch], args.batch, device)
-        time_peer(loader)
+        if loader is not None:
+            time_peer(loader)
         t_ours, t_peer, t_kornia = [], [], []
         for r in range(args.repeats):
             t_ours.append(time_ours(ours, u8, args.batch, device))
-            t_peer.append(time_peer(loader))
+            if loader is not None:
+                t_peer.append(time_peer(loader))
             if kornia_views is not None:
                 t_kornia.append(time_ours(kornia_views, u8, args.batch, device))
-            log(f"{size}px pass {r + 1}/{args.repeats}: ours {t_ours[-1]:.2f}s  peer {t_peer[-1]:.2f}s"
+            log(f"{size}px pass {r + 1}/{args.repeats}: ours {t_ours[-1]:.2f}s"
+                + (f"  peer {t_peer[-1]:.2f}s" if t_peer else "")
                 + (f"  kornia {t_kornia[-1]:.2f}s" if t_kornia else ""))
         del loader
         ours_vps = 2 * n / statistics.median(t_ours)
-        peer_vps = 2 * n / statistics.median(t_peer)
+        peer_vps = 2 * n / statistics.median(t_peer) if t_peer else None
         row = {
             "images": n,
             "ours_views_per_s": round(ours_vps, 1),
-            "peer_views_per_s": round(peer_vps, 1),
-            "ratio": round(ours_vps / peer_vps, 2),
+            "peer_views_per_s": round(peer_vps, 1) if peer_vps else None,
+            "ratio": round(ours_vps / peer_vps, 2) if peer_vps else None,
         }
         if t_kornia:
             row["ours_kornia_backend_views_per_s"] = round(2 * n / statistics.median(t_kornia), 1)
@@ -185,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "views",
         "recipe": "simclr, 2 views",
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-        "peer": f"lightly {lightly.__version__} SimCLRTransform, per image in {args.workers} DataLoader workers",
+        "peer": (f"lightly {lightly.__version__} SimCLRTransform, per image in {args.workers} DataLoader workers"
+                 if lightly is not None else "none (--no-peer): ours only"),
         "batch": args.batch,
         "repeats": args.repeats,
         "cpu_cores": os.cpu_count(),

@@ -1,6 +1,13 @@
-"""Shared fixtures: where the real data is, and skips for optional hardware."""
+"""Shared fixtures: where the real data is, and skips for optional hardware.
+
+Tests marked ``gpu`` are skipped without CUDA. With INFOVIEW_GPU_TESTS_ON_CPU=1
+(benchmarks/gpu_check.py --dry-run sets it) those that take the
+``gpu_device`` fixture run on the CPU instead, to check the tests themselves;
+the others are still skipped.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +24,25 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+GPU_TESTS_ON_CPU = "INFOVIEW_GPU_TESTS_ON_CPU"
+
+
+def _gpu_tests_on_cpu() -> bool:
+    return os.environ.get(GPU_TESTS_ON_CPU, "").strip() not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def gpu_device():
+    """The device a ``gpu`` test runs on: cuda, or the CPU when INFOVIEW_GPU_TESTS_ON_CPU=1 and there is no GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if _gpu_tests_on_cpu():
+        return torch.device("cpu")
+    pytest.skip("needs a CUDA device")
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
@@ -25,6 +51,12 @@ def pytest_collection_modifyitems(config, items):
     except ImportError:  # pragma: no cover
         has_cuda = False
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_cuda_only = pytest.mark.skip(
+        reason=f"needs a CUDA device ({GPU_TESTS_ON_CPU}=1 runs only the gpu tests that take the gpu_device fixture)")
+    on_cpu = _gpu_tests_on_cpu()
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
-            item.add_marker(skip_gpu)
+            if not on_cpu:
+                item.add_marker(skip_gpu)
+            elif "gpu_device" not in getattr(item, "fixturenames", ()):
+                item.add_marker(skip_cuda_only)
