@@ -100,12 +100,16 @@ def prepare(data: Path, out: Path, env: dict[str, str]) -> dict[str, Path]:
 
 def pretrain_and_score(run_dir: Path, overrides: list[str], betons: dict[str, Path], extra: list[str],
                        env: dict[str, str], linear_epochs: int) -> None:
-    data = [f"data.source=beton:{betons['train']}", f"data.test_source=beton:{betons['test']}"]
+    data = data_keys(betons)
     if not (run_dir / "pretrain.json").exists():
-        infoview(["pretrain", "--config", str(CONFIG), f"out_dir={run_dir}", *data[:1],
+        infoview(["pretrain", "--config", str(CONFIG), f"out_dir={run_dir}", data[0],
                   f"data.eval_source=beton:{betons['test']}", *overrides, *extra], env)
-    backbone = str(run_dir)
-    score(backbone, run_dir / "knn", run_dir / "linear", data, extra, env, linear_epochs)
+    score(str(run_dir), run_dir / "knn", run_dir / "linear", data, extra, env, linear_epochs)
+
+
+def data_keys(betons: dict[str, Path]) -> list[str]:
+    """data.source (the train .beton) and data.test_source (the test .beton) for knn and linear."""
+    return [f"data.source=beton:{betons['train']}", f"data.test_source=beton:{betons['test']}"]
 
 
 def score(backbone: str, knn_dir: Path, linear_dir: Path, data: list[str], extra: list[str],
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     extra = SMOKE if args.smoke else []
     linear_epochs = 2 if args.smoke else 100
     betons = prepare(args.data.resolve(), args.out, env)
-    data = [f"data.source=beton:{betons['train']}", f"data.test_source=beton:{betons['test']}"]
+    data = data_keys(betons)
 
     plan = [(name, 0) for name in args.runs]
     if not args.no_second_seed:

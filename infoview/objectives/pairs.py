@@ -129,10 +129,13 @@ def in_batch_pairs(
     if bt < 2:
         raise ValueError(f"need at least 2 images in the batch for negatives, got {bt}")
     with _no_autocast(z):
+        same = all_views is None
+        (z,) = _upcast(normalize, z)
+        cands = z if same else _upcast(normalize, cands)[0]
         if masked:
-            pos, neg = _in_batch_masked(z, cands, all_views is None, offset, temperature, normalize)
+            pos, neg = _in_batch_masked(z, cands, offset, temperature)
             return pos, neg, v * (bt - 1)
-        return _in_batch_scores(z, cands, all_views is None, offset, temperature, normalize)
+        return _in_batch_scores(z, cands, offset, temperature)
 
 
 def _in_batch_positives(z, cands, offset, temperature):
@@ -174,11 +177,10 @@ class _MaskedScores(torch.autograd.Function):
         return grad_a, grad_b, None, None
 
 
-def _in_batch_masked(z, cands, same, offset, temperature, normalize):
+def _in_batch_masked(z, cands, offset, temperature):
+    """(pos, neg) of the upcast views ``z`` against ``cands``, neg the score rows with own columns -inf."""
     v, b, d = z.shape
     bt = cands.shape[1]
-    (z,) = _upcast(normalize, z)
-    cands = z if same else _upcast(normalize, cands)[0]
     pos = _in_batch_positives(z, cands, offset, temperature)
     # rows (v, i), columns (w, j); image i's own columns, in every view, are no negatives
     vv, ww, ii = torch.meshgrid(*(torch.arange(n, device=z.device) for n in (v, v, b)), indexing="ij")
@@ -191,11 +193,10 @@ def _in_batch_masked(z, cands, same, offset, temperature, normalize):
     return pos, neg.reshape(-1, v * bt)
 
 
-def _in_batch_scores(z, cands, same, offset, temperature, normalize):
+def _in_batch_scores(z, cands, offset, temperature):
+    """(pos, neg) of the upcast views ``z`` against ``cands``, the negatives copied out to (N, K)."""
     v, b, _ = z.shape
     bt = cands.shape[1]
-    (z,) = _upcast(normalize, z)
-    cands = z if same else _upcast(normalize, cands)[0]
 
     # scores[v, i, w, j] = <z[v, i], cands[w, j]> / t
     scores = torch.einsum("vid,wjd->viwj", z, cands) / temperature
