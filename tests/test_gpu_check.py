@@ -76,11 +76,15 @@ def test_dry_run_runs_every_step_and_writes_one_json_and_one_markdown(tmp_path):
 def test_bad_input_is_one_line(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
+    # a --cifar10 with both splits, so that the checks after it are reached without ../shared/data
+    cifar = tmp_path / "cifar"
+    for split in ("train", "test"):
+        (cifar / split).mkdir(parents=True)
     cases = [
         (["--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")], "--make-data"),
         (["--make-data", str(tmp_path / "d"), "--cifar10", str(tmp_path / "nothing")], "train/"),
-        (["--make-data", str(tmp_path / "full")], "--overwrite"),
-        (["--make-data", str(tmp_path / "d"), "--test-per-class", "0"], "--test-per-class"),
+        (["--make-data", str(tmp_path / "full"), "--cifar10", str(cifar)], "--overwrite"),
+        (["--make-data", str(tmp_path / "d"), "--cifar10", str(cifar), "--test-per-class", "0"], "--test-per-class"),
         (["--budget-s", "0"], "--budget-s"),
         (["--make-data", str(tmp_path / "d"), "--dry-run"], "--make-data"),
     ]
