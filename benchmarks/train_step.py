@@ -280,9 +280,9 @@ def main(argv: list[str] | None = None) -> dict:
         if "=" not in item:
             ap.error(f"--set takes key=value, got '{item}'")
 
-    from infoview.cli import build_config
+    from infoview.commands import build_config
     from infoview.errors import InfoviewError
-    from infoview.pretrain import distributed as D
+    from infoview.runtime import distributed as D
     from infoview.pretrain.engine import Trainer
 
     case_overrides, case_min_steps = case_settings(args.case) if args.case else ([], 0)

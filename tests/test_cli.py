@@ -3,15 +3,17 @@ import sys
 
 import pytest
 
-from infoview import cli
-from infoview.cli import COMMANDS, main
+from infoview import commands
+from infoview.cli import main
+from infoview.commands import Command, load_command, names
 
 
 def test_help_lists_every_command_with_one_line(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name, (_, help_) in COMMANDS.items():
-        assert f"  {name}" in out and help_ in out
+    assert len(names()) == 10
+    for name in names():
+        assert f"  {name}" in out and load_command(name).COMMAND.help in out
 
 
 def test_console_script_help_does_not_import_torch():
@@ -54,14 +56,14 @@ def test_stray_positional_and_flag_are_errors(capsys):
 def test_positional_arguments_fill_declared_keys(monkeypatch):
     class Fake:
         DEFAULTS = {"src": "", "out": "", "overwrite": False}
-        POSITIONAL = ("src", "out")
+        COMMAND = Command(help="a fake", positional=("src", "out"))
 
-    monkeypatch.setitem(COMMANDS, "fake", ("fake", "a fake"))
-    monkeypatch.setattr(cli.importlib, "import_module", lambda name: Fake)
-    _, cfg = cli.build_config("fake", ["digits", "/tmp/o.beton", "overwrite=true"])
+    monkeypatch.setattr(commands, "_modules", lambda: {"fake": "fake"})
+    monkeypatch.setattr(commands.importlib, "import_module", lambda name: Fake)
+    _, cfg = commands.build_config("fake", ["digits", "/tmp/o.beton", "overwrite=true"])
     assert (cfg.src, cfg.out, cfg.overwrite) == ("digits", "/tmp/o.beton", True)
     with pytest.raises(Exception, match="needs OUT"):
-        cli.build_config("fake", ["digits"])
+        commands.build_config("fake", ["digits"])
 
 
 def test_help_and_list_name_what_a_config_may_use(capsys):

@@ -155,7 +155,7 @@ def test_unknown_key_error_lists_the_nearby_keys_not_all_of_them():
 
 
 def test_the_command_line_takes_tilde_keys(tmp_path, capsys):
-    from infoview.cli import build_config
+    from infoview.commands import build_config
 
     _, cfg = build_config("pretrain", ["--config", "demo", "~objective.alpha", f"out_dir={tmp_path}"])
     assert dict(cfg.objective) == {"name": "ml_cpc"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from infoview.cli import build_config
+from infoview.commands import build_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = sorted(CONFIGS.glob("*.yaml"))
@@ -55,7 +55,7 @@ def test_the_recipe_presets_exist():
 
 
 def test_peak_lr_is_the_recipes(preset):
-    from infoview.pretrain.optim import scaled_lr
+    from infoview.runtime.optim import scaled_lr
 
     name, cfg = preset
     assert name in EXPECTED_PEAK_LR, f"configs/{name}.yaml: add its recipe's peak lr to EXPECTED_PEAK_LR"
@@ -126,7 +126,8 @@ def test_views_resolve(preset):
 @pytest.mark.parametrize("name", CIFAR)
 def test_cifar_preset_builds_its_model(name):
     """The encoder and method build from the config, and a 32-px batch of 2 gives features."""
-    from infoview.pretrain.engine import build_encoder_from_config, build_method
+    from infoview.pretrain.engine import build_method
+    from infoview.runtime.encoder import build_encoder_from_config
 
     cfg = _resolve(CONFIGS / f"{name}.yaml")
     assert cfg.augment.size == 32 and cfg.model.cifar_stem, name

@@ -3,7 +3,7 @@
 Why a linear probe: it measures how much of the label information the
 representation makes linearly accessible, which is what the MI objectives aim
 at and what the SimCLR / MoCo papers report. Training only a linear layer on
-features extracted once (``infoview.eval.features.extract_features``) takes
+features extracted once (``infoview.runtime.features.extract_features``) takes
 seconds to minutes instead of the hours of running the encoder every epoch;
 the price is no augmentation during the probe, which the fast linear-probe
 protocols accept. ``train_linear_probe_augmented`` is the other protocol
@@ -36,6 +36,7 @@ its weights (W / std, b - W mean / std), so it applies to raw features;
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 
@@ -43,9 +44,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infoview.augment import build_views
+from infoview.config import save_config
+from infoview.data import build_loader
 from infoview.errors import ConfigError, InfoviewError
-from infoview.eval.features import check_features, encoder_device_dtype, eval_mode
+from infoview.runtime.backbone import default_out_dir, frozen_splits
+from infoview.runtime.features import check_features, encoder_device_dtype, eval_mode
 from infoview.utils.device import resolve_device
+from infoview.utils.io import atomic_write_text, claim_out_dir
 
 NORMALIZE = ("standardize", "none")
 BN_EPS = 1e-5
@@ -322,3 +328,33 @@ def train_linear_probe_augmented(
                             desc="linear probe (augmented)")
     return _report(layer, mean, std, x, y, xt, yt, num_classes, epochs=int(epochs), lr=float(lr),
                    batch_size=int(batch_size), weight_decay=float(weight_decay), normalize=normalize, augment=True)
+
+
+# --------------------------------------------------------------------------- `infoview linear`
+
+#: augment=true: SimCLR's crop (scale 0.08-1) and flip, every colour op and blur off
+PROBE_VIEW_OVERRIDES = {"jitter.p": 0.0, "grayscale.p": 0.0, "blur.p": 0.0, "solarize.p": 0.0}
+
+
+def run(cfg) -> dict:
+    t = cfg.train
+    _check_settings(t.epochs, t.batch_size, t.lr, t.weight_decay, 0.9, "standardize")  # before any extraction
+    out = claim_out_dir(cfg.out_dir or default_out_dir(cfg.backbone, "linear"), "linear.json", cfg.overwrite)
+    bb, device, (xtr, ytr), (xte, yte), (source, test_source) = frozen_splits(cfg, "linear")
+    d = cfg.data
+    settings = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, seed=t.seed,
+                    device=device, progress=t.progress)
+    if cfg.augment:
+        views = build_views("simclr", bb.size, num_views=1, seed=t.seed, normalize=bb.normalize,
+                            overrides=PROBE_VIEW_OVERRIDES)
+        loader = build_loader(source, t.batch_size, split=d.train_split, seed=t.seed, shuffle=True,
+                              drop_last=False, device=device, num_workers=d.num_workers, resolution=bb.size,
+                              backend=d.backend)
+        result = train_linear_probe_augmented(bb.encoder, loader, views, xtr, ytr, xte, yte, **settings)
+    else:
+        result = {**train_linear_probe(xtr, ytr, xte, yte, **settings), "augment": False}
+    result = {"backbone": bb.description, "data": source, "test_data": test_source, "feature_dim": int(xtr.shape[1]),
+              **result, "out_dir": str(out)}
+    save_config(cfg, out / "config.yaml")
+    atomic_write_text(out / "linear.json", json.dumps(result, indent=2))
+    return result

@@ -1,49 +1,4 @@
-"""The Gaussian MI staircase: how much mutual information does each bound certify?
-
-x and y are standard normal vectors in R^dim with y = rho * x + sqrt(1 - rho^2) * eps,
-so the true MI is -(dim / 2) * log(1 - rho^2) nats. rho is set so that the true MI
-steps through `levels` (2, 4, 6, 8, 10 nats by default), `steps_per_level` steps each.
-One critic per estimator is trained with Adam on fresh batches of `batch_size`
-pairs, continuing from level to level. Each step the critic scores every (x_i, y_j)
-pair of the batch; the diagonal holds the positives and the rest of each row its
-negatives (objectives.matrix_pairs), the objective turns them into a loss and an MI
-lower bound, and the bound is recorded. Every critic starts from the same weights
-and sees the same batches, so differences between estimators come from the
-objectives alone. InfoNCE can never certify more than log(batch_size) nats.
-
-critic=separable scores g(x)^T h(y) with two MLPs (embedding `embed_dim`);
-critic=concat scores f([x, y]) with one MLP over all batch_size^2 pairs (slower).
-The MLPs have `layers` hidden layers of `hidden` ReLU units (2 x 256).
-
-estimators: objective names, comma separated. `name:key=value[:key=value]` (or
-`name(key=value)`) sets an objective's parameters, so one run can compare several:
-`estimators=infonce,ml_cpc:alpha=0.1,ml_cpc:alpha=0.01`; the result is keyed
-`ml_cpc(alpha=0.1)`. A plain `ml_cpc` takes its alpha from the `alpha` key.
-
-What is recorded is each objective's `.mi`, a certified lower bound. Where an
-objective trains on a value that is not a bound (ML-CPC with alpha below its
-floor, Ring's restricted value), that value is recorded too, apart and
-labelled an estimate: `ml_cpc:alpha=0.0001` trains its critic at alpha = 1e-4
-and certifies J at the floor on the same scores.
-
-Writes to out_dir: results.json ({"batch_size", "levels", "estimates": {estimator:
-[mean of its certified bound over the last quarter of each level]},
-"uncertified": {estimator: [the same for its training value, not a bound]},
-"ceilings": {estimator: the most its bound can read}, ...}), estimates.csv
-(every step; uncertified values in columns "<estimator> [estimate]"),
-mi_bench.png (bounds against step, solid; estimates dashed; true MI, log m and
-ML-CPC's ceiling at the floor) and config.yaml.
-
-threads: CPU threads for torch. 1 (the default) is the fastest for these small
-critics on a shared machine: with 2 threads on 2 busy cores a run was 5-17x
-slower. 0 keeps torch's default (one per core).
-
-alpha: `floor` by default, ML-CPC's smallest valid alpha for an n x n matrix,
-n / (n (n - 1) + 1) (0.0159 at batch 64, ceiling log 4033 = 8.30 nats); or a
-number. See docs/mi_bench.md and docs/objectives.md.
-
-Example: infoview mi-bench out_dir=runs/mi_bench steps_per_level=1000
-"""
+"""The work of `infoview mi-bench` (infoview.commands.mi_bench documents its keys)."""
 from __future__ import annotations
 
 import csv
@@ -56,25 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from infoview.config import save_config
 from infoview.errors import ConfigError, InfoviewError
+from infoview.objectives import Objective, alpha_floor, build, matrix_pairs, objective_params
+from infoview.utils.device import resolve_device
+from infoview.utils.io import atomic_write_text, save_figure
+from infoview.utils.provenance import provenance
 
-DEFAULTS: dict[str, Any] = {
-    "out_dir": "runs/mi_bench",
-    "estimators": ["infonce", "ml_cpc", "ml_cpc:alpha=0.0001", "nwj", "js"],
-    "alpha": "floor",
-    "levels": [2, 4, 6, 8, 10],
-    "dim": 20,
-    "steps_per_level": 4000,
-    "batch_size": 64,
-    "critic": "separable",
-    "hidden": 256,
-    "layers": 2,
-    "embed_dim": 32,
-    "lr": 5e-4,
-    "seed": 0,
-    "device": "auto",
-    "threads": 1,
-}
 
 CRITICS = ("separable", "concat")
 # estimators whose plain entry takes a value from a top-level key
@@ -158,7 +101,6 @@ def _parse_entry(entry: Any) -> tuple[str, dict[str, Any], bool]:
 
 def parse_estimators(entries: Sequence[Any], top_level: dict[str, Any] | None = None) -> list[EstimatorSpec]:
     """Read the `estimators` list; check every name and parameter against the registry."""
-    from infoview.objectives import objective_params
 
     top_level = top_level or {}
     if isinstance(entries, str):
@@ -194,8 +136,6 @@ def parse_estimators(entries: Sequence[Any], top_level: dict[str, Any] | None = 
 
 
 def build_objectives(specs: Sequence[EstimatorSpec]) -> list:
-    from infoview.objectives import build
-
     objs = []
     for spec in specs:
         try:
@@ -333,7 +273,6 @@ def train_staircase(
     import torch
     from tqdm.auto import tqdm
 
-    from infoview.objectives import matrix_pairs
 
     device = torch.device(device or "cpu")
     torch.manual_seed(seed)  # objectives that draw random numbers
@@ -399,8 +338,6 @@ def train_staircase(
 
 
 def _base_set_epoch():
-    from infoview.objectives import Objective
-
     return Objective.set_epoch
 
 
@@ -453,7 +390,6 @@ def plot(path, record, keys, levels, steps_per_level, log_m, batch_size, title="
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from infoview.utils.io import save_figure
 
     steps = np.arange(1, record.shape[0] + 1)
     fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
@@ -484,7 +420,6 @@ def plot(path, record, keys, levels, steps_per_level, log_m, batch_size, title="
 
 def write_csv(path, record, keys, levels, steps_per_level, uncertified=None) -> Path:
     """One row per step: the true MI, each estimator's bound, then the uncertified values that exist."""
-    from infoview.utils.io import atomic_write_text
 
     extra = with_estimates(uncertified)
     buf = io.StringIO()
@@ -504,7 +439,7 @@ def _finite_or_none(x: float, ndigits: int = 5):
 
 
 def _check_cfg(cfg) -> dict[str, Any]:
-    c = {k: cfg[k] for k in DEFAULTS}
+    c = {k: cfg[k] for k in cfg}
     levels = c["levels"]
     if isinstance(levels, (int, float)) and not isinstance(levels, bool):
         levels = [levels]
@@ -522,8 +457,6 @@ def _check_cfg(cfg) -> dict[str, Any]:
     if c["critic"] not in CRITICS:
         raise ConfigError(f"critic must be one of {', '.join(CRITICS)}, got '{c['critic']}'")
     if c["alpha"] == "floor":
-        from infoview.objectives import alpha_floor
-
         c["alpha"] = alpha_floor(c["batch_size"], c["batch_size"])  # an n x n matrix: n rows, m = n
     elif c["alpha"] is not None:
         try:
@@ -544,9 +477,6 @@ def run(cfg) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from infoview.config import save_config
-    from infoview.utils.io import atomic_write_text
-    from infoview.utils.provenance import provenance
 
     c = _check_cfg(cfg)
     estimators = c["estimators"]
@@ -555,7 +485,6 @@ def run(cfg) -> dict:
     # everything a user can get wrong is checked before any training
     specs = parse_estimators(estimators, {"alpha": c["alpha"]})
     objectives = build_objectives(specs)
-    from infoview.utils.device import resolve_device
 
     device = resolve_device(c["device"])
     out_dir = Path(c["out_dir"])

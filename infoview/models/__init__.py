@@ -8,7 +8,7 @@ imported by the first ``build_encoder`` call).
 
 ``export_backbone(ckpt, out_dir)`` writes a checkpoint's backbone as
 ``model.safetensors`` + ``config.json`` and ``load_backbone(out_dir)`` reads
-it back as a timm model (``infoview.models.export``, imported on first use).
+it back as a timm model (``infoview.runtime.export``, imported on first use).
 """
 from infoview.models.encoder import Encoder, build_encoder
 from infoview.models.heads import MLP, predictor, projector
@@ -29,17 +29,5 @@ __all__ = [
     "SplitBatchNorm1d",
     "SplitBatchNorm2d",
     "convert_split_bn",
-    "export_backbone",
-    "load_backbone",
 ]
 
-_LAZY = {"export_backbone": "infoview.models.export", "load_backbone": "infoview.models.export"}
-
-
-def __getattr__(name: str):
-    # the export module pulls in safetensors (and timm, torchvision when used): load it when asked for
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'infoview.models' has no attribute '{name}'")

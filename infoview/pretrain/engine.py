@@ -1,35 +1,7 @@
-"""Pretrain an image encoder without labels, with any registered objective.
+"""The pretraining engine behind `infoview pretrain` (infoview.commands.pretrain says what it does).
 
-`infoview pretrain [--config FILE] [key=value ...]` runs on one CPU, one GPU,
-or many GPUs under DDP (launched by torchrun or `infoview launch`). The loader
-decodes each image once; `augment` makes the views on the device; the method
-(`simclr` or `moco`) turns embeddings into positive and negative critic scores;
-the objective (`objective.name`, any of `infoview.objectives.available()`, with
-its own keys as `objective.<key>`) gives the loss and the MI lower bound it
-certifies on the batch's cross-view matrix (`mi`), reported against that
-bound's own ceiling (`mi_ceiling`); what the training rows read, which is not
-a bound, is `mi_estimate` (infoview.pretrain.methods says why they differ).
-
-data.batch_size is the global batch: each of W processes takes batch_size / W,
-and the peak learning rate is optim.lr scaled from optim.ref_batch to the global
-batch by optim.lr_scaling (linear or sqrt), so the same config trains alike on
-1 GPU or 16. Warm-up for optim.warmup_epochs, then cosine to optim.min_lr.
-train.max_steps > 0 sets the run's length in steps instead of train.epochs.
-
-The online monitors read data.eval_split of data.eval_source (by default
-data.source); held-out data that is the training data (a .beton holds one
-split) or that names other classes is an error at start.
-
-Writes to out_dir: config.yaml (the effective config, with the commit),
-curves.png (the curves below, redrawn at each evaluation and at the end),
-metrics.csv and tb/ (loss, mi, mi_ceiling, mi_estimate, lr, images_per_sec, and every
-train.eval_every epochs the online kNN top-1 and online probe top-1 on
-data.eval_split), checkpoints/last.pt (every train.ckpt_every_steps steps, at
-each epoch's end and at the end; prev.pt is the one before), and
-pretrain.json (the final figures). train.resume=auto continues from
-checkpoints/last.pt when there is one; a path resumes from that file.
-
-Example: infoview pretrain --config demo out_dir=runs/demo
+:class:`Trainer` builds the loader, views, encoder, method and optimiser from a config and
+runs the loop: checkpoints, resume, the online monitors, signals that stop a run cleanly.
 """
 from __future__ import annotations
 
@@ -47,99 +19,39 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from infoview.augment import build_views
+from infoview.augment.recipes import normalization
+from infoview.config import did_you_mean, flatten, save_config
+from infoview.data import build_loader, check_held_out, open_source
 from infoview.errors import ConfigError, InfoviewError, Interrupted
+from infoview.models import predictor as make_predictor, projector as make_projector
+from infoview.objectives import build, objective_params
+from infoview.pretrain.methods import METHODS, MoCo, SimCLR
+from infoview.pretrain.monitor import OnlineEval, metrics_log
+from infoview.runtime import distributed as D
+from infoview.runtime.encoder import build_encoder_from_config
+from infoview.runtime.checkpoint import (
+    LAST,
+    RESUME_KEYS,
+    find_resume,
+    load_checkpoint,
+    remove_stale_temps,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from infoview.runtime.optim import build_optimizer, lr_factor, scaled_lr, set_lr
+from infoview.utils.io import atomic_write_text
+from infoview.utils.provenance import provenance
 
-DEFAULTS: dict[str, Any] = {
-    "out_dir": "runs/pretrain",
-    "method": "simclr",
-    "data": {
-        "source": "digits",
-        "split": "train",
-        "eval_source": "",  # where data.eval_split lives when it is another source (a second .beton); "" = source
-        "skip_bad": False,  # replace an unreadable training image by the next readable one, name and count it
-        "eval_split": "test",
-        "batch_size": 256,
-        "num_workers": 2,
-        "backend": "auto",
-        "resolution": 0,
-    },
-    "augment": {"recipe": "simclr", "size": 32, "num_views": 2, "normalize": "imagenet", "backend": "fused",
-                "overrides": {}},
-    "model": {
-        "arch": "resnet18",
-        "cifar_stem": False,
-        "kwargs": {},
-        "proj_hidden": 2048,
-        "proj_dim": 128,
-        "proj_layers": 2,
-        "proj_bn": True,
-        "proj_last_bn": False,
-        "pred_hidden": 0,
-        "sync_bn": False,
-    },
-    "objective": {"name": "infonce"},
-    "simclr": {"temperature": 0.2},
-    # MoCo v2's: momentum 0.999 constant (momentum_final null), one query view; bn=auto is shuffle under
-    # DDP and split BatchNorm on one process
-    "moco": {"temperature": 0.2, "queue_size": 65536, "momentum": 0.999, "momentum_final": None, "bn": "auto",
-             "bn_splits": 8, "symmetric": False},
-    "optim": {
-        "name": "sgd",
-        "lr": 0.3,
-        "lr_scaling": "linear",
-        "ref_batch": 256,
-        "weight_decay": 1e-4,
-        "momentum": 0.9,
-        "betas": [0.9, 0.999],
-        "warmup_epochs": 10.0,
-        "min_lr": 0.0,
-        "clip_grad": 0.0,
-        "probe_lr": 0.1,
-    },
-    "train": {
-        "epochs": 100,
-        "max_steps": 0,
-        "seed": 0,
-        "device": "auto",
-        "precision": "auto",
-        "channels_last": True,
-        "compile": False,
-        "ckpt_every_steps": 500,
-        "resume": "auto",
-        "allow_config_change": False,  # resume a run with other training settings (both configs are kept)
-        "eval_every": 10,
-        "log_every": 10,
-        "threads": 0,
-        "progress": True,
-    },
-    "monitor": {"knn_k": 200, "knn_t": 0.07, "probe": True, "max_images": 0},
-}
-OPEN_SECTIONS = ("objective", "model.kwargs", "augment.overrides")
-# a new objective or architecture does not inherit the old one's keys (ml_cpc's alpha under ring, a ResNet's
-# channels under a ViT); the ones dropped are named on stderr
-SECTION_RESETS = {"objective.name": "objective", "model.arch": "model.kwargs", "augment.recipe": "augment.overrides"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 # --------------------------------------------------------------------------- building blocks
 
 
-def build_encoder_from_config(model_cfg, size: int):
-    """The encoder a config describes (also used to rebuild it from a checkpoint)."""
-    from infoview.models import build_encoder
-
-    kwargs = dict(model_cfg.get("kwargs") or {})
-    return build_encoder(model_cfg["arch"], cifar_stem=bool(model_cfg["cifar_stem"]), img_size=int(size), **kwargs)
-
-
 def build_objective(cfg):
-    from infoview.objectives import build, objective_params
-
-    from infoview.pretrain.methods import METHODS
-
     if cfg.method not in METHODS:
-        from infoview.config import did_you_mean
-
         raise ConfigError(f"unknown method '{cfg.method}'" + did_you_mean(cfg.method, METHODS)
                           + f" Methods: {', '.join(METHODS)}")
     params = {k: v for k, v in cfg.objective.items() if k != "name"}
@@ -154,10 +66,6 @@ def build_objective(cfg):
 
 
 def build_method(cfg, encoder, num_classes: int):
-    from infoview.models import predictor as make_predictor
-    from infoview.models import projector as make_projector
-    from infoview.pretrain.methods import MoCo, SimCLR
-
     m = cfg.model
     objective = build_objective(cfg)
     temperature = cfg[cfg.method].temperature
@@ -257,8 +165,6 @@ RESUME_MAY_CHANGE = (
 
 def config_changes(saved: dict, now: dict) -> list[str]:
     """``"key: old -> new"`` for every training setting that differs between a checkpoint's config and this run's."""
-    from infoview.config import flatten
-
     a, b = flatten(saved), flatten(now)
     out = []
     for key in sorted(set(a) | set(b)):
@@ -285,15 +191,7 @@ class Trainer:
     ``data.source`` (notebooks, benchmarks); the online monitors still read
     ``data.source``'s ``data.eval_split``.
     """
-
     def __init__(self, cfg, source=None):
-        from infoview.augment import build_views
-        from infoview.augment.recipes import normalization
-        from infoview.data import build_loader
-        from infoview.pretrain import distributed as D
-        from infoview.pretrain.checkpoint import find_resume, load_checkpoint, remove_stale_temps
-        from infoview.pretrain.optim import build_optimizer, scaled_lr
-
         self.cfg = cfg
         t = cfg.train
         if t.threads:
@@ -424,10 +322,6 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------
     def _state(self, collective: bool = True) -> dict:
         """The run's state; ``collective=False`` takes no part in collectives and keeps this rank's RNG only."""
-        from infoview.pretrain import distributed as D
-        from infoview.pretrain.checkpoint import rng_state
-        from infoview.utils.provenance import provenance
-
         mine = {"global": rng_state(), "views": self.views.get_rng_state()}
         rngs = D.all_gather_object(mine) if collective else [mine]
         return {
@@ -444,9 +338,6 @@ class Trainer:
         }
 
     def save(self) -> None:
-        from infoview.pretrain import distributed as D
-        from infoview.pretrain.checkpoint import LAST, save_checkpoint
-
         state = self._state()  # every rank takes part in gathering the RNG states
         if self.info.is_main:
             save_checkpoint(state, self.ckpt_dir / LAST)
@@ -460,15 +351,11 @@ class Trainer:
         ranks' RNG states are not gathered; a run resumed from it re-seeds
         their augmentations.
         """
-        from infoview.pretrain.checkpoint import LAST, save_checkpoint
-
         if not self.info.is_main:
             return None
         return save_checkpoint(self._state(collective=False), self.ckpt_dir / LAST)
 
     def _restore(self, state: dict) -> None:
-        from infoview.pretrain.checkpoint import RESUME_KEYS, set_rng_state
-
         missing = [k for k in RESUME_KEYS if k not in state]
         if missing:
             raise InfoviewError(f"{self.resume_path} holds no {' or '.join(missing)} state to resume training from "
@@ -501,8 +388,6 @@ class Trainer:
 
     def _dump_nonfinite(self, images, labels, stats, views_rng) -> Path:
         """Everything needed to replay the step whose loss was not finite."""
-        from infoview.pretrain.checkpoint import save_checkpoint
-
         path = self.ckpt_dir / f"nonfinite_step{self.step}_rank{self.info.rank}.pt"
         state = self._state(collective=False)
         state.update({"images": images.cpu(), "labels": labels.cpu(), "views_rng_before": views_rng,
@@ -512,8 +397,6 @@ class Trainer:
 
     def _stop_nonfinite(self, images, labels, loss_v, mi_v, views_rng):
         """Save what replays the step whose loss was not finite, and stop with a message that says so."""
-        from infoview.pretrain.checkpoint import find_resume
-
         path = self._dump_nonfinite(images, labels, [loss_v, mi_v], views_rng)
         good = find_resume(self.ckpt_dir)
         where = f"the last good checkpoint is {good}" if good is not None else "no checkpoint had been written yet"
@@ -539,9 +422,6 @@ class Trainer:
         SIGTERM), so that all of them stop after the same step. Parameters are left untouched when the
         loss is not finite, so the caller can save the state that produced it.
         """
-        from infoview.pretrain import distributed as D
-        from infoview.pretrain.optim import lr_factor, set_lr
-
         self.method.set_progress(self.step, self.total_steps, self.step / self.steps_per_epoch)
         lr = set_lr(self.optimizer, lr_factor(self.step, self.total_steps, self.warmup_steps, self.min_ratio))
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
@@ -568,10 +448,6 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------
     def fit(self) -> dict:
-        from infoview.config import save_config
-        from infoview.pretrain import distributed as D
-        from infoview.pretrain.monitor import MetricsLog
-
         cfg, t, info = self.cfg, self.cfg.train, self.info
         if info.is_main:
             current = self.out / "config.yaml"
@@ -580,7 +456,7 @@ class Trainer:
             save_config(cfg, current, extra={"world_size": info.world_size,
                                              "resumed_from": str(self.resume_path or ""),
                                              "changed_on_resume": list(self.config_changes)})
-        log = MetricsLog(self.out, start_step=self.step) if info.is_main else None
+        log = metrics_log(self.out, start_step=self.step) if info.is_main else None
         bar = None
         if info.is_main and t.progress:
             from tqdm.auto import tqdm
@@ -671,20 +547,15 @@ class Trainer:
             "checkpoint": str(self.ckpt_dir / "last.pt"),
         }
         if info.is_main:
-            from infoview.utils.io import atomic_write_text
-            from infoview.utils.provenance import provenance
-
             atomic_write_text(self.out / "pretrain.json", json.dumps({**result, "provenance": provenance()}, indent=2))
         return result
 
 
 class OnlineEvalFactory:
     """Builds the online evaluator on first use (its loaders cost nothing until then)."""
-
     def __init__(self, cfg, device, mean, std, train_source):
         self.cfg, self.device, self.mean, self.std = cfg, device, mean, std
         self._eval = None
-        from infoview.data import check_held_out, open_source
 
         d = cfg.data
         self.eval_source = d.eval_source or d.source
@@ -695,8 +566,6 @@ class OnlineEvalFactory:
             raise ConfigError(f"{exc}; online monitors read data.eval_split (set train.eval_every=0 to turn them off)") from None
 
     def __call__(self, method) -> dict:
-        from infoview.pretrain.monitor import OnlineEval
-
         if self._eval is None:
             c = self.cfg
             self._eval = OnlineEval(
@@ -709,8 +578,6 @@ class OnlineEvalFactory:
 
 
 def run(cfg) -> dict:
-    from infoview.pretrain import distributed as D
-
     try:
         trainer = Trainer(cfg)
         result = trainer.fit()

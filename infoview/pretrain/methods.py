@@ -3,7 +3,7 @@
 - :class:`SimCLR`: every view of every image goes through the encoder and the
   projector; positives are the other views of the same image, negatives every
   view of every other image in the **global** batch (gathered from all ranks
-  with gradients, see :mod:`infoview.pretrain.distributed`).
+  with gradients, see :mod:`infoview.runtime.distributed`).
 - :class:`MoCo`: queries from the encoder, keys from a momentum (EMA) copy,
   negatives from a queue of past keys. Defaults are MoCo v2's (Chen et al.
   2020): momentum 0.999, temperature 0.2, one view as the query and the other
@@ -51,8 +51,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from infoview.errors import ConfigError
+from infoview.models import MomentumEncoder, NegativeQueue, momentum_at
+from infoview.models.split_bn import convert_split_bn
 from infoview.objectives import Objective, ObjectiveOutput, cross_view_pairs, in_batch_pairs, queue_logits
-from infoview.pretrain import distributed as D
+from infoview.runtime import distributed as D
 
 METHODS = ("simclr", "moco")
 MOCO_BN = ("auto", "shuffle", "split", "sync", "none")
@@ -165,8 +167,6 @@ class MoCo(Method):
         queue_size: int = 65536, momentum: float = 0.999, momentum_final: float | None = None, bn: str = "auto",
         bn_splits: int = 8, symmetric: bool = False, predictor: nn.Module | None = None, seed: int = 0,
     ):
-        from infoview.models import MomentumEncoder, NegativeQueue, momentum_at
-        from infoview.models.split_bn import convert_split_bn
 
         super().__init__(encoder, projector, objective, num_classes)
         self.temperature = float(temperature)

@@ -10,9 +10,9 @@ from torch import nn
 from infoview.augment import resolve
 from infoview.cli import main
 from infoview.data import build_loader
-from infoview.eval.features import extract_features
+from infoview.runtime.features import extract_features
 from infoview.eval.linear import train_linear_probe, train_linear_probe_augmented
-from infoview.eval.linear_eval import PROBE_VIEW_OVERRIDES
+from infoview.eval.linear import PROBE_VIEW_OVERRIDES
 
 COMMON = ["data.num_workers=0", "train.progress=false", "train.device=cpu"]
 

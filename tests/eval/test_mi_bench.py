@@ -6,7 +6,7 @@ import math
 import pytest
 
 from infoview.cli import main
-from infoview.eval.mi_bench import DEFAULTS
+from infoview.commands.mi_bench import DEFAULTS
 
 # a tiny critic and a few steps: seconds on two CPU cores
 TINY = ["steps_per_level=6", "batch_size=16", "hidden=32", "embed_dim=8", "levels=[2,4]", "threads=1"]

@@ -161,7 +161,7 @@ def test_objective_under_bf16_autocast_agrees_with_fp32(gpu_device, name):
 
 
 def make_trainer(dev: torch.device, tmp_path, tag: str, precision: str, channels_last: bool, compile: bool = False):
-    from infoview.cli import build_config
+    from infoview.commands import build_config
     from infoview.pretrain.engine import Trainer
 
     device = "cuda" if dev.type == "cuda" else "cpu"
@@ -251,7 +251,7 @@ def test_ddp_one_process_step_matches_no_ddp(gpu_device, tmp_path):
     """DDP over a one-process group (NCCL on CUDA, gloo on CPU) trains as the bare model."""
     import torch.distributed as dist
 
-    from infoview.pretrain import distributed as D
+    from infoview.runtime import distributed as D
 
     backend = "nccl" if gpu_device.type == "cuda" else "gloo"
     if not dist.is_available() or (backend == "nccl" and not dist.is_nccl_available()):

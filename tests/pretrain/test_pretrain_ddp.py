@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from infoview.objectives import available, build
-from infoview.pretrain import distributed as D
+from infoview.runtime import distributed as D
 
 pytestmark = pytest.mark.slow
 

@@ -7,15 +7,15 @@ import numpy as np
 import torch
 
 from infoview.data.sources import ArraySource
-from infoview.pretrain.monitor import MetricsLog, OnlineEval
+from infoview.pretrain.monitor import OnlineEval, metrics_log
 
 
 def test_a_resumed_log_drops_the_rows_after_the_checkpoint(tmp_path):
-    log = MetricsLog(tmp_path, tensorboard=False)
+    log = metrics_log(tmp_path, tensorboard=False)
     for step in range(1, 8):
         log.write({"step": step, "loss": 1.0 / step})
     log.close()
-    log = MetricsLog(tmp_path, start_step=4, tensorboard=False)  # killed at 7, resumed from the step-4 checkpoint
+    log = metrics_log(tmp_path, start_step=4, tensorboard=False)  # killed at 7, resumed from the step-4 checkpoint
     log.write({"step": 5, "loss": 0.5})
     log.close()
     with open(tmp_path / "metrics.csv", newline="") as f:

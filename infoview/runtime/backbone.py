@@ -31,7 +31,15 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from infoview.augment.recipes import normalization
+from infoview.data import build_loader, check_held_out, open_source
 from infoview.errors import InfoviewError
+from infoview.models import build_encoder
+from infoview.runtime.checkpoint import load_checkpoint
+from infoview.runtime.encoder import build_encoder_from_config, encoder_from_checkpoint, resolve_checkpoint
+from infoview.runtime.export import CONFIG, build_export_encoder, is_export_dir, load_export, read_export_config
+from infoview.runtime.features import extract_features
+from infoview.utils.device import resolve_device
 
 
 @dataclass
@@ -44,9 +52,6 @@ class Backbone:
 
 
 def _from_checkpoint(path: Path, trained: bool, seed_override: int | None = None) -> Backbone:
-    from infoview.models.export import encoder_from_checkpoint
-    from infoview.pretrain.checkpoint import load_checkpoint
-
     state = load_checkpoint(path)
     if seed_override is not None:
         state = {**state, "config": {**state["config"], "train": {**state["config"]["train"], "seed": seed_override}}}
@@ -58,8 +63,6 @@ def _from_checkpoint(path: Path, trained: bool, seed_override: int | None = None
 
 
 def _from_export(folder: Path, trained: bool, seed: int) -> Backbone:
-    from infoview.models.export import build_export_encoder, load_export, read_export_config
-
     if trained:
         encoder, config = load_export(folder)
     else:
@@ -67,8 +70,6 @@ def _from_export(folder: Path, trained: bool, seed: int) -> Backbone:
         pretrain = config.get("pretrain_config") or {}
         torch.manual_seed(int(pretrain.get("train", {}).get("seed", seed)))  # what the run started from
         if pretrain.get("model") and pretrain.get("augment"):
-            from infoview.pretrain.engine import build_encoder_from_config
-
             encoder = build_encoder_from_config(pretrain["model"], int(pretrain["augment"]["size"]))
         else:
             encoder = build_export_encoder(config)
@@ -77,14 +78,6 @@ def _from_export(folder: Path, trained: bool, seed: int) -> Backbone:
     step = f" (step {source['step']})" if trained and "step" in source else ""
     return Backbone(encoder, int(config["input_size"][-1]), config.get("normalize") or "imagenet",
                     f"{what} {folder}{step}", config.get("pretrain_config"))
-
-
-def _checkpoint_in(path: Path) -> Path:
-    if path.is_dir():
-        for name in ("checkpoints/last.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-    return path
 
 
 def _require_spec(spec) -> str:
@@ -118,51 +111,26 @@ def default_out_dir(spec: str, command: str) -> Path:
 
 
 def load_backbone_spec(spec: str, seed: int = 0) -> Backbone:
-    from infoview.models.export import CONFIG, is_export_dir
-
     spec = _require_spec(spec)
     if spec.startswith("random:"):
         target = spec[len("random:"):]
         if is_export_dir(target):
             return _from_export(Path(target), trained=False, seed=seed)
         if Path(target).is_file() or Path(target).is_dir():
-            ckpt = _checkpoint_in(Path(target))
+            ckpt = resolve_checkpoint(Path(target))
             if not ckpt.is_file():
                 raise InfoviewError(f"backbone {spec}: {target} holds no checkpoint (checkpoints/last.pt) "
                                     f"and no export ({CONFIG} + model.safetensors)")
             return _from_checkpoint(ckpt, trained=False)
-        from infoview.models import build_encoder
-
         torch.manual_seed(seed)
         return Backbone(build_encoder(target), 224, "imagenet", f"random init of {target}")
     path = Path(spec)
     if path.is_dir() and (path / CONFIG).is_file():
         return _from_export(path, trained=True, seed=seed)  # errors name what the export lacks
-    path = _checkpoint_in(path)
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise InfoviewError(f"backbone {spec}: no such checkpoint file or export folder")
     return _from_checkpoint(path, trained=True)
-
-
-#: what `infoview linear --help` and `infoview knn --help` say about the keys they share
-FROZEN_HELP = """backbone: a pretraining checkpoint (or its run folder), an export folder
-(infoview export), random:<checkpoint or export> (the same encoder at its
-initial weights: the baseline of that run), or random:<timm arch>.
-
-data.source: the data to measure on; when not given, the data the backbone was
-pretrained on (its run records it; said on stderr). data.test_source: where
-the held-out split (data.test_split) lives when it is another source, such as
-a second .beton; by default data.source. Held-out data that is the training
-data, or whose class names differ from the training split's, is an error.
-
-out_dir: by default beside what is measured (runs/x/{command}, or
-runs/x/{command}_random for random:); a folder that already holds {result}
-is an error unless overwrite=true. Both are checked before any work."""
-
-#: the data keys of the commands that measure frozen features (linear, knn); an empty source is
-#: the data the backbone was pretrained on, an empty test_source is source
-FROZEN_DATA = {"source": "", "test_source": "", "train_split": "train", "test_split": "test", "batch_size": 256,
-               "num_workers": 2, "backend": "auto"}
 
 
 def note(command: str, text: str) -> None:
@@ -193,8 +161,6 @@ def frozen_splits(cfg, command: str):
     """``(backbone, device, (train feats, labels), (test feats, labels), (source, test_source))`` from a
     linear/knn config (``backbone``, ``data.*`` as in :data:`FROZEN_DATA`, ``train.device``, ``train.seed``,
     ``train.progress``). Both splits are opened and checked against each other before any extraction."""
-    from infoview.data import check_held_out, open_source
-    from infoview.utils.device import resolve_device
 
     device = resolve_device(cfg.train.device)
     bb = load_backbone_spec(cfg.backbone, seed=cfg.train.seed)
@@ -227,10 +193,6 @@ def frozen_features(
     named twice is extracted once. Every split's loader is opened before the
     first is extracted, so a missing split fails at once.
     """
-    from infoview.augment.recipes import normalization
-    from infoview.data import build_loader
-    from infoview.eval.features import extract_features
-    from infoview.utils.device import resolve_device
 
     device = resolve_device(device)
     encoder = bb.encoder.to(device)

@@ -8,12 +8,19 @@ key, a missing config file, an unknown partition are errors here, not in a
 job log). The command's effective config is frozen to a YAML file in the job's
 folder, so the job runs exactly what was checked.
 
-One process per GPU: launch.tasks_per_node defaults to launch.gpus_per_node
-(or 1 without GPUs). Inside the job, torch.distributed is set up from
-submitit's environment (NCCL on GPUs, gloo on CPUs). Pre-emption and time-out
-(SLURM's USR2, launch.signal_delay_s before the limit) save a checkpoint and
-requeue the job, which resumes from checkpoints/last.pt; up to
-launch.max_requeues time-outs.
+What a job does follows what the command declares (infoview.commands.Command):
+- a distributed command (pretrain, detect) runs one process per GPU:
+  launch.tasks_per_node defaults to launch.gpus_per_node (or 1 without GPUs),
+  and inside the job torch.distributed is set up from submitit's environment
+  (NCCL on GPUs, gloo on CPUs);
+- any other command runs as one process: launch.tasks_per_node defaults to 1,
+  and more tasks, more nodes or more than one GPU are an error here, not eight
+  copies writing into one folder;
+- pre-emption and time-out (SLURM's USR2, launch.signal_delay_s before the
+  limit): a command that can resume (pretrain) saves a checkpoint and is
+  requeued, resuming from checkpoints/last.pt, up to launch.max_requeues
+  time-outs; one that cannot is not requeued (the job ends; rerun it with a
+  longer launch.timeout_min).
 
 launch.sweep: a list of override strings, one job each (a SLURM job array);
 an entry that sets no out_dir runs in <out_dir>/sweep<i>.
@@ -32,9 +39,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from infoview.commands import Command, build_config, load_command
+from infoview.config import did_you_mean, parse_overrides, resolve, save_config
 from infoview.errors import ConfigError, InfoviewError
 
 USAGE = "usage: infoview launch <command> [--config FILE] [key=value ...] [launch.key=value ...]"
+COMMAND = Command(help="Run any command as a SLURM job (or locally) via submitit; requeues and resumes on pre-emption.",
+                  usage=USAGE)
 DEFAULTS: dict[str, Any] = {
     "launch": {
         "executor": "slurm",
@@ -76,9 +87,8 @@ def split_args(args: Sequence[str]) -> tuple[str, list[str], list[str]]:
     return command, [a for a in rest if not a.startswith("launch.")], launch
 
 
-def launch_config(overrides: Sequence[str]):
-    from infoview.config import parse_overrides, resolve
-
+def launch_config(overrides: Sequence[str], command: str = "", declared: Command | None = None):
+    """The ``launch.*`` keys, checked, and checked against what ``command`` declares (``declared``)."""
     lc = resolve(DEFAULTS, None, parse_overrides(overrides)).launch
     if lc.executor not in EXECUTORS:
         raise ConfigError(f"launch.executor must be one of {', '.join(EXECUTORS)}, got '{lc.executor}'")
@@ -87,13 +97,19 @@ def launch_config(overrides: Sequence[str]):
             raise ConfigError(f"launch.{key} must be >= 1, got {lc[key]}")
     if lc.executor == "local" and lc.nodes != 1:
         raise ConfigError("launch.executor=local runs on this machine: launch.nodes must be 1")
+    if declared is not None and not declared.distributed:
+        asked = {k: lc[k] for k in ("nodes", "tasks_per_node", "gpus_per_node") if lc[k] > 1}
+        if asked:
+            given = ", ".join(f"launch.{k}={v}" for k, v in asked.items())
+            raise ConfigError(f"'{command}' runs as one process on one device, so {given} would run it "
+                              f"{'on several GPUs' if list(asked) == ['gpus_per_node'] else 'several times'} "
+                              "into one out_dir; launch it with launch.nodes=1, launch.tasks_per_node=1 and at "
+                              "most launch.gpus_per_node=1 (the distributed commands: pretrain, detect)")
     return lc
 
 
 def _job_args(command: str, args: list[str], entry: str, index: int, sweeping: bool) -> tuple[list[str], Any]:
     """Check one job's arguments and return them with its effective config."""
-    from infoview.cli import build_config
-
     extra = shlex.split(entry)
     module, cfg = build_config(command, [*args, *extra])
     if sweeping and not any(a.startswith("out_dir=") for a in extra) and "out_dir" in cfg:
@@ -109,17 +125,15 @@ def _check_partition(partition: str) -> None:
         raise InfoviewError(f"sinfo failed: {out.stderr.strip() or out.stdout.strip()}")
     names = sorted({p.strip().rstrip("*") for p in out.stdout.split()})
     if partition and partition not in names:
-        from infoview.config import did_you_mean
-
         raise InfoviewError(
             f"unknown partition '{partition}'" + did_you_mean(partition, names) + f" Partitions: {', '.join(names)}"
         )
 
 
-def build_executor(lc, command: str, folder: Path):
+def build_executor(lc, command: str, folder: Path, distributed: bool = True):
     import submitit
 
-    tasks = lc.tasks_per_node or max(lc.gpus_per_node, 1)
+    tasks = lc.tasks_per_node or (max(lc.gpus_per_node, 1) if distributed else 1)
     params: dict[str, Any] = {"timeout_min": lc.timeout_min, "nodes": lc.nodes, "tasks_per_node": tasks,
                               "name": lc.job_name or f"infoview-{command}"}
     if lc.gpus_per_node:
@@ -187,26 +201,19 @@ def wait_for(jobs, executor_kind: str, poll_s: float = 2.0, log=print) -> list[d
 
 
 def main(args: Sequence[str]) -> dict:
-    from infoview.cli import load_command
-    from infoview.config import save_config
-
     command, cmd_args, launch_over = split_args(args)
-    load_command(command)  # an unknown command is an error that names the nearest
-    lc = launch_config(launch_over)
+    declared: Command = load_command(command).COMMAND  # an unknown command is an error that names the nearest
+    lc = launch_config(launch_over, command, declared)
     entries = [str(e) for e in lc.sweep] or [""]
     jobs_args = [_job_args(command, cmd_args, e, i, len(entries) > 1) for i, e in enumerate(entries)]
-    if command == "pretrain":
-        from infoview.pretrain.checkpoint import find_resume
-
-        for _, cfg in jobs_args:  # resume=never is checked now; a requeued job must be able to resume
-            if str(cfg.train.resume).lower() in ("never", "none", "", "false") and find_resume(
-                    Path(cfg.out_dir) / "checkpoints"):
-                raise InfoviewError(f"{cfg.out_dir} already holds a checkpoint and train.resume={cfg.train.resume}")
+    if declared.check_launch is not None:
+        for _, cfg in jobs_args:  # what a requeued job needs is checked now, not in its log
+            declared.check_launch(cfg)
     if lc.executor == "slurm" and not lc.dry_run:
         _check_partition(lc.partition)
 
     folder = Path(lc.folder).resolve()
-    executor = build_executor(lc, command, folder)
+    executor = build_executor(lc, command, folder, declared.distributed)
     if lc.dry_run:
         if lc.executor != "slurm":
             raise ConfigError("launch.dry_run prints an sbatch script: it needs launch.executor=slurm")
@@ -216,7 +223,7 @@ def main(args: Sequence[str]) -> dict:
         print(script, flush=True)
         return {"dry_run": True, "jobs": len(entries), "command": command}
 
-    from infoview.launch.job import CommandJob, resumable
+    from infoview.commands._launch_job import CommandJob, resumable  # submitit, only when a job is submitted
 
     frozen = []
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from infoview.cli import main
-from infoview.launch.job import resumable
+from infoview.commands._launch_job import resumable
 
 
 def test_dry_run_prints_the_sbatch_script_for_2_nodes_of_8_gpus(tmp_path, capsys):
@@ -50,3 +50,37 @@ def test_the_local_executor_runs_the_command_here(tmp_path, capsys):
 def test_bad_launch_settings(args, message, capsys, tmp_path):
     assert main(["launch", *args, f"launch.folder={tmp_path}"] if args else ["launch"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, launch", [
+    ("segment", ["launch.gpus_per_node=8"]),
+    ("linear", ["launch.tasks_per_node=4"]),
+    ("knn", ["launch.nodes=2"]),
+    ("mi-bench", ["launch.gpus_per_node=2", "launch.tasks_per_node=2"]),
+])
+def test_a_one_process_command_is_not_launched_on_many(command, launch, capsys, tmp_path):
+    """Eight copies of a one-process command would all write into one out_dir: refused before anything is sent."""
+    assert main(["launch", command, *launch, "launch.dry_run=true", f"launch.folder={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"'{command}' runs as one process on one device" in err and "launch.tasks_per_node=1" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_one_process_command_gets_one_task_and_a_distributed_one_one_per_gpu(tmp_path, capsys):
+    assert main(["launch", "segment", "launch.gpus_per_node=1", "launch.dry_run=true",
+                 f"launch.folder={tmp_path}"]) == 0
+    assert "#SBATCH --ntasks-per-node=1" in capsys.readouterr().out
+    assert main(["launch", "detect", "launch.gpus_per_node=4", "launch.dry_run=true",
+                 f"launch.folder={tmp_path}"]) == 0
+    assert "#SBATCH --ntasks-per-node=4" in capsys.readouterr().out
+
+
+def test_a_preempted_job_requeues_only_when_its_command_can_resume(monkeypatch, capsys):
+    from infoview.commands import _launch_job
+
+    job = _launch_job.CommandJob()
+    assert job.checkpoint("segment", ["--config", "c.yaml"]) is None  # starting over would meet its own folder
+    assert "'segment' cannot resume, so the job is not requeued" in capsys.readouterr().err
+    delayed = job.checkpoint("pretrain", ["--config", "c.yaml"])  # no trainer running here: nothing to save
+    assert delayed.args == ("pretrain", ["--config", "c.yaml", "train.resume=auto"])

@@ -16,10 +16,10 @@ Example: infoview knn backbone=runs/demo data.source=digits out_dir=runs/demo/kn
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from infoview.eval.backbone import FROZEN_DATA, FROZEN_HELP
+from infoview.commands import Command
+from infoview.commands._frozen import FROZEN_DATA, FROZEN_HELP
 
 __doc__ = __doc__.replace("{frozen}", FROZEN_HELP.format(command="knn", result="knn.json"))
 
@@ -31,22 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "knn": {"k": 200, "temperature": 0.07},
     "train": {"seed": 0, "device": "auto", "progress": True},
 }
+COMMAND = Command(help="Weighted kNN accuracy of a frozen encoder (k = 200, temperature 0.07 by default).")
 
 
 def run(cfg) -> dict:
-    from infoview.config import save_config
-    from infoview.eval.backbone import default_out_dir, frozen_splits
-    from infoview.eval.knn import _check_temperature, _positive_int, knn_accuracy
-    from infoview.utils.io import atomic_write_text, claim_out_dir
+    from infoview.eval.knn import run as work
 
-    _positive_int(cfg.knn.k, "k")  # the cheap checks, before any extraction
-    _check_temperature(cfg.knn.temperature)
-    out = claim_out_dir(cfg.out_dir or default_out_dir(cfg.backbone, "knn"), "knn.json", cfg.overwrite)
-    bb, device, (xtr, ytr), (xte, yte), (source, test_source) = frozen_splits(cfg, "knn")
-    scores = knn_accuracy(xtr.to(device), ytr.to(device), xte.to(device), yte.to(device), k=cfg.knn.k,
-                          temperature=cfg.knn.temperature)
-    result = {"backbone": bb.description, "data": source, "test_data": test_source, "feature_dim": int(xtr.shape[1]),
-              **scores, "out_dir": str(out)}
-    save_config(cfg, out / "config.yaml")
-    atomic_write_text(out / "knn.json", json.dumps(result, indent=2))
-    return result
+    return work(cfg)

@@ -8,7 +8,7 @@ from torch import nn
 from infoview.augment.recipes import normalization
 from infoview.data import build_loader
 from infoview.errors import InfoviewError
-from infoview.eval.features import extract_features
+from infoview.runtime.features import extract_features
 
 MEAN, STD = normalization("imagenet", None, None)
 

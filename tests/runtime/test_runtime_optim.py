@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from infoview.errors import ConfigError
-from infoview.pretrain.optim import build_optimizer, lr_factor, scaled_lr, set_lr
+from infoview.runtime.optim import build_optimizer, lr_factor, scaled_lr, set_lr
 
 
 def test_lr_follows_the_global_batch_not_the_number_of_processes():

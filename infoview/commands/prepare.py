@@ -21,6 +21,8 @@ Examples:
 """
 from __future__ import annotations
 
+from infoview.commands import Command
+
 DEFAULTS = {
     "src": "",
     "out": "",
@@ -33,7 +35,7 @@ DEFAULTS = {
     "num_workers": 0,
     "download": False,
 }
-POSITIONAL = ("src", "out")
+COMMAND = Command(help="Write an image source (digits, folder:..., cifar10:...) to an ffcv .beton file.", positional=("src", "out"))
 
 
 def run(cfg) -> dict:

@@ -1,32 +1,6 @@
-"""Export a pretrained backbone: `infoview export CKPT OUT_DIR [format=timm|torchvision] [overwrite=true]`.
+"""Backbone exports: writing a checkpoint's encoder as model.safetensors + config.json, and reading one back.
 
-Writes the encoder of a pretraining checkpoint (CKPT: a checkpoint file, or
-a run folder holding checkpoints/last.pt), without projector, probe, momentum
-encoder or optimiser, to OUT_DIR:
-
-- model.safetensors: the backbone's weights alone, the state_dict of the timm
-  model (num_classes=0) with timm's key names (format=timm), or with
-  torchvision's ResNet key names (format=torchvision: torchvision's resnet18,
-  resnet34, resnet50, ... then load it with only fc.* missing);
-- config.json: the timm arch and the kwargs that rebuild it, cifar_stem,
-  img_size, the feature dim, the input size and normalisation mean/std, the
-  pretraining config, the checkpoint's metrics, the source checkpoint and its
-  step, provenance, and (format=timm) a timm pretrained_cfg block.
-
-Both files are written atomically (a temp name, then a rename; config.json
-last, with the weights' sha256). OUT_DIR must be empty or new unless
-overwrite=true.
-
-Load it back with infoview.models.load_backbone(OUT_DIR) (a timm model with
-the exported weights), with backbone=OUT_DIR in any evaluator, or, for a
-standard stem, with plain timm:
-  timm.create_model(arch, pretrained=True, num_classes=0, **timm_kwargs,
-                    pretrained_cfg_overlay=dict(file="OUT_DIR/model.safetensors"))
-A CIFAR stem (cifar_stem=true on a ResNet) is not something timm.create_model
-can rebuild: config.json says so (plain_timm_loadable: false) and
-load_backbone handles it.
-
-Example: infoview export runs/demo runs/demo/export
+The format and its keys: infoview.commands.export (``infoview export --help``).
 """
 from __future__ import annotations
 
@@ -36,10 +10,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from infoview.augment.recipes import normalization
+from infoview.config import did_you_mean
 from infoview.errors import ConfigError, InfoviewError
-
-DEFAULTS: dict[str, Any] = {"ckpt": "", "out": "", "format": "timm", "overwrite": False}
-POSITIONAL = ("ckpt", "out")
+from infoview.models.encoder import VIT_MODULES, build_encoder
+from infoview.runtime.encoder import encoder_from_checkpoint, resolve_checkpoint
+from infoview.utils.io import atomic_path, atomic_write_text
+from infoview.utils.provenance import provenance
 
 FORMATS = ("timm", "torchvision")
 EXPORT_FORMAT = "infoview-backbone-1"
@@ -54,56 +31,8 @@ TORCHVISION_RESNETS = (
 TORCHVISION_HEAD = ("fc.weight", "fc.bias")
 CIFAR_STEM_NOTE = (
     "cifar_stem=true replaced the ResNet stem (conv1: one 3x3 stride-1 conv, max-pool: identity), which "
-    "timm.create_model cannot rebuild from kwargs; load it with infoview.models.load_backbone(dir)"
+    "timm.create_model cannot rebuild from kwargs; load it with infoview.runtime.export.load_backbone(dir)"
 )
-
-
-def run(cfg) -> dict:
-    return export_backbone(cfg.ckpt, cfg.out, format=cfg.format, overwrite=cfg.overwrite)
-
-
-# --------------------------------------------------------------------------- checkpoint -> encoder
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or the file a run folder holds (``checkpoints/last.pt`` or ``last.pt``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("checkpoints/last.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-    return path
-
-
-def encoder_from_checkpoint(path: str | os.PathLike, trained: bool = True, state: dict | None = None):
-    """``(Encoder, checkpoint state)``: the encoder a pretraining checkpoint describes.
-
-    ``trained=True`` loads the checkpoint's encoder weights; ``trained=False``
-    rebuilds the weights the run started from (global RNG seeded with the
-    run's ``train.seed``, as pretraining did). Missing, empty or truncated
-    files are the errors of :func:`infoview.pretrain.checkpoint.load_checkpoint`.
-    """
-    import torch
-
-    from infoview.pretrain.checkpoint import load_checkpoint
-    from infoview.pretrain.engine import build_encoder_from_config
-
-    path = Path(path)
-    if state is None:
-        state = load_checkpoint(path)
-    cfg = state["config"]
-    torch.manual_seed(int(cfg["train"]["seed"]))  # what the pretraining run started from
-    encoder = build_encoder_from_config(cfg["model"], int(cfg["augment"]["size"]))
-    if trained:
-        prefix = "encoder."
-        weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-        missing, unexpected = encoder.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise InfoviewError(
-                f"checkpoint {path}: encoder weights do not fit {encoder.arch} "
-                f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
-            )
-    return encoder, state
 
 
 # --------------------------------------------------------------------------- export
@@ -122,8 +51,6 @@ def export_backbone(
     "plain_timm_loadable", "sha256"}``.
     """
     if format not in FORMATS:
-        from infoview.config import did_you_mean
-
         raise ConfigError(f"unknown export format '{format}'" + did_you_mean(str(format), FORMATS)
                           + f" Formats: {', '.join(FORMATS)}")
     out = Path(out_dir)
@@ -142,9 +69,6 @@ def export_backbone(
 
     from safetensors.torch import save_file
 
-    from infoview.augment.recipes import normalization
-    from infoview.utils.io import atomic_path, atomic_write_text
-    from infoview.utils.provenance import provenance
 
     ckpt = resolve_checkpoint(ckpt_path)
     encoder, state = encoder_from_checkpoint(ckpt, trained=True)
@@ -256,7 +180,6 @@ def _plain_timm(encoder, weights: dict) -> tuple[dict, bool, str]:
     """The kwargs plain timm needs, whether its model takes these weights, and why not."""
     import timm
 
-    from infoview.models.encoder import VIT_MODULES
 
     kwargs = dict(encoder.config["kwargs"])
     is_vit = timm.models.model_entrypoint(encoder.arch).__module__ in VIT_MODULES
@@ -284,7 +207,7 @@ def _plain_timm(encoder, weights: dict) -> tuple[dict, bool, str]:
         )
         return kwargs, False, (
             f"timm.create_model('{encoder.arch}', num_classes=0, **timm_kwargs) does not match these weights "
-            f"({what}); load it with infoview.models.load_backbone(dir)"
+            f"({what}); load it with infoview.runtime.export.load_backbone(dir)"
         )
     return kwargs, True, ""
 
@@ -310,7 +233,7 @@ def _torchvision_name(arch: str, cifar_stem: bool) -> str:
         raise InfoviewError(
             f"format=torchvision: this {arch} has the CIFAR stem (conv1 3x3 stride 1, no max-pool), but "
             f"torchvision.models.{arch} has a 7x7 stride-2 conv1 and a max-pool: export it with format=timm "
-            "and load it with infoview.models.load_backbone"
+            "and load it with infoview.runtime.export.load_backbone"
         )
     return arch
 
@@ -427,7 +350,6 @@ def load_export(export_dir: str | os.PathLike, verify: bool = True):
 
 def build_export_encoder(config: dict):
     """The architecture an export's config describes, at random init (the global RNG draws the weights)."""
-    from infoview.models.encoder import build_encoder
 
     return build_encoder(config["arch"], cifar_stem=bool(config["cifar_stem"]), img_size=config.get("img_size"),
                          **dict(config.get("kwargs") or {}))

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import inspect
 
+from infoview.commands import Command
 from infoview.config import CONFIG_DIR, did_you_mean
 from infoview.errors import InfoviewError
 
 USAGE = "usage: infoview list presets|objectives|methods|sources|recipes|archs [PATTERN]"
+COMMAND = Command(help="List presets, objectives (with parameters), methods, data sources, view recipes or timm archs.",
+                  usage=USAGE)
 
 
 def _first_line(text: str | None) -> str:

@@ -1,0 +1,169 @@
+"""The commands: one module per ``infoview <command>``, and what each declares about itself.
+
+A command module ``infoview/commands/<name>.py`` (``mi_bench.py`` is
+``infoview mi-bench``; ``list_.py`` is ``infoview list``, its trailing ``_``
+keeping a builtin's name free) holds:
+
+- ``COMMAND``: a :class:`Command`: its one-line help and how it behaves under
+  ``infoview launch`` (distributed or not, resumable or not);
+- ``DEFAULTS``: a nested dict of every key it accepts, with defaults;
+- ``run(cfg)``: does the work (may return a dict, printed as JSON), or
+  ``main(args)`` when the command parses its own arguments (``launch``).
+
+A command module imports only this package and light modules at import time;
+the work's own modules (torch, the engine, the evaluators) are imported inside
+``run``, so that ``infoview --help`` lists every command in a fraction of a
+second. Modules whose name starts with ``_`` are helpers, not commands.
+
+The CLI's table, ``infoview <command> --help``, and what ``launch`` does with
+a command (one process per GPU or a single process; requeue and resume on
+pre-emption, or not) all derive from these declarations.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable, Sequence
+
+from infoview.config import DELETE, did_you_mean, parse_overrides, read_yaml, resolve
+from infoview.errors import InfoviewError
+
+
+@dataclass(frozen=True)
+class Command:
+    """What a command declares about itself.
+
+    - ``help``: the one line ``infoview --help`` shows;
+    - ``distributed``: runs one process per GPU under torch.distributed; a
+      command that is not is launched as a single task, and asking ``launch``
+      for more tasks or nodes is an error;
+    - ``resume``: the ``key=value`` that makes a re-run continue where a
+      stopped run left off (``train.resume=auto``), or None when the command
+      cannot resume: a pre-empted job of such a command is not requeued;
+    - ``save_on_preempt``: called in the job's first task when SLURM signals
+      pre-emption or the time limit; saves the run's state and returns a
+      line saying what was saved (or None);
+    - ``check_launch``: checks a job's effective config before anything is
+      submitted (a pretraining run that could not resume, say);
+    - ``positional``: keys filled by positional arguments (``prepare SRC OUT``);
+    - ``open_sections``: sections whose keys the command checks itself;
+    - ``section_resets``: ``{key: section}``, a key whose change starts its
+      section afresh (``objective.name`` -> ``objective``);
+    - ``usage``: the usage line, when the default one does not fit.
+    """
+
+    help: str
+    distributed: bool = False
+    resume: str | None = None
+    save_on_preempt: Callable[[], str | None] | None = None
+    check_launch: Callable[[Any], None] | None = None
+    positional: tuple[str, ...] = ()
+    open_sections: tuple[str, ...] = ()
+    section_resets: dict[str, str] = field(default_factory=dict)
+    usage: str | None = None
+
+
+def _command_name(module: str) -> str:
+    return module.rstrip("_").replace("_", "-")
+
+
+def _modules() -> dict[str, str]:
+    """``{command: module name}`` for the modules of this package (``_``-prefixed ones are helpers)."""
+    return {_command_name(m.name): m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+
+
+def module_name(command: str) -> str:
+    """``mi-bench`` -> ``infoview.commands.mi_bench``; ``list`` -> ``infoview.commands.list_``."""
+    return f"{__name__}.{_modules()[command]}"
+
+
+def names() -> list[str]:
+    """Every command, sorted."""
+    return sorted(_modules())
+
+
+def load_command(name: str) -> ModuleType:
+    """The module of command ``name``; an unknown name is an error naming the nearest."""
+    modules = _modules()
+    if name not in modules:
+        valid = sorted(modules)
+        raise InfoviewError(f"unknown command '{name}'" + did_you_mean(name, valid) + " Commands: " + ", ".join(valid))
+    return importlib.import_module(f"{__name__}.{modules[name]}")
+
+
+def spec(name: str) -> Command:
+    """What command ``name`` declares (:class:`Command`)."""
+    return load_command(name).COMMAND
+
+
+def _split_config_flag(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``--config FILE`` / ``--config=FILE`` out of the arguments: (file or None, the rest)."""
+    config_file, rest, i = None, [], 0
+    args = list(args)
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config":
+            if i + 1 >= len(args):
+                raise InfoviewError("--config needs a file name")
+            config_file = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config_file = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return config_file, rest
+
+
+def _overrides(name: str, command: Command, rest: list[str]) -> dict:
+    """The ``key=value``, ``~key`` and positional arguments as one overrides dict."""
+    deletions = [a for a in rest if a.startswith("~") and "=" not in a]  # ~key removes a key
+    overrides_raw = [a for a in rest if "=" in a and not a.startswith("-")]
+    positional = [a for a in rest if a not in overrides_raw and a not in deletions]
+    flags = [a for a in positional if a.startswith("-")]
+    if flags:
+        raise InfoviewError(f"unknown option {flags[0]} for '{name}'; see `infoview {name} --help`")
+    names_ = list(command.positional)
+    if len(positional) > len(names_):
+        extra = positional[len(names_):]
+        raise InfoviewError(
+            f"'{name}' takes {len(names_)} positional argument(s) "
+            f"({' '.join(p.upper() for p in names_) or 'none'}), got extra: {' '.join(extra)}; "
+            "settings are written key=value"
+        )
+    overrides = parse_overrides(overrides_raw)
+    for key, value in zip(names_, positional):
+        overrides[key] = value
+    for item in deletions:
+        if not item[1:].strip():
+            raise InfoviewError(f"'{item}': write ~<key> to remove a key, e.g. ~objective.alpha")
+        overrides[item[1:].strip()] = DELETE
+    return overrides
+
+
+def build_config(name: str, args: Sequence[str]):
+    """Parse a command's arguments into ``(module, effective config)``."""
+    module = load_command(name)
+    command: Command = module.COMMAND
+    config_file, rest = _split_config_flag(args)
+    overrides = _overrides(name, command, rest)
+    notes: list[str] = []
+    cfg = resolve(
+        module.DEFAULTS,
+        read_yaml(config_file) if config_file else None,
+        overrides,
+        open_sections=command.open_sections,
+        source=config_file or "",
+        resets=command.section_resets or None,
+        notes=notes,
+    )
+    for note in notes:
+        print(f"infoview {name}: {note}", file=sys.stderr)
+    missing = [p for p in command.positional if cfg.get(p) in (None, "")]
+    if missing:
+        raise InfoviewError(f"'{name}' needs {' '.join(m.upper() for m in missing)}; see `infoview {name} --help`")
+    return module, cfg

@@ -1,0 +1,44 @@
+"""Export a pretrained backbone: `infoview export CKPT OUT_DIR [format=timm|torchvision] [overwrite=true]`.
+
+Writes the encoder of a pretraining checkpoint (CKPT: a checkpoint file, or
+a run folder holding checkpoints/last.pt), without projector, probe, momentum
+encoder or optimiser, to OUT_DIR:
+
+- model.safetensors: the backbone's weights alone, the state_dict of the timm
+  model (num_classes=0) with timm's key names (format=timm), or with
+  torchvision's ResNet key names (format=torchvision: torchvision's resnet18,
+  resnet34, resnet50, ... then load it with only fc.* missing);
+- config.json: the timm arch and the kwargs that rebuild it, cifar_stem,
+  img_size, the feature dim, the input size and normalisation mean/std, the
+  pretraining config, the checkpoint's metrics, the source checkpoint and its
+  step, provenance, and (format=timm) a timm pretrained_cfg block.
+
+Both files are written atomically (a temp name, then a rename; config.json
+last, with the weights' sha256). OUT_DIR must be empty or new unless
+overwrite=true.
+
+Load it back with infoview.runtime.export.load_backbone(OUT_DIR) (a timm model with
+the exported weights), with backbone=OUT_DIR in any evaluator, or, for a
+standard stem, with plain timm:
+  timm.create_model(arch, pretrained=True, num_classes=0, **timm_kwargs,
+                    pretrained_cfg_overlay=dict(file="OUT_DIR/model.safetensors"))
+A CIFAR stem (cifar_stem=true on a ResNet) is not something timm.create_model
+can rebuild: config.json says so (plain_timm_loadable: false) and
+load_backbone handles it.
+
+Example: infoview export runs/demo runs/demo/export
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from infoview.commands import Command
+
+DEFAULTS: dict[str, Any] = {"ckpt": "", "out": "", "format": "timm", "overwrite": False}
+COMMAND = Command(help="Export a checkpoint's backbone: model.safetensors (timm key names) + config.json.", positional=("ckpt", "out"))
+
+
+def run(cfg) -> dict:
+    from infoview.runtime.export import export_backbone
+
+    return export_backbone(cfg.ckpt, cfg.out, format=cfg.format, overwrite=cfg.overwrite)

@@ -1,0 +1,41 @@
+"""Linear evaluation of a frozen encoder: `infoview linear backbone=... data.source=...`.
+
+Features of the train and test splits are extracted once from the frozen
+encoder (BN in eval mode, images centre-cropped and resized to the size the
+encoder was pretrained at, normalised as in pretraining); a linear classifier
+is trained on the cached train features with SGD and a cosine schedule for
+train.epochs, and top-1 / top-5 on the test split are written to
+OUT/linear.json and printed. With augment=true the classifier trains instead,
+every epoch, on features of fresh random-resized-crop + flip views of the
+train images (the encoder stays frozen; slower: one encoder pass per image
+per epoch); standardisation and the test split use the un-augmented features.
+
+{frozen}
+
+Example: infoview linear backbone=runs/demo data.source=digits out_dir=runs/demo/linear
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from infoview.commands import Command
+from infoview.commands._frozen import FROZEN_DATA, FROZEN_HELP
+
+__doc__ = __doc__.replace("{frozen}", FROZEN_HELP.format(command="linear", result="linear.json"))
+
+DEFAULTS: dict[str, Any] = {
+    "out_dir": "",
+    "overwrite": False,
+    "backbone": "",
+    "augment": False,
+    "data": dict(FROZEN_DATA),
+    "train": {"epochs": 100, "lr": 0.1, "batch_size": 256, "weight_decay": 0.0, "seed": 0, "device": "auto",
+              "progress": True},
+}
+COMMAND = Command(help="Linear probe of a frozen encoder (a checkpoint, or random:<...> for the baseline): top-1/top-5.")
+
+
+def run(cfg) -> dict:
+    from infoview.eval.linear import run as work
+
+    return work(cfg)

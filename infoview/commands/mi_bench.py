@@ -1,0 +1,76 @@
+"""The Gaussian MI staircase: how much mutual information does each bound certify?
+
+x and y are standard normal vectors in R^dim with y = rho * x + sqrt(1 - rho^2) * eps,
+so the true MI is -(dim / 2) * log(1 - rho^2) nats. rho is set so that the true MI
+steps through `levels` (2, 4, 6, 8, 10 nats by default), `steps_per_level` steps each.
+One critic per estimator is trained with Adam on fresh batches of `batch_size`
+pairs, continuing from level to level. Each step the critic scores every (x_i, y_j)
+pair of the batch; the diagonal holds the positives and the rest of each row its
+negatives (objectives.matrix_pairs), the objective turns them into a loss and an MI
+lower bound, and the bound is recorded. Every critic starts from the same weights
+and sees the same batches, so differences between estimators come from the
+objectives alone. InfoNCE can never certify more than log(batch_size) nats.
+
+critic=separable scores g(x)^T h(y) with two MLPs (embedding `embed_dim`);
+critic=concat scores f([x, y]) with one MLP over all batch_size^2 pairs (slower).
+The MLPs have `layers` hidden layers of `hidden` ReLU units (2 x 256).
+
+estimators: objective names, comma separated. `name:key=value[:key=value]` (or
+`name(key=value)`) sets an objective's parameters, so one run can compare several:
+`estimators=infonce,ml_cpc:alpha=0.1,ml_cpc:alpha=0.01`; the result is keyed
+`ml_cpc(alpha=0.1)`. A plain `ml_cpc` takes its alpha from the `alpha` key.
+
+What is recorded is each objective's `.mi`, a certified lower bound. Where an
+objective trains on a value that is not a bound (ML-CPC with alpha below its
+floor, Ring's restricted value), that value is recorded too, apart and
+labelled an estimate: `ml_cpc:alpha=0.0001` trains its critic at alpha = 1e-4
+and certifies J at the floor on the same scores.
+
+Writes to out_dir: results.json ({"batch_size", "levels", "estimates": {estimator:
+[mean of its certified bound over the last quarter of each level]},
+"uncertified": {estimator: [the same for its training value, not a bound]},
+"ceilings": {estimator: the most its bound can read}, ...}), estimates.csv
+(every step; uncertified values in columns "<estimator> [estimate]"),
+mi_bench.png (bounds against step, solid; estimates dashed; true MI, log m and
+ML-CPC's ceiling at the floor) and config.yaml.
+
+threads: CPU threads for torch. 1 (the default) is the fastest for these small
+critics on a shared machine: with 2 threads on 2 busy cores a run was 5-17x
+slower. 0 keeps torch's default (one per core).
+
+alpha: `floor` by default, ML-CPC's smallest valid alpha for an n x n matrix,
+n / (n (n - 1) + 1) (0.0159 at batch 64, ceiling log 4033 = 8.30 nats); or a
+number. See docs/mi_bench.md and docs/objectives.md.
+
+Example: infoview mi-bench out_dir=runs/mi_bench steps_per_level=1000
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from infoview.commands import Command
+
+DEFAULTS: dict[str, Any] = {
+    "out_dir": "runs/mi_bench",
+    "estimators": ["infonce", "ml_cpc", "ml_cpc:alpha=0.0001", "nwj", "js"],
+    "alpha": "floor",
+    "levels": [2, 4, 6, 8, 10],
+    "dim": 20,
+    "steps_per_level": 4000,
+    "batch_size": 64,
+    "critic": "separable",
+    "hidden": 256,
+    "layers": 2,
+    "embed_dim": 32,
+    "lr": 5e-4,
+    "seed": 0,
+    "device": "auto",
+    "threads": 1,
+}
+COMMAND = Command(help='Train critics on the Gaussian MI staircase and compare what each bound certifies.', distributed=False)
+
+
+def run(cfg) -> dict | None:
+    from infoview.eval.mi_bench import run as work
+
+    return work(cfg)

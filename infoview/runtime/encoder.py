@@ -1,0 +1,53 @@
+"""The encoder a config or a pretraining checkpoint describes: one builder for pretraining, export and evaluators."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from infoview.errors import InfoviewError
+from infoview.models import build_encoder
+from infoview.runtime.checkpoint import load_checkpoint
+
+
+def build_encoder_from_config(model_cfg, size: int):
+    """The encoder a config's ``model`` section describes at input size ``size``."""
+    kwargs = dict(model_cfg.get("kwargs") or {})
+    return build_encoder(model_cfg["arch"], cifar_stem=bool(model_cfg["cifar_stem"]), img_size=int(size), **kwargs)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or the file a run folder holds (``checkpoints/last.pt`` or ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("checkpoints/last.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+    return path
+
+
+def encoder_from_checkpoint(path: str | os.PathLike, trained: bool = True, state: dict | None = None):
+    """``(Encoder, checkpoint state)``: the encoder a pretraining checkpoint describes.
+
+    ``trained=True`` loads the checkpoint's encoder weights; ``trained=False``
+    rebuilds the weights the run started from (global RNG seeded with the
+    run's ``train.seed``, as pretraining did). Missing, empty or truncated
+    files are the errors of :func:`infoview.runtime.checkpoint.load_checkpoint`.
+    """
+    path = Path(path)
+    if state is None:
+        state = load_checkpoint(path)
+    cfg = state["config"]
+    torch.manual_seed(int(cfg["train"]["seed"]))  # what the pretraining run started from
+    encoder = build_encoder_from_config(cfg["model"], int(cfg["augment"]["size"]))
+    if trained:
+        prefix = "encoder."
+        weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+        missing, unexpected = encoder.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise InfoviewError(
+                f"checkpoint {path}: encoder weights do not fit {encoder.arch} "
+                f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+            )
+    return encoder, state
