@@ -48,7 +48,7 @@ def images_per_second(loader, batches: int, warmup: int) -> tuple[float, int]:
     return seen / (time.perf_counter() - start), seen
 
 
-def main(argv=None) -> dict:
+def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="ImageFolder root (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="loader workers, both loaders")
@@ -62,27 +62,15 @@ def main(argv=None) -> dict:
     )
     p.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "infoview-bench"))
     p.add_argument("--skip-pytorch-backend", action="store_true", help="time only ffcv and the baseline")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    import torch
-    from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
 
-    from infoview.data import BetonFile, build_loader, open_source, write_beton
+def prepare_betons(data: Path, modes: list[str], cache: Path, workers: int) -> tuple[dict, dict]:
+    """The .beton files: prepared once per (folder, write mode), then reused; not timed. Also the seconds of each
+    one prepared now."""
+    from infoview.data import BetonFile, open_source, write_beton
     from infoview.errors import InfoviewError
 
-    data = Path(args.data).expanduser().resolve()
-    if not data.is_dir():
-        raise SystemExit(f"benchmarks/loader.py: no image folder at {data}; pass --data")
-    load_before = os.getloadavg()
-
-    modes = [m.strip() for m in args.write_modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ("raw", "jpg", "smart")]
-    if not modes or bad:
-        raise SystemExit(f"benchmarks/loader.py: --write-modes takes raw, jpg, smart; got {args.write_modes}")
-
-    # the .beton files: prepared once per (folder, write mode), then reused; not timed
-    cache = Path(args.cache_dir)
     betons, prepare_seconds = {}, {}
     for mode in modes:
         beton = cache / f"{data.parent.name}_{data.name}_{mode}.beton"
@@ -90,10 +78,20 @@ def main(argv=None) -> dict:
             BetonFile(beton)
         except InfoviewError:
             summary = write_beton(
-                open_source(f"folder:{data}"), beton, write_mode=mode, overwrite=True, num_workers=args.workers
+                open_source(f"folder:{data}"), beton, write_mode=mode, overwrite=True, num_workers=workers
             )
             prepare_seconds[mode] = summary["seconds"]
         betons[mode] = beton
+    return betons, prepare_seconds
+
+
+def time_loaders(data: Path, betons: dict, args: argparse.Namespace) -> tuple[float, float | None, dict, int]:
+    """Images per second of the baseline, of our PyTorch backend (None with --skip-pytorch-backend) and of ffcv
+    on each .beton; and how many images ffcv's passes timed."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from infoview.data import build_loader
 
     baseline_ds = datasets.ImageFolder(str(data), transform=transforms.PILToTensor())
     baseline = DataLoader(
@@ -118,6 +116,26 @@ def main(argv=None) -> dict:
         )
         ffcv_rates[mode], ffcv_n = images_per_second(loader, args.batches, args.warmup)
         del loader
+    return base_rate, ours_rate, ffcv_rates, ffcv_n
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+
+    import torch
+
+    data = Path(args.data).expanduser().resolve()
+    if not data.is_dir():
+        raise SystemExit(f"benchmarks/loader.py: no image folder at {data}; pass --data")
+    load_before = os.getloadavg()
+
+    modes = [m.strip() for m in args.write_modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("raw", "jpg", "smart")]
+    if not modes or bad:
+        raise SystemExit(f"benchmarks/loader.py: --write-modes takes raw, jpg, smart; got {args.write_modes}")
+
+    betons, prepare_seconds = prepare_betons(data, modes, Path(args.cache_dir), args.workers)
+    base_rate, ours_rate, ffcv_rates, ffcv_n = time_loaders(data, betons, args)
     head = modes[0]
 
     result = {

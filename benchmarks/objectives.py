@@ -162,7 +162,7 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b > 0.05 else None
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--rows", type=int, nargs="+", default=[4096, 16384], help="N = 2B rows")
@@ -175,11 +175,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="without lightly: ours only, no NT-Xent value check (lightly: null in the output)")
     ap.add_argument("--no-env-tuning", action="store_true")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.child:
-        name, b, d, t = args.child
-        peak_memory_child(name, int(b), int(d), float(t))
-        return
+    return ap.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace):
+    """Fill in --contenders and check the request (exit on bad input); lightly, imported, or None under --no-peer."""
     if args.contenders is None:
         args.contenders = [c for c in CONTENDERS if not (args.no_peer and c == "lightly_ntxent")]
     if args.no_peer and "lightly_ntxent" in args.contenders:
@@ -195,28 +195,32 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("error: --device cuda, but torch sees no CUDA device")
     if any(n % 2 or n < 4 for n in args.rows):
         sys.exit(f"error: --rows must be even numbers >= 4 (N = 2B), got {args.rows}")
+    return lightly
 
-    results = {}
-    values = None if args.no_peer else check_values(args.rows[0] // 2, args.dim, args.temperature, args.device)
-    for n in args.rows:
-        b = n // 2
-        print(f"N = {n}: timing {len(args.contenders)} contenders x {args.repeats}", file=sys.stderr, flush=True)
-        fns = {c: make_loss(c, args.temperature) for c in args.contenders}
-        z0, z1 = inputs(b, args.dim, args.device)
-        times: dict[str, list[float]] = {c: [] for c in args.contenders}
-        for c in args.contenders:
-            one_pass(fns[c], z0, z1, args.device)  # warm-up
-        for _ in range(args.repeats):
-            for c in args.contenders:
-                times[c].append(one_pass(fns[c], z0, z1, args.device))
-        del fns, z0, z1
-        row = {}
-        for c in args.contenders:
-            print(f"N = {n}: peak memory of {c}", file=sys.stderr, flush=True)
-            row[c] = {"ms": 1000 * statistics.median(times[c]),
-                      "peak_mib": peak_memory(c, b, args.dim, args.temperature, args.device)}
-        results[str(n)] = row
 
+def measure(n: int, args: argparse.Namespace) -> dict:
+    """Time (median ms) and peak memory (MiB) of every contender at N = ``n`` rows."""
+    b = n // 2
+    print(f"N = {n}: timing {len(args.contenders)} contenders x {args.repeats}", file=sys.stderr, flush=True)
+    fns = {c: make_loss(c, args.temperature) for c in args.contenders}
+    z0, z1 = inputs(b, args.dim, args.device)
+    times: dict[str, list[float]] = {c: [] for c in args.contenders}
+    for c in args.contenders:
+        one_pass(fns[c], z0, z1, args.device)  # warm-up
+    for _ in range(args.repeats):
+        for c in args.contenders:
+            times[c].append(one_pass(fns[c], z0, z1, args.device))
+    del fns, z0, z1
+    row = {}
+    for c in args.contenders:
+        print(f"N = {n}: peak memory of {c}", file=sys.stderr, flush=True)
+        row[c] = {"ms": 1000 * statistics.median(times[c]),
+                  "peak_mib": peak_memory(c, b, args.dim, args.temperature, args.device)}
+    return row
+
+
+def target_checks(results: dict) -> dict:
+    """Each target's time and memory ratios (rounded) and whether both are met."""
     checks = {}
     for n, row in results.items():
         inf = row.get("infonce")
@@ -236,6 +240,22 @@ def main(argv: list[str] | None = None) -> None:
         ratios = (check["time"], check["memory"])
         check["met"] = None not in ratios and all(r <= check["target"] for r in ratios)
         check["time"], check["memory"] = (None if r is None else round(r, 3) for r in ratios)
+    return checks
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        name, b, d, t = args.child
+        peak_memory_child(name, int(b), int(d), float(t))
+        return
+    lightly = check_args(args)
+
+    results = {}
+    values = None if args.no_peer else check_values(args.rows[0] // 2, args.dim, args.temperature, args.device)
+    for n in args.rows:
+        results[str(n)] = measure(n, args)
+    checks = target_checks(results)
     for row in results.values():
         for r in row.values():
             r["ms"], r["peak_mib"] = round(r["ms"], 1), round(r["peak_mib"], 1)

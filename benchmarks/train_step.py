@@ -256,7 +256,7 @@ def device_name(device: torch.device) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=None,
                     help="preset name (configs/) or YAML path; default demo, or engine defaults with --case")
@@ -279,6 +279,88 @@ def main(argv: list[str] | None = None) -> dict:
     for item in args.overrides:
         if "=" not in item:
             ap.error(f"--set takes key=value, got '{item}'")
+    return args
+
+
+def time_passes(trainer, steps: int, warmup: int, repeats: int) -> tuple[list[float], ...]:
+    """The interleaved passes (M, P, M, ...): seconds and peak memory of each, model only and pipeline."""
+    batches = endless(trainer.loader)  # one batch for the model-only passes
+    images, labels = next(batches)
+    batches.close()
+    images_cpu, labels_cpu = images.cpu(), labels.cpu()
+    del images, labels
+    model_s, model_peaks, pipe_s, pipe_peaks = [], [], [], []
+
+    def model_pass():
+        s, peak = time_model_only(trainer, images_cpu, labels_cpu, steps, warmup)
+        model_s.append(s)
+        model_peaks.append(peak)
+        log(f"  model only: {trainer.global_batch * steps / s:9.1f} img/s ({s:.2f} s)")
+
+    model_pass()
+    for _ in range(repeats):
+        s, peak = time_pipeline(trainer, steps, warmup)
+        pipe_s.append(s)
+        pipe_peaks.append(peak)
+        log(f"  pipeline:   {trainer.global_batch * steps / s:9.1f} img/s ({s:.2f} s)")
+        model_pass()
+    return model_s, model_peaks, pipe_s, pipe_peaks
+
+
+def result(args, cfg, trainer, timings: tuple[list[float], ...], preset: str | None, overrides: list[str],
+           record: dict, load_before: tuple[float, ...]) -> dict:
+    """The JSON line: images per second of both kinds of pass, their ratio, peak memory, and the setup."""
+    model_s, model_peaks, pipe_s, pipe_peaks = timings
+    device = trainer.device
+    n = trainer.global_batch * args.steps
+    model_runs = [n / s for s in model_s]
+    pipe_runs = [n / s for s in pipe_s]
+    model_ips = statistics.mean(model_runs)
+    pipe_ips = statistics.mean(pipe_runs)
+    ratio = pipe_ips / model_ips
+    loader = trainer.loader
+    return {
+        "benchmark": "train_step",
+        "case": args.case or "custom",
+        "device": device_name(device),
+        "arch": str(cfg.model.arch),
+        "size": int(cfg.augment.size),
+        "global_batch": trainer.global_batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "pipeline_img_per_s": round(pipe_ips, 1),
+        "model_only_img_per_s": round(model_ips, 1),
+        "ratio": round(ratio, 3),
+        "data_share": round(1 - ratio, 3),
+        "pipeline_runs_img_per_s": [round(x, 1) for x in pipe_runs],
+        "model_only_runs_img_per_s": [round(x, 1) for x in model_runs],
+        # CPU: max RSS only grows, so model only is read after the first pass (before any pipeline pass)
+        "peak_mem_mb_pipeline": round(max(pipe_peaks) if device.type == "cuda" else pipe_peaks[-1], 1),
+        "peak_mem_mb_model_only": round(max(model_peaks) if device.type == "cuda" else model_peaks[0], 1),
+        "peak_mem_kind": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+                          "process max RSS (getrusage; never reset: model only after the first pass, pipeline "
+                          "the max over all; loader worker processes not included)"),
+        "loader_backend": f"{loader.backend} ({getattr(loader, 'num_workers', 0)} workers)",
+        "data": str(cfg.data.source) + (f" repeated x{record['repeat']}" if "repeat" in record else ""),
+        "loader_resolution": loader.resolution,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "views": f"{cfg.augment.recipe}, {len(trainer.views.specs)} views, {cfg.augment.backend} backend",
+        "precision": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
+        "channels_last": trainer.channels_last,
+        "compile": bool(cfg.train.compile),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_cores": os.cpu_count(),
+        "env": {k: os.environ.get(k) for k in TUNED_ENV},
+        "load_avg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "preset": preset,
+        "config": overrides,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
 
     from infoview.commands import build_config
     from infoview.errors import InfoviewError
@@ -302,82 +384,15 @@ def main(argv: list[str] | None = None) -> dict:
         except InfoviewError as exc:
             raise SystemExit(f"benchmarks/train_step.py: {exc}") from None
         try:
-            device = trainer.device
             trainer.method.train()
             log(f"train_step: {cfg.model.arch} at {cfg.augment.size} px, global batch {trainer.global_batch}, "
-                f"{cfg.data.source}, {trainer.loader!r}, on {device_name(device)}")
-
-            batches = endless(trainer.loader)  # one batch for the model-only passes
-            images, labels = next(batches)
-            batches.close()
-            images_cpu, labels_cpu = images.cpu(), labels.cpu()
-            del images, labels
-
-            model_s, model_peaks, pipe_s, pipe_peaks = [], [], [], []
-
-            def model_pass():
-                s, peak = time_model_only(trainer, images_cpu, labels_cpu, args.steps, args.warmup)
-                model_s.append(s)
-                model_peaks.append(peak)
-                log(f"  model only: {trainer.global_batch * args.steps / s:9.1f} img/s ({s:.2f} s)")
-
-            model_pass()
-            for _ in range(args.repeats):
-                s, peak = time_pipeline(trainer, args.steps, args.warmup)
-                pipe_s.append(s)
-                pipe_peaks.append(peak)
-                log(f"  pipeline:   {trainer.global_batch * args.steps / s:9.1f} img/s ({s:.2f} s)")
-                model_pass()
+                f"{cfg.data.source}, {trainer.loader!r}, on {device_name(trainer.device)}")
+            timings = time_passes(trainer, args.steps, args.warmup, args.repeats)
         except NonFiniteLoss as exc:
             raise SystemExit(f"benchmarks/train_step.py: {exc}") from None
         finally:
             D.teardown()
-
-        n = trainer.global_batch * args.steps
-        model_runs = [n / s for s in model_s]
-        pipe_runs = [n / s for s in pipe_s]
-        model_ips = statistics.mean(model_runs)
-        pipe_ips = statistics.mean(pipe_runs)
-        ratio = pipe_ips / model_ips
-        loader = trainer.loader
-        out = {
-            "benchmark": "train_step",
-            "case": args.case or "custom",
-            "device": device_name(device),
-            "arch": str(cfg.model.arch),
-            "size": int(cfg.augment.size),
-            "global_batch": trainer.global_batch,
-            "steps": args.steps,
-            "warmup": args.warmup,
-            "repeats": args.repeats,
-            "pipeline_img_per_s": round(pipe_ips, 1),
-            "model_only_img_per_s": round(model_ips, 1),
-            "ratio": round(ratio, 3),
-            "data_share": round(1 - ratio, 3),
-            "pipeline_runs_img_per_s": [round(x, 1) for x in pipe_runs],
-            "model_only_runs_img_per_s": [round(x, 1) for x in model_runs],
-            # CPU: max RSS only grows, so model only is read after the first pass (before any pipeline pass)
-            "peak_mem_mb_pipeline": round(max(pipe_peaks) if device.type == "cuda" else pipe_peaks[-1], 1),
-            "peak_mem_mb_model_only": round(max(model_peaks) if device.type == "cuda" else model_peaks[0], 1),
-            "peak_mem_kind": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
-                              "process max RSS (getrusage; never reset: model only after the first pass, pipeline "
-                              "the max over all; loader worker processes not included)"),
-            "loader_backend": f"{loader.backend} ({getattr(loader, 'num_workers', 0)} workers)",
-            "data": str(cfg.data.source) + (f" repeated x{record['repeat']}" if "repeat" in record else ""),
-            "loader_resolution": loader.resolution,
-            "steps_per_epoch": trainer.steps_per_epoch,
-            "views": f"{cfg.augment.recipe}, {len(trainer.views.specs)} views, {cfg.augment.backend} backend",
-            "precision": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
-            "channels_last": trainer.channels_last,
-            "compile": bool(cfg.train.compile),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "cpu_cores": os.cpu_count(),
-            "env": {k: os.environ.get(k) for k in TUNED_ENV},
-            "load_avg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-            "preset": preset,
-            "config": overrides,
-        }
+        out = result(args, cfg, trainer, timings, preset, overrides, record, load_before)
     print(json.dumps(out), flush=True)
     return out
 

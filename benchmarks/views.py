@@ -111,7 +111,7 @@ def time_peer(loader) -> float:
     return time.perf_counter() - t
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (ours only; the peer runs on CPU workers)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
@@ -127,73 +127,93 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also time infoview's kornia backend (kornia's augmentation modules)")
     ap.add_argument("--no-peer", action="store_true",
                     help="time ours only, without lightly (peer figures and ratio are null in the output)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    lightly = SimCLRTransform = None
-    if not args.no_peer:
-        try:
-            import lightly
-            from lightly.transforms import SimCLRTransform
-        except ImportError:
-            sys.exit("error: this benchmark compares against lightly's SimCLRTransform: pip install lightly "
-                     "(or pass --no-peer to time ours alone)")
+
+def peer_transform(no_peer: bool):
+    """lightly and its SimCLRTransform; (None, None) under --no-peer."""
+    if no_peer:
+        return None, None
+    try:
+        import lightly
+        from lightly.transforms import SimCLRTransform
+    except ImportError:
+        sys.exit("error: this benchmark compares against lightly's SimCLRTransform: pip install lightly "
+                 "(or pass --no-peer to time ours alone)")
+    return lightly, SimCLRTransform
+
+
+def images_per_size(sizes: list[int], images: list[int] | None) -> list[int]:
+    """--images as one value per size: the default, or one value repeated."""
+    n_list = images or [4096 if s <= 64 else 1024 for s in sizes]
+    if len(n_list) == 1:
+        n_list = n_list * len(sizes)
+    if len(n_list) != len(sizes):
+        sys.exit("error: give one --images value, or one per --sizes value")
+    return n_list
+
+
+def time_size(size: int, pil: list, args: argparse.Namespace, device: torch.device, peer_cls) -> dict:
+    """Views per second at ``size`` px on the images ``pil``: ours, the peer's (``peer_cls``), kornia's if asked."""
     from PIL import Image
 
     from infoview.augment import build_views
 
+    n = len(pil)
+    if size != pil[0].size[0]:
+        pil = [im.resize((size, size), Image.BICUBIC) for im in pil]
+    u8 = to_uint8_batch(pil).to(device)
+    blur = 0.5 if size > 32 else 0.0
+    ours = build_views("simclr", size, seed=0)
+    kornia_views = build_views("simclr", size, seed=0, backend="kornia") if args.with_kornia else None
+    loader = None
+    if peer_cls is not None:
+        peer = peer_cls(input_size=size, cj_strength=0.5, gaussian_blur=blur)
+        loader = torch.utils.data.DataLoader(
+            _PILDataset(pil, peer), batch_size=args.batch, num_workers=args.workers,
+            persistent_workers=args.workers > 0, shuffle=False,
+        )
+    # warm up: worker start-up, allocator, oneDNN/cuDNN kernel choice
+    time_ours(ours, u8[: args.batch], args.batch, device)
+    if loader is not None:
+        time_peer(loader)
+    t_ours, t_peer, t_kornia = [], [], []
+    for r in range(args.repeats):
+        t_ours.append(time_ours(ours, u8, args.batch, device))
+        if loader is not None:
+            t_peer.append(time_peer(loader))
+        if kornia_views is not None:
+            t_kornia.append(time_ours(kornia_views, u8, args.batch, device))
+        log(f"{size}px pass {r + 1}/{args.repeats}: ours {t_ours[-1]:.2f}s"
+            + (f"  peer {t_peer[-1]:.2f}s" if t_peer else "")
+            + (f"  kornia {t_kornia[-1]:.2f}s" if t_kornia else ""))
+    del loader
+    ours_vps = 2 * n / statistics.median(t_ours)
+    peer_vps = 2 * n / statistics.median(t_peer) if t_peer else None
+    row = {
+        "images": n,
+        "ours_views_per_s": round(ours_vps, 1),
+        "peer_views_per_s": round(peer_vps, 1) if peer_vps else None,
+        "ratio": round(ours_vps / peer_vps, 2) if peer_vps else None,
+    }
+    if t_kornia:
+        row["ours_kornia_backend_views_per_s"] = round(2 * n / statistics.median(t_kornia), 1)
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    lightly, SimCLRTransform = peer_transform(args.no_peer)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but torch sees no CUDA device")
-    n_list = args.images or [4096 if s <= 64 else 1024 for s in args.sizes]
-    if len(n_list) == 1:
-        n_list = n_list * len(args.sizes)
-    if len(n_list) != len(args.sizes):
-        sys.exit("error: give one --images value, or one per --sizes value")
+    n_list = images_per_size(args.sizes, args.images)
 
     cifar = load_images(args.data, max(n_list))
     load_before = os.getloadavg()
     results = {}
     for size, n in zip(args.sizes, n_list):
-        pil = cifar[:n]
-        if size != pil[0].size[0]:
-            pil = [im.resize((size, size), Image.BICUBIC) for im in pil]
-        u8 = to_uint8_batch(pil).to(device)
-        blur = 0.5 if size > 32 else 0.0
-        ours = build_views("simclr", size, seed=0)
-        kornia_views = build_views("simclr", size, seed=0, backend="kornia") if args.with_kornia else None
-        loader = None
-        if SimCLRTransform is not None:
-            peer = SimCLRTransform(input_size=size, cj_strength=0.5, gaussian_blur=blur)
-            loader = torch.utils.data.DataLoader(
-                _PILDataset(pil, peer), batch_size=args.batch, num_workers=args.workers,
-                persistent_workers=args.workers > 0, shuffle=False,
-            )
-        # warm up: worker start-up, allocator, oneDNN/cuDNN kernel choice
-        time_ours(ours, u8[: args.batch], args.batch, device)
-        if loader is not None:
-            time_peer(loader)
-        t_ours, t_peer, t_kornia = [], [], []
-        for r in range(args.repeats):
-            t_ours.append(time_ours(ours, u8, args.batch, device))
-            if loader is not None:
-                t_peer.append(time_peer(loader))
-            if kornia_views is not None:
-                t_kornia.append(time_ours(kornia_views, u8, args.batch, device))
-            log(f"{size}px pass {r + 1}/{args.repeats}: ours {t_ours[-1]:.2f}s"
-                + (f"  peer {t_peer[-1]:.2f}s" if t_peer else "")
-                + (f"  kornia {t_kornia[-1]:.2f}s" if t_kornia else ""))
-        del loader
-        ours_vps = 2 * n / statistics.median(t_ours)
-        peer_vps = 2 * n / statistics.median(t_peer) if t_peer else None
-        row = {
-            "images": n,
-            "ours_views_per_s": round(ours_vps, 1),
-            "peer_views_per_s": round(peer_vps, 1) if peer_vps else None,
-            "ratio": round(ours_vps / peer_vps, 2) if peer_vps else None,
-        }
-        if t_kornia:
-            row["ours_kornia_backend_views_per_s"] = round(2 * n / statistics.median(t_kornia), 1)
-        results[str(size)] = row
+        results[str(size)] = time_size(size, cifar[:n], args, device, SimCLRTransform)
 
     out = {
         "benchmark": "views",
