@@ -52,10 +52,9 @@ def objectives() -> list[str]:
 
 
 def methods() -> list[str]:
-    from infoview.pretrain.methods import METHODS, MoCo, SimCLR
+    from infoview.pretrain.methods import available_methods, get_method
 
-    docs = {"simclr": SimCLR.__doc__, "moco": MoCo.__doc__}
-    return [f"{m:<8} {_first_line(docs.get(m))}" for m in METHODS]
+    return [f"{m:<8} {_first_line(get_method(m).__doc__)}" for m in available_methods()]
 
 
 def sources() -> list[str]:

@@ -37,7 +37,7 @@ from typing import Any
 
 from infoview.commands import Command
 
-DEFAULTS: dict[str, Any] = {
+_KEYS: dict[str, Any] = {
     "out_dir": "runs/pretrain",
     "method": "simclr",
     "data": {
@@ -66,11 +66,6 @@ DEFAULTS: dict[str, Any] = {
         "sync_bn": False,
     },
     "objective": {"name": "infonce"},
-    "simclr": {"temperature": 0.2},
-    # MoCo v2's: momentum 0.999 constant (momentum_final null), one query view; bn=auto is shuffle under
-    # DDP and split BatchNorm on one process
-    "moco": {"temperature": 0.2, "queue_size": 65536, "momentum": 0.999, "momentum_final": None, "bn": "auto",
-             "bn_splits": 8, "symmetric": False},
     "optim": {
         "name": "sgd",
         "lr": 0.3,
@@ -106,6 +101,21 @@ OPEN_SECTIONS = ("objective", "model.kwargs", "augment.overrides")
 # a new objective or architecture does not inherit the old one's keys (ml_cpc's alpha under ring, a ResNet's
 # channels under a ViT); the ones dropped are named on stderr
 SECTION_RESETS = {"objective.name": "objective", "model.arch": "model.kwargs", "augment.recipe": "augment.overrides"}
+
+
+def __getattr__(name: str):
+    """``DEFAULTS``: the keys above with each registered method's section (``simclr``, ``moco``) after
+    ``objective``. Built on first use: the methods import torch, which ``infoview --help`` does without."""
+    if name != "DEFAULTS":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from infoview.pretrain.methods import method_sections
+
+    keys: dict[str, Any] = {}
+    for key, value in _KEYS.items():
+        keys[key] = value
+        if key == "objective":
+            keys.update(method_sections())
+    return keys
 
 
 def _save_on_preempt() -> str | None:

@@ -5,13 +5,9 @@ runs the loop: checkpoints, resume, the online monitors, signals that stop a run
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +17,20 @@ from omegaconf import OmegaConf
 
 from infoview.augment import build_views
 from infoview.augment.recipes import normalization
-from infoview.config import did_you_mean, flatten, save_config
-from infoview.data import build_loader, check_held_out, open_source
+from infoview.config import save_config
+from infoview.data import build_loader
 from infoview.errors import ConfigError, InfoviewError, Interrupted
-from infoview.models import predictor as make_predictor, projector as make_projector
 from infoview.objectives import build, objective_params
-from infoview.pretrain.methods import METHODS, MoCo, SimCLR
-from infoview.pretrain.monitor import OnlineEval, metrics_log
+from infoview.pretrain.methods import check_method_sections, get_method, method_temperature
+from infoview.pretrain.monitor import OnlineEvalFactory, Report
+from infoview.pretrain.resume import resume_state
 from infoview.runtime import distributed as D
-from infoview.runtime.encoder import build_encoder_from_config
 from infoview.runtime.checkpoint import (
-    LAST,
-    RESUME_KEYS,
-    find_resume,
-    load_checkpoint,
-    remove_stale_temps,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
+    LAST, RESUME_KEYS, find_resume, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
 )
+from infoview.runtime.encoder import build_encoder_from_config
 from infoview.runtime.optim import build_optimizer, lr_factor, scaled_lr, set_lr
+from infoview.runtime.signals import signals_deferred, stop_requests
 from infoview.utils.io import atomic_write_text
 from infoview.utils.provenance import provenance
 
@@ -51,14 +41,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def build_objective(cfg):
-    if cfg.method not in METHODS:
-        raise ConfigError(f"unknown method '{cfg.method}'" + did_you_mean(cfg.method, METHODS)
-                          + f" Methods: {', '.join(METHODS)}")
+    get_method(cfg.method)  # an unknown method is named before the objective is built
     params = {k: v for k, v in cfg.objective.items() if k != "name"}
     name = cfg.objective.name
-    if "temperature" in objective_params(name) and "temperature" not in params:
+    temperature = method_temperature(cfg)
+    if "temperature" in objective_params(name) and "temperature" not in params and temperature is not None:
         # HCL/DCL's floor K exp(-1/t) must use the temperature the scores were divided by
-        params["temperature"] = cfg[cfg.method].temperature
+        params["temperature"] = temperature
     try:
         return build(name, **params)
     except ValueError as exc:
@@ -66,26 +55,10 @@ def build_objective(cfg):
 
 
 def build_method(cfg, encoder, num_classes: int):
-    m = cfg.model
-    objective = build_objective(cfg)
-    temperature = cfg[cfg.method].temperature
-    if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
-        raise ConfigError(f"{cfg.method}.temperature divides the scores: it must be a positive number, got "
-                          f"{temperature}")
-    proj = make_projector(encoder.feature_dim, m.proj_hidden, m.proj_dim, m.proj_layers, m.proj_bn, m.proj_last_bn)
-    if cfg.method == "simclr":
-        if m.pred_hidden:
-            raise ConfigError("model.pred_hidden (a predictor) is used by method=moco only; set it to 0 for simclr")
-        return SimCLR(encoder, proj, objective, num_classes, temperature=cfg.simclr.temperature)
-    if cfg.method == "moco":
-        mc = cfg.moco
-        pred = make_predictor(proj.out_dim, m.pred_hidden) if m.pred_hidden else None
-        return MoCo(
-            encoder, proj, objective, num_classes, temperature=mc.temperature, queue_size=mc.queue_size,
-            momentum=mc.momentum, momentum_final=mc.momentum_final, bn=mc.bn, bn_splits=mc.bn_splits,
-            symmetric=mc.symmetric, predictor=pred, seed=cfg.train.seed,
-        )
-    raise AssertionError(cfg.method)  # build_objective checked it
+    """The method ``cfg.method`` names (a registered :class:`~infoview.pretrain.methods.Method`), built from cfg."""
+    cls = get_method(cfg.method)
+    check_method_sections(cfg)
+    return cls.from_config(cfg, encoder, build_objective(cfg), num_classes)
 
 
 def _precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -98,81 +71,12 @@ def _precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-_DEFERRED = tuple(getattr(signal, n) for n in ("SIGUSR2", "SIGTERM") if hasattr(signal, n))
 _ACTIVE: list["Trainer"] = []  # the trainer whose fit() is running in this process
 
 
 def current_trainer() -> "Trainer | None":
-    """The trainer running in this process, for a pre-emption hook (``infoview.launch``)."""
+    """The trainer running in this process, for a pre-emption hook (``infoview launch``)."""
     return _ACTIVE[-1] if _ACTIVE else None
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold SIGUSR2/SIGTERM (SLURM's pre-emption and time-out signals) until the block ends.
-
-    A handler that saves a checkpoint then never sees a half-applied step.
-    Only the main thread can do this; elsewhere the block runs as it is.
-    """
-    if threading.current_thread() is not threading.main_thread() or not _DEFERRED:
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
-
-
-@contextlib.contextmanager
-def _stop_requests():
-    """While training, Ctrl-C (SIGINT) and SIGTERM only ask the loop to stop; it saves, then stops.
-
-    Yields a dict whose "signal" is set to the signal's name. A second Ctrl-C
-    stops at once (KeyboardInterrupt). Handlers someone else installed (a
-    SLURM job's, through submitit) are left alone; off the main thread nothing
-    is installed.
-    """
-    request: dict = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-
-    def handler(signum, frame):
-        if request["signal"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        request["signal"] = signal.Signals(signum).name
-
-    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-    previous = {s: signal.getsignal(s) for s in defaults}
-    mine = [s for s, default in defaults.items() if previous[s] is default]
-    for s in mine:
-        signal.signal(s, handler)
-    try:
-        yield request
-    finally:
-        for s in mine:
-            signal.signal(s, previous[s])
-
-
-#: keys a resumed run may change: where and how fast it runs, how long, what it logs, not what it trains
-RESUME_MAY_CHANGE = (
-    "out_dir", "train.resume", "train.allow_config_change", "train.epochs", "train.max_steps", "train.progress",
-    "train.device", "train.threads", "train.log_every", "train.eval_every", "train.ckpt_every_steps",
-    "data.num_workers", "data.backend", "data.eval_source", "data.eval_split", "monitor.",
-)
-
-
-def config_changes(saved: dict, now: dict) -> list[str]:
-    """``"key: old -> new"`` for every training setting that differs between a checkpoint's config and this run's."""
-    a, b = flatten(saved), flatten(now)
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE):
-            continue
-        if a.get(key, "<unset>") != b.get(key, "<unset>"):
-            out.append(f"{key}: {a.get(key, '<unset>')} -> {b.get(key, '<unset>')}")
-    return out
 
 
 def _seed_all(seed: int) -> None:
@@ -210,33 +114,39 @@ class Trainer:
             )
         self.global_batch, self.local_batch = gb, gb // world
         self.amp_dtype = _precision(t.precision, self.device)
-
-        # what to resume from is decided before anything is built
-        self.resume_path = None
-        if str(t.resume).lower() == "auto":
-            self.resume_path = find_resume(self.ckpt_dir)
-        elif str(t.resume).lower() in ("never", "none", "", "false"):
-            if find_resume(self.ckpt_dir) is not None:
-                raise InfoviewError(
-                    f"{self.ckpt_dir} already holds a checkpoint and train.resume={t.resume}; continue it with "
-                    "train.resume=auto, or choose another out_dir"
-                )
-        else:
-            self.resume_path = Path(str(t.resume))
-        state = load_checkpoint(self.resume_path) if self.resume_path is not None else None
-        self.config_changes: list[str] = []
+        state = self._resume_state()  # what to resume from is decided before anything is built
+        self._build_data(source)
+        self._build_method()
+        self._build_optimizer()
+        self.step = 0
+        self.metrics: dict[str, Any] = {}  # the latest figures; saved in checkpoints
         if state is not None:
-            self.config_changes = config_changes(state.get("config") or {}, OmegaConf.to_container(cfg, resolve=True))
-            if self.config_changes and not t.allow_config_change:
-                shown = "; ".join(self.config_changes[:6]) + (
-                    f"; and {len(self.config_changes) - 6} more" if len(self.config_changes) > 6 else "")
-                raise InfoviewError(
-                    f"{self.resume_path} was trained with other settings ({shown}); a resumed run must keep them, "
-                    "or its metrics and config.yaml would describe a run that never happened. Use another out_dir "
-                    "for a new run, or pass train.allow_config_change=true to go on with the new settings "
-                    "(config.yaml then holds them, and the old one is kept beside it)"
-                )
+            self._restore(state)
+        if world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[self.device] if self.device.type == "cuda" else None,
+            )
+        else:
+            self.model = self.method
+        if t.compile:
+            self.model = torch.compile(self.model)
 
+        self.online_eval = None
+        if t.eval_every > 0 and self.info.is_main:
+            self.online_eval = OnlineEvalFactory(cfg, self.device, self.mean, self.std, self.loader.source)
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.ckpt_dir)
+        D.barrier()
+
+    def _resume_state(self) -> dict | None:
+        """The checkpoint this run continues (``train.resume``), checked against the config; None for a new run."""
+        self.resume_path, state, self.config_changes = resume_state(self.cfg, self.ckpt_dir)
+        return state
+
+    def _build_data(self, source) -> None:
+        """The loader (seeded), the run's length in steps, and the views."""
+        cfg, t, world, gb = self.cfg, self.cfg.train, self.info.world_size, self.global_batch
         _seed_all(int(t.seed))
         self.loader = build_loader(
             source if source is not None else cfg.data.source, self.local_batch, split=cfg.data.split, distributed=world > 1, rank=self.info.rank,
@@ -263,23 +173,21 @@ class Trainer:
             overrides=OmegaConf.to_container(a.overrides) or None, backend=a.backend,
         )
 
+    def _build_method(self) -> None:
+        """The encoder (the same initial weights on every rank) and the method around it, on the device."""
+        cfg, t, a, world = self.cfg, self.cfg.train, self.cfg.augment, self.info.world_size
         num_classes = self.loader.num_classes if cfg.monitor.probe else 0
         torch.manual_seed(int(t.seed))  # the same initial weights on every rank and in a resumed run
         self.encoder = build_encoder_from_config(cfg.model, a.size)
         method = build_method(cfg, self.encoder, max(num_classes, 0))
-        if cfg.method == "moco" and len(self.views.specs) != 2:
-            raise ConfigError("method=moco takes augment.num_views=2 and a two-view recipe")
+        if method.num_views is not None and len(self.views.specs) != method.num_views:
+            raise ConfigError(f"method={cfg.method} takes augment.num_views={method.num_views} and a "
+                              f"{method.num_views}-view recipe")
         if len(self.views.specs) < 2:
             raise ConfigError(f"method={cfg.method} contrasts views of one image: augment.num_views must be at "
                               f"least 2, got {len(self.views.specs)}")
-        splits = getattr(method, "bn_splits", 0) if getattr(method, "bn", None) == "split" else 0
-        if splits and (self.local_batch % splits or self.local_batch // splits < 2):
-            raise ConfigError(
-                f"moco.bn=split splits each process's batch of {self.local_batch} into moco.bn_splits={splits} "
-                f"BatchNorm groups; make data.batch_size per process a multiple of {splits} (at least {2 * splits}) "
-                "or change moco.bn_splits"
-            )
-        if (cfg.model.sync_bn or (cfg.method == "moco" and cfg.moco.bn == "sync")) and world > 1:
+        method.check_run(self.local_batch, world)
+        if (cfg.model.sync_bn or method.sync_bn) and world > 1:
             method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
         self.channels_last = bool(t.channels_last) and self.device.type == "cuda"
         method.to(self.device)
@@ -287,6 +195,9 @@ class Trainer:
             method.to(memory_format=torch.channels_last)
         self.method = method
 
+    def _build_optimizer(self) -> None:
+        """The optimiser at the peak learning rate the global batch gets, and the loss scaler."""
+        cfg, method, gb = self.cfg, self.method, self.global_batch
         peak = scaled_lr(cfg.optim.lr, gb, cfg.optim.ref_batch, cfg.optim.lr_scaling)
         self.peak_lr = peak
         probe = method.probe_parameters()
@@ -297,27 +208,6 @@ class Trainer:
         )
         self.min_ratio = cfg.optim.min_lr / peak if peak > 0 else 0.0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-
-        self.step = 0
-        self.metrics: dict[str, Any] = {}  # the latest figures; saved in checkpoints
-        if state is not None:
-            self._restore(state)
-        if world > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                method, device_ids=[self.device] if self.device.type == "cuda" else None,
-            )
-        else:
-            self.model = method
-        if t.compile:
-            self.model = torch.compile(self.model)
-
-        self.online_eval = None
-        if t.eval_every > 0 and self.info.is_main:
-            self.online_eval = OnlineEvalFactory(cfg, self.device, self.mean, self.std, self.loader.source)
-        if self.info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(self.ckpt_dir)
-        D.barrier()
 
     # -- checkpoints -----------------------------------------------------------
     def _state(self, collective: bool = True) -> dict:
@@ -447,134 +337,93 @@ class Trainer:
         return lr, values, out.ceiling
 
     # -- the loop --------------------------------------------------------------
-    def fit(self) -> dict:
-        cfg, t, info = self.cfg, self.cfg.train, self.info
-        if info.is_main:
-            current = self.out / "config.yaml"
-            if self.config_changes and current.is_file():  # the settings the steps so far were trained with
-                current.replace(self.out / f"config.until_step{self.step}.yaml")
-            save_config(cfg, current, extra={"world_size": info.world_size,
-                                             "resumed_from": str(self.resume_path or ""),
-                                             "changed_on_resume": list(self.config_changes)})
-        log = metrics_log(self.out, start_step=self.step) if info.is_main else None
-        bar = None
-        if info.is_main and t.progress:
-            from tqdm.auto import tqdm
+    def _write_config(self) -> None:
+        """config.yaml: the settings of this run (a resumed run that changed some keeps the old file beside it)."""
+        if not self.info.is_main:
+            return
+        current = self.out / "config.yaml"
+        if self.config_changes and current.is_file():  # the settings the steps so far were trained with
+            current.replace(self.out / f"config.until_step{self.step}.yaml")
+        save_config(self.cfg, current, extra={"world_size": self.info.world_size,
+                                              "resumed_from": str(self.resume_path or ""),
+                                              "changed_on_resume": list(self.config_changes)})
 
-            bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True)
-        spe = self.steps_per_epoch
-        if self.step >= self.total_steps and info.is_main:
+    def fit(self) -> dict:
+        self._write_config()
+        report = Report(self)
+        if self.step >= self.total_steps and self.info.is_main:
             print(f"infoview pretrain: {self.resume_path} is at step {self.step} of {self.total_steps}: already "
                   "done (raise train.epochs or train.max_steps to train on)", flush=True)
-        seen, t0 = 0, time.perf_counter()
-        probe_correct = probe_count = 0.0
         _ACTIVE.append(self)
         try:
-            with _stop_requests() as stop:
+            with stop_requests() as stop:
                 while self.step < self.total_steps:
-                    epoch, start = divmod(self.step, spe)
-                    self.loader.set_epoch(epoch, start_batch=start)
-                    self.method.train()
-                    for images, labels in self.loader:
-                        with _signals_deferred():  # a pre-emption hook runs between steps, never inside one
-                            views_rng = self.views.get_rng_state()
-                            lr, (loss_v, mi_v, est_v, probe_loss_v, correct_v, count_v, stopping, bad), ceiling = \
-                                self.train_step(self.make_views(images), labels, stop=stop["signal"] is not None)
-                            if bad:
-                                self._stop_nonfinite(images, labels, loss_v, mi_v, views_rng)
-                            self.step += 1
-                            seen += self.global_batch
-                            probe_correct += correct_v
-                            probe_count += count_v
-                            last = {"loss": loss_v, "mi": mi_v, "mi_estimate": est_v, "lr": lr,
-                                    "mi_ceiling": ceiling if math.isfinite(ceiling) else None}
-                            self.metrics.update(last)
-                            if bar is not None:
-                                bar.update(1)
-                                bar.set_postfix(loss=f"{loss_v:.3f}", mi=f"{mi_v:.2f}/{ceiling:.2f}",
-                                                lr=f"{lr:.3g}", refresh=False)
-                            done = self.step >= self.total_steps
-                            if self.step % t.log_every == 0 or done:
-                                elapsed = time.perf_counter() - t0
-                                row = {"step": self.step, "epoch": round(self.step / spe, 4), **last,
-                                       "images_per_sec": seen / elapsed if elapsed > 0 else None,
-                                       "online_probe_loss": probe_loss_v if count_v else None,
-                                       "online_probe_train_top1": 100.0 * probe_correct / probe_count if probe_count else None}
-                                if log is not None:
-                                    log.write(row)
-                                seen, t0, probe_correct, probe_count = 0, time.perf_counter(), 0.0, 0.0
-                            if stopping and not done:
-                                self.save()
-                                raise Interrupted(
-                                    f"stopped by {stop['signal'] or 'another rank'} at step {self.step} of "
-                                    f"{self.total_steps}; saved {self.ckpt_dir / 'last.pt'}. Run the same command "
-                                    "again to resume (train.resume=auto)"
-                                )
-                            if t.ckpt_every_steps > 0 and self.step % t.ckpt_every_steps == 0 and self.step % spe and not done:
-                                self.save()  # (an epoch's end saves below)
-                            if done:
-                                break
-                    if self.step % spe == 0 or self.step >= self.total_steps:
-                        final = self.step >= self.total_steps
-                        self.save()  # before the monitors: an evaluation killed half-way loses nothing
-                        if self.online_eval is not None and (final or (self.step // spe) % t.eval_every == 0):
-                            online = self.online_eval(self.method)
-                            self.metrics.update(online)
-                            if log is not None:
-                                log.write({"step": self.step, "epoch": round(self.step / spe, 4), **online})
-                            if bar is not None:
-                                bar.write(f"epoch {self.step / spe:.2f}: " + ", ".join(
-                                    f"{k} {v:.2f}" for k, v in online.items()))
-                            D.barrier()
-                            if final:
-                                self.save()  # the final checkpoint carries the final figures too
-                            if log is not None:
-                                log.flush_plot()
+                    self._train_epoch(stop, report)
+                    if self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps:
+                        self._end_of_epoch(report)
         finally:
             _ACTIVE.remove(self)
-            if bar is not None:
-                bar.close()
-            if log is not None:
-                log.close()
-                log.flush_plot()  # curves.png, also for a run that stopped early
+            report.close()
+        return self._result()
+
+    def _train_epoch(self, stop: dict, report: "Report") -> None:
+        """Steps until the epoch ends, the run's length is reached, or a stop request saves and raises."""
+        t, spe = self.cfg.train, self.steps_per_epoch
+        epoch, start = divmod(self.step, spe)
+        self.loader.set_epoch(epoch, start_batch=start)
+        self.method.train()
+        for images, labels in self.loader:
+            with signals_deferred():  # a pre-emption hook runs between steps, never inside one
+                views_rng = self.views.get_rng_state()
+                lr, values, ceiling = self.train_step(self.make_views(images), labels, stop=stop["signal"] is not None)
+                loss_v, mi_v, est_v, probe_loss_v, correct_v, count_v, stopping, bad = values
+                if bad:
+                    self._stop_nonfinite(images, labels, loss_v, mi_v, views_rng)
+                self.step += 1
+                last = {"loss": loss_v, "mi": mi_v if math.isfinite(mi_v) else None,  # None: no bound
+                        "mi_estimate": est_v, "lr": lr, "mi_ceiling": ceiling if math.isfinite(ceiling) else None}
+                self.metrics.update(last)
+                done = self.step >= self.total_steps
+                report.step(last, mi_v, ceiling, probe_loss_v, correct_v, count_v, write=self.step % t.log_every == 0 or done)
+                if stopping and not done:
+                    self.save()
+                    raise Interrupted(
+                        f"stopped by {stop['signal'] or 'another rank'} at step {self.step} of "
+                        f"{self.total_steps}; saved {self.ckpt_dir / 'last.pt'}. Run the same command "
+                        "again to resume (train.resume=auto)"
+                    )
+                if t.ckpt_every_steps > 0 and self.step % t.ckpt_every_steps == 0 and self.step % spe and not done:
+                    self.save()  # (an epoch's end saves below)
+                if done:
+                    break
+
+    def _end_of_epoch(self, report: "Report") -> None:
+        """Save, then (every train.eval_every epochs and at the end) the online monitors, then the plot."""
+        spe, final = self.steps_per_epoch, self.step >= self.total_steps
+        self.save()  # before the monitors: an evaluation killed half-way loses nothing
+        if self.online_eval is not None and (final or (self.step // spe) % self.cfg.train.eval_every == 0):
+            online = self.online_eval(self.method)
+            self.metrics.update(online)
+            report.online(online)
+            D.barrier()
+            if final:
+                self.save()  # the final checkpoint carries the final figures too
+            report.plot()
+
+    def _result(self) -> dict:
+        """The run's final figures (pretrain.json, written by rank 0)."""
         skipped = torch.tensor(float(len(getattr(self.loader, "skipped", ()))), device=self.device)
         if D.is_distributed():
             torch.distributed.all_reduce(skipped)
         result = {
-            "steps": self.step, "epochs": round(self.step / spe, 4), "global_batch": self.global_batch,
+            "steps": self.step, "epochs": round(self.step / self.steps_per_epoch, 4), "global_batch": self.global_batch,
             "skipped_images": int(skipped.item()),
-            "world_size": info.world_size, "peak_lr": self.peak_lr, **self.metrics,
+            "world_size": self.info.world_size, "peak_lr": self.peak_lr, **self.metrics,
             "checkpoint": str(self.ckpt_dir / "last.pt"),
         }
-        if info.is_main:
+        if self.info.is_main:
             atomic_write_text(self.out / "pretrain.json", json.dumps({**result, "provenance": provenance()}, indent=2))
         return result
-
-
-class OnlineEvalFactory:
-    """Builds the online evaluator on first use (its loaders cost nothing until then)."""
-    def __init__(self, cfg, device, mean, std, train_source):
-        self.cfg, self.device, self.mean, self.std = cfg, device, mean, std
-        self._eval = None
-
-        d = cfg.data
-        self.eval_source = d.eval_source or d.source
-        try:  # fail at start, not after the first epoch, when the held-out split is missing or wrong
-            held = open_source(self.eval_source, split=d.eval_split)
-            check_held_out(train_source, held, hint="name it with data.eval_source=<source>")
-        except InfoviewError as exc:
-            raise ConfigError(f"{exc}; online monitors read data.eval_split (set train.eval_every=0 to turn them off)") from None
-
-    def __call__(self, method) -> dict:
-        if self._eval is None:
-            c = self.cfg
-            self._eval = OnlineEval(
-                c.data.source, c.data.split, c.data.eval_split, c.augment.size, max(c.data.batch_size, 256),
-                self.device, self.mean, self.std, num_workers=c.data.num_workers, k=c.monitor.knn_k,
-                temperature=c.monitor.knn_t, max_images=c.monitor.max_images, backend=c.data.backend,
-                eval_source=self.eval_source, progress=bool(c.train.progress),
-            )
-        return self._eval(method)
 
 
 def run(cfg) -> dict:

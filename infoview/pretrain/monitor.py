@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from infoview.data import build_loader
+from infoview.data import build_loader, check_held_out, open_source
+from infoview.errors import ConfigError, InfoviewError
 from infoview.runtime.features import extract_features
 from infoview.runtime.knn import knn_accuracy
 from infoview.runtime.metrics import MetricsLog
@@ -125,3 +128,88 @@ def plot_curves(out_dir: str | os.PathLike) -> Path | None:
     fig.suptitle(str(Path(out_dir)), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, Path(out_dir) / "curves.png")
+
+
+class OnlineEvalFactory:
+    """Builds the online evaluator on first use (its loaders cost nothing until then)."""
+
+    def __init__(self, cfg, device, mean, std, train_source):
+        self.cfg, self.device, self.mean, self.std = cfg, device, mean, std
+        self._eval = None
+
+        d = cfg.data
+        self.eval_source = d.eval_source or d.source
+        try:  # fail at start, not after the first epoch, when the held-out split is missing or wrong
+            held = open_source(self.eval_source, split=d.eval_split)
+            check_held_out(train_source, held, hint="name it with data.eval_source=<source>")
+        except InfoviewError as exc:
+            raise ConfigError(f"{exc}; online monitors read data.eval_split (set train.eval_every=0 to turn them off)") from None
+
+    def __call__(self, method) -> dict:
+        if self._eval is None:
+            c = self.cfg
+            self._eval = OnlineEval(
+                c.data.source, c.data.split, c.data.eval_split, c.augment.size, max(c.data.batch_size, 256),
+                self.device, self.mean, self.std, num_workers=c.data.num_workers, k=c.monitor.knn_k,
+                temperature=c.monitor.knn_t, max_images=c.monitor.max_images, backend=c.data.backend,
+                eval_source=self.eval_source, progress=bool(c.train.progress),
+            )
+        return self._eval(method)
+
+
+class Report:
+    """What rank 0 shows and writes while a run trains: the progress bar, metrics.csv rows, curves.png."""
+
+    def __init__(self, trainer):
+        self.spe = trainer.steps_per_epoch
+        self.trainer = trainer
+        main, t = trainer.info.is_main, trainer.cfg.train
+        self.log = metrics_log(trainer.out, start_step=trainer.step) if main else None
+        self.bar = None
+        if main and t.progress:
+            self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="pretrain", unit="step",
+                            dynamic_ncols=True)
+        self.global_batch = trainer.global_batch
+        self._reset()
+
+    def _reset(self) -> None:
+        self.seen, self.t0, self.probe_correct, self.probe_count = 0, time.perf_counter(), 0.0, 0.0
+
+    def step(self, last: dict, mi_v: float, ceiling: float, probe_loss_v, correct_v, count_v, write: bool) -> None:
+        """One step's figures: the bar every step; a metrics.csv row (rates since the last row) when ``write``."""
+        self.seen += self.global_batch
+        self.probe_correct += correct_v
+        self.probe_count += count_v
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{last['loss']:.3f}", mi=f"{mi_v:.2f}/{ceiling:.2f}", lr=f"{last['lr']:.3g}",
+                                 refresh=False)
+        if not write:
+            return
+        step = self.trainer.step
+        elapsed = time.perf_counter() - self.t0
+        row = {"step": step, "epoch": round(step / self.spe, 4), **last,
+               "images_per_sec": self.seen / elapsed if elapsed > 0 else None,
+               "online_probe_loss": probe_loss_v if count_v else None,
+               "online_probe_train_top1": 100.0 * self.probe_correct / self.probe_count if self.probe_count else None}
+        if self.log is not None:
+            self.log.write(row)
+        self._reset()
+
+    def online(self, online: dict) -> None:
+        step = self.trainer.step
+        if self.log is not None:
+            self.log.write({"step": step, "epoch": round(step / self.spe, 4), **online})
+        if self.bar is not None:
+            self.bar.write(f"epoch {step / self.spe:.2f}: " + ", ".join(f"{k} {v:.2f}" for k, v in online.items()))
+
+    def plot(self) -> None:
+        if self.log is not None:
+            self.log.flush_plot()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.log is not None:
+            self.log.close()
+            self.log.flush_plot()  # curves.png, also for a run that stopped early

@@ -17,7 +17,6 @@ TINY = [
     "train.progress=false",
     "train.eval_every=0",
     "train.threads=1",
-    "moco.queue_size=64",
 ]
 
 

@@ -154,7 +154,7 @@ def test_torchrun_two_processes_train_with_the_global_batch_rule(tiny, tmp_path)
 
 def test_torchrun_moco_with_shuffled_bn_and_a_shared_queue(tiny, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = torchrun([*tiny, "method=moco", "moco.bn=shuffle", "train.max_steps=2", f"out_dir={tmp_path}"], env)
+    proc = torchrun([*tiny, "method=moco", "moco.queue_size=64", "moco.bn=shuffle", "train.max_steps=2", f"out_dir={tmp_path}"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert int(model["queue.ptr"]) == 2 * 16 % 64  # the keys of the global batch, each step

@@ -71,7 +71,7 @@ def test_every_objective_trains_with_simclr(tiny, tmp_path, name):
 @pytest.mark.parametrize("objective", ["infonce", "ring", "ml_cpc"])
 def test_moco_with_queue_and_schedules(tiny, tmp_path, objective, capsys):
     extra = {"ring": ["objective.anneal_epochs=1"], "ml_cpc": ["objective.alpha_start=10", "objective.anneal_epochs=1"]}
-    assert pretrain([*tiny, f"out_dir={tmp_path}", "method=moco", "train.max_steps=3", f"objective.name={objective}",
+    assert pretrain([*tiny, f"out_dir={tmp_path}", "method=moco", "moco.queue_size=64", "train.max_steps=3", f"objective.name={objective}",
                      *extra.get(objective, [])]) == 0
     result = json.loads(capsys.readouterr().out)
     # certified on the batch's 16 x 16 query-key matrix, not on the queue of older keys
@@ -219,7 +219,7 @@ def test_bad_settings_are_one_line_errors(tiny, tmp_path, capsys, override, mess
     [("moco.bn_splits=5", "multiple of 5"), ("moco.bn=shuffle", "use moco.bn=split"), ("moco.bn=ghost", "one of")],
 )
 def test_moco_batchnorm_settings_are_checked_before_training(tiny, tmp_path, capsys, override, message):
-    assert pretrain([*tiny, f"out_dir={tmp_path}", "train.max_steps=1", "method=moco", override]) == 2
+    assert pretrain([*tiny, f"out_dir={tmp_path}", "train.max_steps=1", "method=moco", "moco.queue_size=64", override]) == 2
     err = capsys.readouterr().err.strip()
     assert message.lower() in err.lower() and len(err.splitlines()) == 1
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.csv").exists()

@@ -1,0 +1,73 @@
+"""Methods turn views into (pos, neg) critic scores; the objective does the rest.
+
+- :class:`SimCLR`: every view of every image goes through the encoder and the
+  projector; positives are the other views of the same image, negatives every
+  view of every other image in the **global** batch (gathered from all ranks
+  with gradients, see :mod:`infoview.runtime.distributed`).
+- :class:`MoCo`: queries from the encoder, keys from a momentum (EMA) copy,
+  negatives from a queue of past keys. Defaults are MoCo v2's (Chen et al.
+  2020): momentum 0.999, temperature 0.2, one view as the query and the other
+  as its key (``symmetric=True`` adds the swapped pair, as MoCo v3 does).
+  BatchNorm must not see a query and its key in one batch: under DDP the keys
+  are computed on a batch shuffled across ranks (``bn=shuffle``, MoCo's own
+  fix); on one process both encoders use split BatchNorm over ``bn_splits``
+  groups and the keys' batch is shuffled before the key encoder
+  (``bn=split``, what MoCo's single-GPU CIFAR-10 demo does); ``bn=sync``
+  converts BatchNorm to SyncBN. ``bn=auto`` (the default) picks shuffle under
+  DDP and split on one process.
+
+Any registered objective works with either. Objectives whose loss is a mean of
+per-row terms (InfoNCE, Ring, HCL, DCL, NWJ, JS) are computed on each rank's
+own rows; an objective that pools all rows into one normaliser (ML-CPC,
+``Objective.pooled``) gets each row's few per-row terms gathered from every
+rank with gradients, so that under DDP it is the very same function of the
+global batch as in one process. Both give the single-process gradient
+(tests/pretrain).
+
+What the MI figure means: the rows a method trains on are not ones on which
+the objectives' bounds are proven. SimCLR's in-batch rows count every
+positive pair twice and score both (correlated) views of each negative image,
+which lets ML-CPC's pooled value pass the true MI at its alpha floor; a MoCo
+queue holds keys from older encoders, so its negatives are scored by another
+critic than the positive. So each step a method also builds the cross-view
+matrix of the global batch (first view's embeddings against the second's,
+``objectives.cross_view_pairs``: n = m = global batch) and reports the
+objective's bound on it as ``mi``, with its ``ceiling``. What the training
+rows read is kept as ``mi_estimate``, an estimate, not a bound. The extra
+matrix costs one n x n product without gradients. The bound is for the
+critic as it scores that batch; BatchNorm in training mode makes the critic
+depend on the batch, which the certificate does not cover.
+
+Each method also trains an online linear probe on detached features of the
+first view (when the data has labels): a monitor, never a training signal
+for the encoder.
+
+Adding a method is one new file in this package: a :class:`Method` subclass
+decorated with ``@register_method("<name>")`` (docs/architecture.md, "Adding a
+method", walks through one). Every module here is imported below, which
+registers what it defines.
+"""
+import importlib
+import pkgutil
+
+from infoview.pretrain.methods.base import (
+    Method,
+    StepOutput,
+    available_methods,
+    check_method_sections,
+    get_method,
+    method_sections,
+    method_temperature,
+    register_method,
+)
+from infoview.pretrain.methods.simclr import SimCLR  # registered in this order: simclr, then moco
+from infoview.pretrain.methods.moco import MOCO_BN, MoCo, resolve_moco_bn  # noqa: E402,I001
+
+for _module in pkgutil.iter_modules(__path__):  # any other method file registers itself on import
+    if _module.name not in ("base", "simclr", "moco") and not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = [
+    "Method", "StepOutput", "register_method", "available_methods", "get_method", "method_sections",
+    "check_method_sections", "method_temperature", "SimCLR", "MoCo", "MOCO_BN", "resolve_moco_bn",
+]

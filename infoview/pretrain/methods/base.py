@@ -1,0 +1,199 @@
+"""What every pretraining method shares, and the registry that names them.
+
+A method is one file in this package: a :class:`Method` subclass decorated
+with ``@register_method("<name>")``, which owns its config section
+(``DEFAULTS``, checked by the CLI like every other key), builds itself from a
+config (``from_config``) and checks what only it knows (``check_run``). The
+engine holds no ``if method == ...``: it asks the registry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infoview.config import did_you_mean, flatten
+from infoview.errors import ConfigError
+from infoview.models import predictor as make_predictor, projector as make_projector
+from infoview.objectives import Objective, ObjectiveOutput, cross_view_pairs
+from infoview.runtime import distributed as D
+
+_REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    """Class decorator: ``@register_method("simclr")`` makes ``method=simclr`` build that class."""
+
+    def deco(cls: type["Method"]) -> type["Method"]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method '{name}' is registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_methods() -> list[str]:
+    """The registered method names, in registration order (simclr first)."""
+    return list(_REGISTRY)
+
+
+def get_method(name: str) -> type["Method"]:
+    """The class of method ``name``; an unknown name is a ConfigError naming the nearest."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown method '{name}'" + did_you_mean(name, _REGISTRY)
+                          + f" Methods: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def method_sections() -> dict[str, dict]:
+    """``{name: DEFAULTS}`` of every method: the sections ``infoview pretrain`` accepts."""
+    return {name: dict(cls.DEFAULTS) for name, cls in _REGISTRY.items()}
+
+
+def check_method_sections(cfg) -> None:
+    """A key set in another method's section is an error: ``moco.queue_size`` does nothing under method=simclr."""
+    for name, cls in _REGISTRY.items():
+        if name == cfg.method or name not in cfg:
+            continue
+        defaults = flatten(cls.DEFAULTS)
+        for key, value in flatten(dict(cfg[name])).items():
+            if key in defaults and value != defaults[key]:
+                raise ConfigError(
+                    f"{name}.{key}={value} configures method={name}, and this run is method={cfg.method}: "
+                    f"remove it, or set method={name}"
+                )
+
+
+def method_temperature(cfg) -> float | None:
+    """The temperature the method divides its scores by (``cfg.<method>.temperature``), checked; None if it has none."""
+    section = cfg.get(cfg.method) or {}
+    if "temperature" not in section:
+        return None
+    t = section["temperature"]
+    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < float("inf")):
+        raise ConfigError(f"{cfg.method}.temperature divides the scores: it must be a positive number, got {t}")
+    return float(t)
+
+
+def projector_from_config(model_cfg, feature_dim: int) -> nn.Module:
+    """The projection head ``model.proj_*`` describes."""
+    m = model_cfg
+    return make_projector(feature_dim, m.proj_hidden, m.proj_dim, m.proj_layers, m.proj_bn, m.proj_last_bn)
+
+
+def predictor_from_config(model_cfg, dim: int) -> nn.Module | None:
+    """The predictor ``model.pred_hidden`` asks for (None when it is 0)."""
+    return make_predictor(dim, model_cfg.pred_hidden) if model_cfg.pred_hidden else None
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # what to backpropagate: the objective's loss plus the probe's
+    ssl_loss: torch.Tensor  # detached
+    mi: torch.Tensor  # detached: the objective's certified bound on the cross-view matrix, nats
+    ceiling: float  # the most that bound can read (may be inf)
+    mi_estimate: torch.Tensor  # detached: what the training rows read; not a bound
+    probe_loss: torch.Tensor  # detached (0 without labels)
+    probe_correct: torch.Tensor  # detached count of correct probe predictions on this rank's batch
+    probe_count: torch.Tensor
+
+
+class Method(nn.Module):
+    """A pretraining method: views in, the objective's loss (and the MI bound it certifies) out.
+
+    A subclass registers itself with :func:`register_method` and declares:
+
+    - ``DEFAULTS``: its config section (``cfg.<name>``), every key with its default;
+    - ``num_views``: how many views of an image it takes (None: any number from 2 up);
+    - ``certifies``: whether it reports an MI bound (a method with no contrastive
+      objective, BYOL say, sets False and reports none, instead of inventing one);
+    - ``from_config(cfg, encoder, objective, num_classes)``: builds it from a
+      pretraining config (its own section, ``cfg.model`` for heads);
+    - optionally ``check_run(local_batch, world)``: checks that need the built
+      method and the run's shape (per-process batch, number of processes);
+    - ``sync_bn``: True when it asks for SyncBatchNorm under DDP.
+    """
+
+    name: str = ""
+    DEFAULTS: dict = {}
+    num_views: int | None = None
+    certifies: bool = True
+    sync_bn: bool = False
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module, objective: Objective, num_classes: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+        self.objective = objective
+        self.probe = nn.Linear(encoder.feature_dim, num_classes) if num_classes > 0 else None
+
+    @classmethod
+    def from_config(cls, cfg, encoder: nn.Module, objective: Objective, num_classes: int) -> "Method":
+        raise NotImplementedError(f"method {cls.name} does not say how to build it from a config")
+
+    def check_run(self, local_batch: int, world: int) -> None:
+        """Checks that need the built method and the run's shape; nothing by default."""
+
+    def set_progress(self, step: int, total_steps: int, epoch: float) -> None:
+        """Schedules that follow training progress: the objective's (Ring's outer threshold, ML-CPC's alpha)."""
+        self.objective.set_epoch(epoch)
+
+    def probe_parameters(self) -> list[nn.Parameter]:
+        return list(self.probe.parameters()) if self.probe is not None else []
+
+    def embed(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of the first view (B, F) and embeddings of all views (V, B, D).
+
+        Views of one size go through the encoder together (multi-crop has two sizes).
+        """
+        b = views[0].shape[0]
+        feats, embs, i = [], [], 0
+        while i < len(views):
+            j = i
+            while j < len(views) and views[j].shape == views[i].shape:
+                j += 1
+            f = self.encoder(torch.cat(views[i:j]))
+            feats.append(f)
+            embs.append(self.projector(f))
+            i = j
+        return feats[0][:b], torch.cat(embs).view(len(views), b, -1)
+
+    def _objective(self, pos: torch.Tensor, neg: torch.Tensor, k: int | None = None) -> ObjectiveOutput:
+        """The objective on these rows; ``k``: negatives per row when ``neg`` holds -inf entries."""
+        k = neg.shape[1] if k is None else k
+        if self.objective.pooled and D.is_distributed():
+            rows = tuple(D.gather_with_grad(r) for r in self.objective.rows(pos, neg, k))
+            return self.objective.from_rows(rows, k)
+        return self.objective(pos, neg, k)
+
+    @torch.no_grad()
+    def _certify(self, a: torch.Tensor, b: torch.Tensor) -> ObjectiveOutput:
+        """The objective's bound on the cross-view matrix of the whole batch (a_i against every b_j)."""
+        pos, neg = cross_view_pairs(a.detach(), b.detach(), self.temperature)
+        return self.objective.bound(pos, neg)
+
+    def _finish(self, out: ObjectiveOutput, cert: ObjectiveOutput | None, first_feats: torch.Tensor,
+                labels: torch.Tensor | None) -> StepOutput:
+        zero = out.loss.detach().new_zeros(())
+        probe_loss, correct, count = zero, zero, zero
+        loss = out.loss
+        if self.probe is not None and labels is not None:
+            logits = self.probe(first_feats.detach().float())
+            known = labels >= 0
+            count = known.sum().to(logits.dtype)
+            # a sum over labelled rows / their count: defined (0) when a batch has none
+            probe_loss = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")[known].sum() / count.clamp(min=1)
+            loss = loss + probe_loss
+            correct = (logits.argmax(1) == labels)[known].sum().to(logits.dtype)
+            probe_loss = probe_loss.detach()
+        if cert is None:  # a method that certifies no bound reports none (NaN: a blank in metrics.csv)
+            nan = out.loss.detach().new_full((), float("nan"))
+            cert = ObjectiveOutput(loss=nan, mi=nan, ceiling=float("nan"))
+        estimate = out.estimate if out.estimate is not None else out.mi
+        return StepOutput(loss, out.loss.detach(), cert.mi, cert.ceiling, estimate, probe_loss, correct.detach(),
+                          count.detach())

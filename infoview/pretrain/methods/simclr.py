@@ -1,0 +1,41 @@
+"""SimCLR: every view of every image against every other view of the global batch."""
+from __future__ import annotations
+
+import torch
+
+from infoview.errors import ConfigError
+from infoview.objectives import in_batch_pairs
+from infoview.pretrain.methods.base import Method, StepOutput, method_temperature, projector_from_config, register_method
+from infoview.runtime import distributed as D
+
+
+@register_method("simclr")
+class SimCLR(Method):
+    """In-batch contrastive learning (Chen et al. 2020) with any objective."""
+
+    DEFAULTS = {"temperature": 0.2}
+
+    @classmethod
+    def from_config(cls, cfg, encoder, objective, num_classes: int) -> "SimCLR":
+        if cfg.model.pred_hidden:
+            raise ConfigError("model.pred_hidden (a predictor) is used by method=moco only; set it to 0 for simclr")
+        proj = projector_from_config(cfg.model, encoder.feature_dim)
+        return cls(encoder, proj, objective, num_classes, temperature=method_temperature(cfg))
+
+    def __init__(self, encoder, projector, objective, num_classes: int = 0, temperature: float = 0.2):
+        super().__init__(encoder, projector, objective, num_classes)
+        self.temperature = float(temperature)
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> StepOutput:
+        first, z = self.embed(views)
+        v, b, d = z.shape
+        if D.is_distributed():
+            all_z = D.gather_with_grad(z.transpose(0, 1).contiguous()).transpose(0, 1)  # (V, B_total, D)
+            offset = torch.distributed.get_rank() * b
+            pos, neg, k = in_batch_pairs(z, self.temperature, all_views=all_z, offset=offset, masked=True)
+        else:
+            all_z = z
+            pos, neg, k = in_batch_pairs(z, self.temperature, masked=True)
+        # masked: the negatives stay in the score matrix (their own image's columns -inf), not copied out
+        out = self._objective(pos, neg, k)
+        return self._finish(out, self._certify(all_z[0], all_z[1]), first, labels)

@@ -1,0 +1,57 @@
+"""Adding a method is one file: the example in docs/architecture.md registers, lists, checks its keys and trains."""
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import infoview.pretrain.methods as methods
+from infoview.cli import main
+from infoview.pretrain.methods import base
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
+
+
+def _example() -> str:
+    section = DOC.read_text(encoding="utf-8").split("## Adding a method", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.fixture
+def oneway(tmp_path, monkeypatch):
+    """The doc's ``oneway`` method as a module of infoview.pretrain.methods (from a temp folder)."""
+    folder = tmp_path / "more_methods"
+    folder.mkdir()
+    (folder / "oneway.py").write_text(_example(), encoding="utf-8")
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(folder)])
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # registered for this test only
+    importlib.import_module("infoview.pretrain.methods.oneway")
+    yield
+    sys.modules.pop("infoview.pretrain.methods.oneway", None)
+
+
+def test_the_documented_method_is_listed_with_its_keys(oneway, capsys):
+    assert main(["list", "methods"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["simclr", "moco", "oneway"]
+    assert main(["pretrain", "--help"]) == 0
+    assert re.search(r"\n  oneway:\n    temperature: 0.2\n", capsys.readouterr().out)
+
+
+def test_the_documented_method_trains_and_certifies(oneway, tiny, tmp_path, capsys):
+    assert main(["pretrain", *tiny, "method=oneway", "objective.name=ml_cpc", "train.max_steps=2",
+                 f"out_dir={tmp_path}"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 2 and result["mi"] is not None and result["mi"] <= result["mi_ceiling"]  # a bound
+
+
+def test_its_view_count_and_other_methods_keys_are_checked_before_any_step(oneway, tiny, tmp_path, capsys):
+    assert main(["pretrain", *tiny, "method=oneway", "augment.num_views=3", f"out_dir={tmp_path / 'a'}"]) == 2
+    assert "method=oneway takes augment.num_views=2" in capsys.readouterr().err
+    assert main(["pretrain", *tiny, "method=oneway", "moco.queue_size=64", f"out_dir={tmp_path / 'b'}"]) == 2
+    err = capsys.readouterr().err
+    assert "moco.queue_size=64 configures method=moco, and this run is method=oneway" in err
+    assert not (tmp_path / "a" / "checkpoints").exists() and not (tmp_path / "b" / "checkpoints").exists()
