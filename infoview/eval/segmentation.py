@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infoview.config import did_you_mean
+from infoview.data.segmentation import SegmentationSet, open_segmentation_splits
 from infoview.errors import ConfigError, InfoviewError
 
 HEADS = ("fcn", "deeplabv3")
@@ -536,7 +537,6 @@ def run(cfg) -> dict:
     from infoview.augment.recipes import normalization
     from infoview.config import save_config
     from infoview.eval.backbone import load_backbone_spec
-    from infoview.eval.segmentation_data import SegmentationSet, open_segmentation_splits
     from infoview.pretrain.optim import build_optimizer
     from infoview.utils.device import resolve_device
     from infoview.utils.io import atomic_write_text
