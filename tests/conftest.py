@@ -1,4 +1,5 @@
-"""Shared fixtures: where the real data is, skips for optional hardware, tiny pretraining checkpoints.
+"""Shared fixtures: where the real data is, small data files written for a test, skips for optional hardware,
+tiny pretraining checkpoints.
 
 Tests marked ``gpu`` are skipped without CUDA. With INFOVIEW_GPU_TESTS_ON_CPU=1
 (benchmarks/gpu_check.py --dry-run sets it) those that take the
@@ -7,10 +8,13 @@ the others are still skipped.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from infoview.cli import main
 
@@ -24,6 +28,92 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (see README: Data)")
     return SHARED_DATA
+
+
+# --------------------------------------------------------------------------- small data files (tests/data, tests/eval)
+
+
+def _rle_uncompressed(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE (column-major run lengths, starting with zeros), as crowd regions use."""
+    flat = mask.T.reshape(-1).astype(np.uint8)
+    counts, value, run = [], 0, 0
+    for v in flat:
+        if v != value:
+            counts.append(run)
+            value, run = v, 0
+        run += 1
+    counts.append(run)
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def _poly(x: float, y: float, w: float, h: float) -> list[float]:
+    return [x, y, x + w, y, x + w, y + h, x, y + h]
+
+
+def _make_coco(folder: Path, missing: int = 0) -> tuple[Path, Path]:
+    """Five images: RGB of two sizes, RGBA without objects, a grayscale PNG with an object and a
+    crowd region (held out), and an image without objects (held out); polygons, a box-only
+    annotation and an uncompressed-RLE crowd."""
+    images = folder / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    specs = [  # (file, size (w, h), mode)
+        ("a.jpg", (96, 64), "RGB"), ("b.jpg", (64, 112), "RGB"), ("c.png", (80, 80), "RGBA"),
+        ("d.png", (100, 72), "L"), ("e.jpg", (72, 72), "RGB"),
+    ]
+    meta, anns = [], []
+    for i, (name, (w, h), mode) in enumerate(specs, start=1):
+        chans = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+        arr = rng.integers(0, 60, size=(h, w, chans), dtype=np.uint8)
+        arr[10:40, 10:40] = 220
+        Image.fromarray(arr.squeeze(-1) if chans == 1 else arr, mode).save(images / name)
+        meta.append({"id": i * 10, "file_name": name, "height": h, "width": w})
+    anns += [
+        {"image_id": 10, "category_id": 3, "bbox": [10, 10, 30, 30], "segmentation": [_poly(10, 10, 30, 30)],
+         "area": 900.0, "iscrowd": 0},
+        {"image_id": 10, "category_id": 7, "bbox": [50, 20, 30, 40], "segmentation": [[50, 20, 80, 20, 65, 60]],
+         "area": 600.0, "iscrowd": 0},
+        {"image_id": 20, "category_id": 3, "bbox": [10, 10, 30, 30], "area": 900.0, "iscrowd": 0},  # box only
+        {"image_id": 20, "category_id": 7, "bbox": [5, 60, 0, 10], "segmentation": [], "area": 0.0,
+         "iscrowd": 0},  # an empty box: dropped from training
+        {"image_id": 40, "category_id": 3, "bbox": [10, 10, 30, 30], "segmentation": [_poly(10, 10, 30, 30)],
+         "area": 900.0, "iscrowd": 0},
+    ]
+    crowd = np.zeros((72, 100), dtype=bool)
+    crowd[45:70, 50:95] = True
+    anns.append({"image_id": 40, "category_id": 7, "bbox": [50, 45, 45, 25], "segmentation": _rle_uncompressed(crowd),
+                 "area": float(crowd.sum()), "iscrowd": 1})
+    for k, a in enumerate(anns, start=1):
+        a["id"] = k
+    for extra in range(missing):
+        meta.append({"id": 100 + extra, "file_name": f"gone{extra}.jpg", "height": 10, "width": 10})
+    cats = [{"id": 3, "name": "box"}, {"id": 7, "name": "thing"}]
+    ann_file = folder / "instances.json"
+    ann_file.write_text(json.dumps({"images": meta, "annotations": anns, "categories": cats}))
+    return images, ann_file
+
+
+@pytest.fixture
+def make_coco():
+    """``make_coco(folder, missing=0) -> (images folder, instances.json)``: the synthetic COCO set of ``_make_coco``."""
+    return _make_coco
+
+
+def _write_mask_split(root: Path, split: str, stems, masks: bool = True, size=(20, 16), mask_size=None) -> None:
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        Image.fromarray(np.full((size[1], size[0], 3), 120, np.uint8)).save(root / "images" / split / f"{stem}.jpg")
+        if masks:
+            w, h = mask_size or size
+            Image.fromarray(np.full((h, w), 3, np.uint8)).save(root / "masks" / split / f"{stem}.png")
+
+
+@pytest.fixture
+def write_mask_split():
+    """``write_mask_split(root, split, stems, masks=True, size=(20, 16), mask_size=None)``: root/images/<split>/<stem>.jpg
+    (grey, size (w, h)) and root/masks/<split>/<stem>.png (all 3, mask_size or size)."""
+    return _write_mask_split
 
 
 GPU_TESTS_ON_CPU = "INFOVIEW_GPU_TESTS_ON_CPU"

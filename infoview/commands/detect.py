@@ -7,7 +7,8 @@ written to OUT/detect.json and printed, with OUT/config.yaml and
 OUT/train_log.csv.
 
 data.source: coco:<images>:<instances.json>, pennfudan:<root> (PNGImages/ and
-PedMasks/), or shapes (procedural, no files). The last data.holdout images
+PedMasks/), or shapes (procedural, no files): the detection schemes of
+infoview.data.registry, opened by infoview.data.detection. The last data.holdout images
 (by image id for COCO, by file name for Penn-Fudan) are held out for
 evaluation, or data.val_source names a second source to evaluate on (then
 data.holdout is not used). Crowd annotations are not trained on and are kept

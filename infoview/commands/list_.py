@@ -3,7 +3,7 @@
   infoview list presets             the configs/ presets, with their first line
   infoview list objectives          every objective, its parameters and defaults, and what its .mi certifies
   infoview list methods             the pretraining methods
-  infoview list sources             the data source schemes
+  infoview list sources             the data source schemes, with the kinds of data each gives
   infoview list recipes             the view recipes (augment.recipe)
   infoview list archs [PATTERN]     timm encoder names matching PATTERN (a glob, default *), one per line
 """
@@ -58,9 +58,20 @@ def methods() -> list[str]:
 
 
 def sources() -> list[str]:
-    from infoview.data.sources import SOURCE_HELP
+    """One entry per scheme: how it is written, then each kind of data it gives and what it reads."""
+    from infoview.data.registry import schemes
 
-    return [s.strip() for s in SOURCE_HELP.split(", ")]
+    by_name: dict[str, list] = {}
+    for s in schemes():
+        by_name.setdefault(s.name, []).append(s)
+    width = max((len(group[0].usage) for group in by_name.values()), default=0)
+    kind_width = max((len(s.kind) for s in schemes()), default=0)
+    entries = []
+    for group in by_name.values():
+        lines = [f"{group[0].usage if i == 0 else '':<{width}}  {s.kind:<{kind_width}}  {s.help}"
+                 for i, s in enumerate(group)]
+        entries.append("\n".join(lines))
+    return entries
 
 
 def recipes() -> list[str]:

@@ -1,7 +1,14 @@
 """Data: source strings, the ffcv .beton writer, and loaders of uint8 batches.
 
+- source strings are ``scheme[:arg...]``, each scheme registered in
+  ``registry`` (``register_source``) by one module of ``schemes/``, for the
+  kinds of data it gives: images, detection, segmentation;
 - ``open_source("folder:/x", split="train")`` -> an indexable ``ImageSource``
-  of ``(uint8 HxWx3 image, int label)`` (see ``sources`` for the strings);
+  of ``(uint8 HxWx3 image, int label)``;
+  ``open_detection_source(...)`` -> a ``DetectionDataset`` (``detection``);
+  ``open_segmentation_splits(...)`` -> (train, val) ``SegmentationSource``
+  (``segmentation``);
+- ``read_image(path)`` (``images``): the one reader of photo files;
 - ``ShapesSource`` also gives boxes and instance masks (``.targets(i)``);
 - ``write_beton(source, "x.beton")`` (``infoview prepare``) writes an ffcv file;
 - ``build_loader(source, batch_size, ...)`` yields ``(images uint8 (B,3,H,W)
@@ -23,10 +30,13 @@ _EXPORTS = {
     "fit_square": "infoview.data.loader",
     "shard_order": "infoview.data.loader",
     "ShapesSource": "infoview.data.shapes",
-    "SCHEMES": "infoview.data.sources",
+    "register_source": "infoview.data.registry",
+    "read_image": "infoview.data.images",
+    "open_detection_source": "infoview.data.detection",
+    "open_segmentation_splits": "infoview.data.segmentation",
+    "FolderSource": "infoview.data.schemes.folder",
+    "CocoSource": "infoview.data.schemes.coco",
     "ArraySource": "infoview.data.sources",
-    "FolderSource": "infoview.data.sources",
-    "CocoSource": "infoview.data.sources",
     "ImageSource": "infoview.data.sources",
     "open_source": "infoview.data.sources",
     "check_held_out": "infoview.data.sources",

@@ -18,7 +18,6 @@ the one its record names, so a held-out split is its own file.
 """
 from __future__ import annotations
 
-import io
 import math
 import multiprocessing as mp
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infoview.data.images import read_image
 from infoview.data.sources import ImageSource
 from infoview.errors import InfoviewError
 from infoview.utils.io import atomic_path
@@ -191,13 +191,7 @@ class BetonSource(ImageSource):
         if int(meta["mode"]) == MODE_RAW:
             image = np.array(raw[: h * w * 3]).reshape(h, w, 3)
         else:
-            from PIL import Image
-
-            try:
-                with Image.open(io.BytesIO(raw.tobytes())) as im:
-                    image = np.asarray(im.convert("RGB"))
-            except Exception as exc:
-                raise InfoviewError(f"{self.path}: sample {index} does not decode ({exc})") from None
+            image = read_image(raw.tobytes(), name=f"{self.path}: sample {index}")
         return image, int(self._labels[index])
 
     def describe(self, index: int) -> str:

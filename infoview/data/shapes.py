@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from infoview.data.sources import ImageSource, _check_split
+from infoview.data.sources import ImageSource, check_split
 
 CLASSES = ("circle", "square", "triangle")
 _SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
@@ -32,7 +32,7 @@ class ShapesSource(ImageSource):
         max_shapes: int = 4,
         seed: int = 0,
     ):
-        _check_split("shapes", split, tuple(_SPLIT_IDS))
+        check_split("shapes", split, tuple(_SPLIT_IDS))
         self.name, self.split = "shapes", split
         self.size, self.max_shapes, self.seed = int(size), int(max_shapes), int(seed)
         self.num_images = int(num_images if num_images is not None else (2000 if split == "train" else 500))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from infoview.config import did_you_mean
+from infoview.data.detection import collate, mask_to_rle, open_detection_source, quiet_coco
 from infoview.errors import ConfigError, InfoviewError
 
 TASKS = ("segm", "bbox")
@@ -257,8 +258,6 @@ def build_optimizer(model: nn.Module, t) -> torch.optim.Optimizer:
 
 def detections_to_coco(output: dict, image_id: int, label_to_cat: Sequence[int], masks: bool) -> list[dict]:
     """One image's detections as COCO results: xywh boxes, category ids, RLE masks (threshold 0.5)."""
-    from infoview.eval.detection_data import mask_to_rle
-
     boxes = output["boxes"].detach().float().cpu()
     if boxes.numel() == 0:
         return []
@@ -283,8 +282,6 @@ def coco_evaluate(gt, results: list[dict], iou_type: str, image_ids: Sequence[in
     """
     from pycocotools.cocoeval import COCOeval
 
-    from infoview.eval.detection_data import quiet_coco
-
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         if results:
@@ -306,8 +303,6 @@ def predict(model: nn.Module, dataset, indices: Sequence[int], batch_size: int, 
             device: torch.device, label_to_cat: Sequence[int], masks: bool, progress: bool) -> list[dict]:
     """COCO results for ``dataset[indices]``."""
     from tqdm import tqdm
-
-    from infoview.eval.detection_data import collate
 
     sub = torch.utils.data.Subset(dataset, list(indices))
     loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -354,8 +349,6 @@ def _check(cfg) -> None:
 
 
 def _datasets(cfg):
-    from infoview.eval.detection_data import open_detection_source
-
     d = cfg.data
     full = open_detection_source(d.source)
     if d.val_source:
@@ -394,7 +387,6 @@ def run(cfg) -> dict | None:
     from infoview.augment.recipes import normalization
     from infoview.config import save_config
     from infoview.runtime.backbone import load_backbone_spec
-    from infoview.eval.detection_data import collate
     from infoview.runtime import distributed as D
     from infoview.utils.io import atomic_write_text
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infoview.config import did_you_mean
+from infoview.data.segmentation import SegmentationSet, open_segmentation_splits
 from infoview.errors import ConfigError, InfoviewError
 
 HEADS = ("fcn", "deeplabv3")
@@ -486,7 +487,6 @@ def run(cfg) -> dict:
     from infoview.augment.recipes import normalization
     from infoview.config import save_config
     from infoview.runtime.backbone import load_backbone_spec
-    from infoview.eval.segmentation_data import SegmentationSet, open_segmentation_splits
     from infoview.runtime.optim import build_optimizer
     from infoview.utils.device import resolve_device
     from infoview.utils.io import atomic_write_text

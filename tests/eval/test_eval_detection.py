@@ -1,5 +1,7 @@
 """`infoview detect`: Mask/Faster R-CNN with an FPN on our backbones, scored by pycocotools.
 
+The datasets themselves (COCO edge cases, Penn-Fudan, shapes) are tested in tests/data/test_detection.py.
+
 Tiny settings throughout (128 px, narrow heads, a few iterations): these check
 that every source, backbone family and edge case runs and is scored
 correctly, not how good the detector gets.
@@ -12,15 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from infoview.cli import main
-from infoview.errors import InfoviewError
+from infoview.data.schemes.shapes import ShapesDetection
 from infoview.eval.detection import SimpleFeaturePyramid, coco_evaluate, lr_at
-from infoview.eval.detection_data import CocoDetection, PennFudanDetection, ShapesDetection, open_detection_source
 
 pytestmark = pytest.mark.slow
 
@@ -111,13 +110,6 @@ def test_ddp_two_processes_cpu(photo_checkpoint, tmp_path):
 
 def test_pennfudan(shared_data, photo_checkpoint, tmp_path):
     root = shared_data / "pennfudan"
-    ds = PennFudanDetection(str(root))
-    train, val = ds.split(50)
-    assert (len(train), len(val)) == (120, 50) and val.records[0]["name"] == sorted(os.listdir(root / "PNGImages"))[120]
-    image, target = ds[0]
-    assert image.shape[0] == 3 and image.dtype == torch.float32
-    assert target["masks"].shape[1:] == image.shape[1:] and len(target["boxes"]) == 2  # FudanPed00001: 2 people
-    assert torch.all(target["labels"] == 1)
     result = detect(tmp_path, f"backbone={photo_checkpoint}", f"data.source=pennfudan:{root}", "data.holdout=4",
                     "eval.max_images=2", "train.max_steps=2")
     check_metrics(result)
@@ -127,17 +119,6 @@ def test_pennfudan(shared_data, photo_checkpoint, tmp_path):
 def test_coco128(shared_data, photo_checkpoint, tmp_path):
     c = shared_data / "coco128"
     source = f"coco:{c}/images/train2017:{c}/annotations/instances_train2017.json"
-    ds = open_detection_source(source)
-    assert len(ds) == 128 and ds.num_classes == 81
-    by_name = {r["name"]: i for i, r in enumerate(ds.records)}
-    gray, _ = ds[by_name["000000000086.jpg"]]  # the one grayscale JPEG
-    assert gray.shape == (3, 640, 512) and torch.equal(gray[0], gray[1])
-    empty_index = next(i for i, r in enumerate(ds.records) if not r["anns"])
-    image, target = ds[empty_index]
-    assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, *image.shape[1:])
-    crowd_index = next(i for i, r in enumerate(ds.records) if any(a["iscrowd"] for a in r["anns"]))
-    _, target = ds[crowd_index]
-    assert len(target["boxes"]) == sum(1 for a in ds.records[crowd_index]["anns"] if not a["iscrowd"])
     result = detect(tmp_path, f"backbone={photo_checkpoint}", f"data.source={source}", "data.holdout=3",
                     "train.max_steps=2")
     check_metrics(result)
@@ -147,90 +128,15 @@ def test_coco128(shared_data, photo_checkpoint, tmp_path):
 # --------------------------------------------------------------------------- COCO edge cases
 
 
-def _rle_uncompressed(mask: np.ndarray) -> dict:
-    """COCO's uncompressed RLE (column-major run lengths, starting with zeros), as crowd regions use."""
-    flat = mask.T.reshape(-1).astype(np.uint8)
-    counts, value, run = [], 0, 0
-    for v in flat:
-        if v != value:
-            counts.append(run)
-            value, run = v, 0
-        run += 1
-    counts.append(run)
-    return {"size": list(mask.shape), "counts": counts}
-
-
-def _poly(x: float, y: float, w: float, h: float) -> list[float]:
-    return [x, y, x + w, y, x + w, y + h, x, y + h]
-
-
-def make_coco(folder: Path, missing: int = 0) -> tuple[Path, Path]:
-    """Five images: RGB of two sizes, RGBA without objects, a grayscale PNG with an object and a
-    crowd region (held out), and an image without objects (held out); polygons, a box-only
-    annotation and an uncompressed-RLE crowd."""
-    images = folder / "images"
-    images.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    specs = [  # (file, size (w, h), mode)
-        ("a.jpg", (96, 64), "RGB"), ("b.jpg", (64, 112), "RGB"), ("c.png", (80, 80), "RGBA"),
-        ("d.png", (100, 72), "L"), ("e.jpg", (72, 72), "RGB"),
-    ]
-    meta, anns = [], []
-    for i, (name, (w, h), mode) in enumerate(specs, start=1):
-        chans = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
-        arr = rng.integers(0, 60, size=(h, w, chans), dtype=np.uint8)
-        arr[10:40, 10:40] = 220
-        Image.fromarray(arr.squeeze(-1) if chans == 1 else arr, mode).save(images / name)
-        meta.append({"id": i * 10, "file_name": name, "height": h, "width": w})
-    anns += [
-        {"image_id": 10, "category_id": 3, "bbox": [10, 10, 30, 30], "segmentation": [_poly(10, 10, 30, 30)],
-         "area": 900.0, "iscrowd": 0},
-        {"image_id": 10, "category_id": 7, "bbox": [50, 20, 30, 40], "segmentation": [[50, 20, 80, 20, 65, 60]],
-         "area": 600.0, "iscrowd": 0},
-        {"image_id": 20, "category_id": 3, "bbox": [10, 10, 30, 30], "area": 900.0, "iscrowd": 0},  # box only
-        {"image_id": 20, "category_id": 7, "bbox": [5, 60, 0, 10], "segmentation": [], "area": 0.0,
-         "iscrowd": 0},  # an empty box: dropped from training
-        {"image_id": 40, "category_id": 3, "bbox": [10, 10, 30, 30], "segmentation": [_poly(10, 10, 30, 30)],
-         "area": 900.0, "iscrowd": 0},
-    ]
-    crowd = np.zeros((72, 100), dtype=bool)
-    crowd[45:70, 50:95] = True
-    anns.append({"image_id": 40, "category_id": 7, "bbox": [50, 45, 45, 25], "segmentation": _rle_uncompressed(crowd),
-                 "area": float(crowd.sum()), "iscrowd": 1})
-    for k, a in enumerate(anns, start=1):
-        a["id"] = k
-    for extra in range(missing):
-        meta.append({"id": 100 + extra, "file_name": f"gone{extra}.jpg", "height": 10, "width": 10})
-    cats = [{"id": 3, "name": "box"}, {"id": 7, "name": "thing"}]
-    ann_file = folder / "instances.json"
-    ann_file.write_text(json.dumps({"images": meta, "annotations": anns, "categories": cats}))
-    return images, ann_file
-
-
-def test_synthetic_coco_edge_cases(photo_checkpoint, tmp_path):
+def test_synthetic_coco_edge_cases(make_coco, photo_checkpoint, tmp_path):
     images, ann = make_coco(tmp_path / "coco")
-    ds = CocoDetection(str(images), str(ann))
-    assert ds.image_ids == [10, 20, 30, 40, 50] and ds.label_to_cat == [0, 3, 7]
-    img, target = ds[1]  # box-only annotation: its box becomes its mask; the empty box is dropped
-    assert target["boxes"].tolist() == [[10.0, 10.0, 40.0, 40.0]] and int(target["masks"].sum()) == 900
-    img, target = ds[2]  # RGBA, no annotations
-    assert img.shape == (3, 80, 80) and target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 80, 80)
-    img, target = ds[3]  # grayscale, one object and a crowd region: the crowd is not a training target
-    assert img.shape == (3, 72, 100) and target["labels"].tolist() == [1]
-    train, val = ds.split(2)
-    gt = val.coco_gt()
-    assert sorted(a["iscrowd"] for a in gt.dataset["annotations"]) == [0, 1]
-    flipped = ds.configure(flip=1.0)[0][1]
-    assert flipped["boxes"][0].tolist() == [96 - 40, 10, 96 - 10, 40]
-    assert flipped["masks"][0, 10:40, 56:86].all() and not flipped["masks"][0, :, :56].any()
-
     result = detect(tmp_path / "run", f"backbone={photo_checkpoint}", f"data.source=coco:{images}:{ann}",
                     "data.holdout=2", "train.max_steps=3")
     check_metrics(result)
     assert (result["train_images"], result["eval_images"], result["eval_objects"], result["eval_crowd"]) == (3, 2, 1, 1)
 
 
-def test_val_source(photo_checkpoint, tmp_path):
+def test_val_source(make_coco, photo_checkpoint, tmp_path):
     """data.val_source: evaluate on a second annotation file (holdout unused)."""
     images, ann = make_coco(tmp_path / "coco")
     result = detect(tmp_path / "run", f"backbone={photo_checkpoint}", f"data.source=coco:{images}:{ann}",
@@ -239,11 +145,9 @@ def test_val_source(photo_checkpoint, tmp_path):
     check_metrics(result, "bbox")
 
 
-def test_missing_images_error(tmp_path, capsys):
+def test_missing_images_error(make_coco, tmp_path, capsys):
     images, ann = make_coco(tmp_path / "coco", missing=3)
-    with pytest.raises(InfoviewError, match=r"lists 3 image\(s\) \(of 8\) that are not in .*the first gone0.jpg"):
-        CocoDetection(str(images), str(ann))
-    # the command fails the same way, before loading a backbone or training
+    # the command fails as the dataset does (tests/data/test_detection.py), before loading a backbone or training
     assert main(["detect", "backbone=random:resnet18", f"data.source=coco:{images}:{ann}", f"out_dir={tmp_path}/o"]) == 2
     assert "gone0.jpg" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -167,7 +167,7 @@ def test_detect_and_segment_keep_a_finished_result_and_say_so_first(command, res
         raise AssertionError("the data was opened before the error")
 
     monkeypatch.setattr(detection, "_datasets", refuse)
-    monkeypatch.setattr("infoview.eval.segmentation_data.open_segmentation_splits", refuse)
+    monkeypatch.setattr("infoview.eval.segmentation.open_segmentation_splits", refuse)
     assert main([command, "backbone=random:resnet18", f"out_dir={tmp_path}"]) == 2
     assert f"already holds a finished result ({result})" in capsys.readouterr().err
     assert (tmp_path / result).read_text() == "{}"

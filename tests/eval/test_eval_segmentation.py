@@ -1,4 +1,7 @@
-"""`infoview segment`: FCN / DeepLabV3 heads on CNN and ViT backbones, the masks: source, the metrics."""
+"""`infoview segment`: FCN / DeepLabV3 heads on CNN and ViT backbones, on the masks: source; the metrics.
+
+The segmentation sources themselves are tested in tests/data/test_segmentation.py.
+"""
 from __future__ import annotations
 
 import json
@@ -17,7 +20,6 @@ from infoview.eval.segmentation import (
     constant_baseline,
     segmentation_metrics,
 )
-from infoview.eval.segmentation_data import open_segmentation_splits, resolve_splits
 
 pytestmark = pytest.mark.slow
 
@@ -107,80 +109,21 @@ def test_frozen_vit_model_drops_prefix_tokens_and_trains_the_head_only():
         SegmentationModel(timm.create_model("vit_tiny_patch16_224", num_classes=0, depth=1), "fcn", 4, 40)
 
 
-# --------------------------------------------------------------------------- the masks: source
-
-
-def _write_split(root: Path, split: str, stems, masks: bool = True, size=(20, 16), mask_size=None) -> None:
-    (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    (root / "masks" / split).mkdir(parents=True, exist_ok=True)
-    for stem in stems:
-        Image.fromarray(np.full((size[1], size[0], 3), 120, np.uint8)).save(root / "images" / split / f"{stem}.jpg")
-        if masks:
-            w, h = mask_size or size
-            Image.fromarray(np.full((h, w), 3, np.uint8)).save(root / "masks" / split / f"{stem}.png")
+# --------------------------------------------------------------------------- the masks: source, through the command
 
 
 def _source(root: Path) -> str:
     return f"masks:{root / 'images'}:{root / 'masks'}"
 
 
-def test_an_image_without_any_mask_is_named(tmp_path):
-    _write_split(tmp_path, "val", ["v1"])
-    _write_split(tmp_path, "train", ["a", "b"], masks=False)
-    with pytest.raises(InfoviewError, match=r"no image pairs with a mask.*first image without a mask is .*a\.jpg"):
-        open_segmentation_splits(_source(tmp_path))
-    # a mask whose image is missing is named too
-    Image.fromarray(np.zeros((16, 20), np.uint8)).save(tmp_path / "masks" / "train" / "zz.png")
-    with pytest.raises(InfoviewError, match=r"mask .*zz\.png has no image with the stem 'zz'"):
-        open_segmentation_splits(_source(tmp_path))
-
-
-def test_pairs_by_stem_and_leaves_out_images_without_masks(tmp_path):
-    _write_split(tmp_path, "val", ["v1", "v2"])
-    _write_split(tmp_path, "train", ["a", "b"])
-    _write_split(tmp_path, "train", ["c"], masks=False)
-    train, val = open_segmentation_splits(_source(tmp_path))
-    assert (train.split, val.split, len(train), len(val)) == ("train", "val", 2, 2)
-    assert train.unlabelled_images == 1 and train.first_unlabelled.endswith("c.jpg")
-    image, mask = train.load(0)
-    assert image.shape == (16, 20, 3) and mask.shape == (16, 20) and mask.dtype == np.int64
-    assert train.label_ids() == {3}
-
-
-def test_a_mask_of_another_size_is_named(tmp_path):
-    _write_split(tmp_path, "val", ["v1"])
-    _write_split(tmp_path, "train", ["a"], mask_size=(8, 8))
-    train, _ = open_segmentation_splits(_source(tmp_path))
-    with pytest.raises(InfoviewError, match=r"mask .*a\.png is 8x8 .* but its image .*a\.jpg is 20x16"):
-        train.label_ids()
-
-
-def test_missing_split_errors(tmp_path, capsys):
-    _write_split(tmp_path, "train2017", ["a"])
-    _write_split(tmp_path, "val2017", ["b"])
+def test_missing_split_errors(write_mask_split, tmp_path, capsys):
+    write_mask_split(tmp_path, "train2017", ["a"])
+    write_mask_split(tmp_path, "val2017", ["b"])
     assert main(["segment", *QUIET, "backbone=random:resnet18", f"data.source={_source(tmp_path)}",
                  "data.val_split=test", f"out_dir={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err
     assert "data.val_split=test" in err and "no split 'test'" in err and "train2017, val2017" in err
-    (tmp_path / "images" / "extra").mkdir()
-    (tmp_path / "masks" / "extra").mkdir()
-    with pytest.raises(InfoviewError, match="3 split folder.*name them"):
-        open_segmentation_splits(_source(tmp_path))
-    missing = "data.val_split=val2017: no split 'val2017' in the masks root .*found there: extra, train2017"
-    with pytest.raises(InfoviewError, match=missing):
-        (tmp_path / "masks" / "val2017" / "b.png").unlink()
-        (tmp_path / "masks" / "val2017").rmdir()
-        open_segmentation_splits(_source(tmp_path), "train2017", "val2017")
-    with pytest.raises(InfoviewError, match="no per-pixel labels"):
-        open_segmentation_splits("digits")
-
-
-def test_splits_default_to_the_two_found_train_like_first():
-    assert resolve_splits(["val2017", "train2017"], "", "", "x") == ("train2017", "val2017")
-    assert resolve_splits(["a_train", "b"], "", "", "x") == ("a_train", "b")
-    assert resolve_splits(["test", "val"], "val", "", "x") == ("val", "test")
-    with pytest.raises(InfoviewError, match="1 split folder"):
-        resolve_splits(["train"], "", "", "x")
+    # the other split errors, without the command: tests/data/test_segmentation.py
 
 
 # --------------------------------------------------------------------------- metrics
@@ -267,20 +210,3 @@ def test_the_void_class_is_read_from_the_datasets_description_and_said(tmp_path,
     r = _segment(capsys, tmp_path / "out", "backbone=random:resnet18", f"data.source={_source(tmp_path)}",
                  "data.size=32", "train.max_steps=1", "data.batch_size=2")
     assert r["ignore_index"] == 11 and "names 11 'void'" in r["ignore_index_from"]
-
-
-def test_the_split_beside_splitannot_layout_needs_no_symlinks(tmp_path):
-    for split in ("train", "val", "test"):
-        (tmp_path / split).mkdir()
-        (tmp_path / f"{split}annot").mkdir()
-        for i in range(2):
-            Image.fromarray(np.full((8, 8, 3), 50, np.uint8)).save(tmp_path / split / f"f{i}.png")
-            Image.fromarray(np.full((8, 8), 2, np.uint8)).save(tmp_path / f"{split}annot" / f"f{i}.png")
-    train, val = open_segmentation_splits(f"masks:{tmp_path}", "train", "val")
-    assert (train.split, val.split, len(train), len(val)) == ("train", "val", 2, 2)
-    image, mask = val.load(1)
-    assert image.shape == (8, 8, 3) and int(mask[0, 0]) == 2
-    with pytest.raises(InfoviewError, match="no split 'dev'"):
-        open_segmentation_splits(f"masks:{tmp_path}", "train", "dev")
-    with pytest.raises(InfoviewError, match="no split folder has its masks beside it"):
-        open_segmentation_splits(f"masks:{tmp_path / 'train'}")

@@ -1,6 +1,7 @@
 """Datasets for ``infoview detect``: images with boxes and instance masks, and COCO ground truth.
 
-Three sources, one contract. ``open_detection_source(source)`` returns a
+Every source of the ``detection`` kind (:mod:`infoview.data.registry`), one
+contract. ``open_detection_source(source)`` returns a
 :class:`DetectionDataset`; ``dataset.split(holdout)`` cuts off the last
 ``holdout`` images for evaluation; an item is what torchvision's detection
 models take::
@@ -14,13 +15,14 @@ images' ground truth, as COCOeval expects it.
 
 =========================================  =============================================
 ``coco:<images>:<instances.json>``         COCO instances JSON (polygon and RLE masks);
-                                           images sorted by id
+                                           images sorted by id (``schemes/coco.py``)
 ``pennfudan:<root>``                       Penn-Fudan: ``PNGImages/*.png`` and
                                            ``PedMasks/*_mask.png`` (0 = background,
                                            k = k-th pedestrian); one category, person;
-                                           images sorted by file name
+                                           images sorted by file name (``schemes/pennfudan.py``)
 ``shapes``                                 procedural circles, squares and triangles
                                            (``infoview.data.shapes``), 128 px, 2000 images
+                                           (``schemes/shapes.py``)
 =========================================  =============================================
 
 What is handled, and how:
@@ -30,8 +32,8 @@ What is handled, and how:
   fall on them (the COCO protocol);
 - images without annotations are kept: they train the detector on background,
   and in evaluation every detection on them is a false positive;
-- grayscale, palette, RGBA and 16-bit images are converted to 8-bit RGB;
-  images keep their size;
+- images are read with :func:`infoview.data.images.read_image` (grayscale,
+  palette, RGBA and 16-bit images become 8-bit RGB); images keep their size;
 - boxes are clipped to the image; boxes left empty are dropped from training
   targets; an annotation without a segmentation gets its box as its mask;
 - an annotation file that lists images that are not there is an
@@ -45,52 +47,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import os
 import warnings
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from infoview.data.registry import open_as
 from infoview.errors import InfoviewError
 
-SOURCE_HELP = "coco:<images folder>:<instances.json>, pennfudan:<root>, shapes"
-SHAPES_SIZE = 128
-SHAPES_IMAGES = 2000
 
-
-# --------------------------------------------------------------------------- images and masks
-
-
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Any image file as an (H, W, 3) uint8 RGB array (grayscale, palette, RGBA, 16-bit too)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im, dtype=np.float64)
-                top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-                arr = np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
-                return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
-            if im.mode in ("LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InfoviewError(f"cannot read image {path}: {exc}") from None
-
-
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) from the file's header, without decoding the pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InfoviewError(f"cannot read image {path}: {exc}") from None
-    return int(h), int(w)
+# --------------------------------------------------------------------------- masks and COCO helpers
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:
@@ -311,157 +278,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         return quiet_coco({"images": images, "annotations": annotations, "categories": copy.deepcopy(self.categories)})
 
 
-# --------------------------------------------------------------------------- COCO
-
-
-class CocoDetection(DetectionDataset):
-    def __init__(self, images: str, annotations: str):
-        from infoview.data.sources import coco_format_errors, read_coco_instances
-
-        name = f"coco:{images}:{annotations}"
-        root, ann_path, data = read_coco_instances(images, annotations)
-        with coco_format_errors(ann_path):
-            cats = sorted(data["categories"], key=lambda c: c["id"])
-            images_meta = sorted(data["images"], key=lambda im: im["id"])
-            per_image: dict[int, list] = {}
-            for a in data.get("annotations") or []:
-                a["bbox"] = [float(v) for v in a["bbox"]]
-                a["category_id"] = int(a["category_id"])
-                per_image.setdefault(a["image_id"], []).append(a)
-            records = [
-                {"id": int(im["id"]), "name": str(im["file_name"]), "path": str(root / im["file_name"]),
-                 "height": im.get("height"), "width": im.get("width"), "anns": per_image.get(im["id"], [])}
-                for im in images_meta
-            ]
-        if not records:
-            raise InfoviewError(f"coco: {ann_path} lists no images")
-        if not cats:
-            raise InfoviewError(f"coco: {ann_path} lists no categories")
-        missing = [r for r in records if not os.path.isfile(r["path"])]
-        if missing:
-            raise InfoviewError(
-                f"coco: {ann_path} lists {len(missing)} image(s) (of {len(records)}) that are not in {root}, "
-                f"the first {missing[0]['name']}; do the image folder and the annotation file belong together?"
-            )
-        super().__init__(records, cats, name)
-
-    def _image(self, rec: dict) -> np.ndarray:
-        return read_rgb(rec["path"])
-
-    def _size(self, rec: dict) -> tuple[int, int]:
-        if rec.get("height") and rec.get("width"):
-            return int(rec["height"]), int(rec["width"])
-        return image_size(rec["path"])
-
-    def _annotations(self, rec: dict, hw: tuple[int, int]) -> list[dict]:
-        return rec["anns"]
-
-
-# --------------------------------------------------------------------------- Penn-Fudan
-
-
-class PennFudanDetection(DetectionDataset):
-    def __init__(self, root: str):
-        base = Path(root).expanduser()
-        images_dir, masks_dir = base / "PNGImages", base / "PedMasks"
-        for d in (images_dir, masks_dir):
-            if not d.is_dir():
-                raise InfoviewError(
-                    f"pennfudan: {d} does not exist; expected the Penn-Fudan layout <root>/PNGImages/*.png "
-                    "and <root>/PedMasks/*_mask.png"
-                )
-        files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() == ".png")
-        if not files:
-            raise InfoviewError(f"pennfudan: no .png images in {images_dir}")
-        records = [
-            {"id": i + 1, "name": p.name, "path": str(p), "mask": str(masks_dir / f"{p.stem}_mask.png")}
-            for i, p in enumerate(files)
-        ]
-        missing = [r for r in records if not os.path.isfile(r["mask"])]
-        if missing:
-            raise InfoviewError(
-                f"pennfudan: {len(missing)} image(s) in {images_dir} have no mask in {masks_dir}, "
-                f"the first {Path(missing[0]['mask']).name}"
-            )
-        super().__init__(records, [{"id": 1, "name": "person"}], f"pennfudan:{root}")
-
-    def _image(self, rec: dict) -> np.ndarray:
-        return read_rgb(rec["path"])
-
-    def _size(self, rec: dict) -> tuple[int, int]:
-        return image_size(rec["path"])
-
-    def _annotations(self, rec: dict, hw: tuple[int, int]) -> list[dict]:
-        from PIL import Image
-
-        with Image.open(rec["mask"]) as im:
-            ids = np.asarray(im)
-        if ids.ndim == 3:
-            ids = ids[..., 0]
-        if ids.shape != tuple(hw):
-            raise InfoviewError(
-                f"pennfudan: mask {rec['mask']} is {ids.shape[1]}x{ids.shape[0]}, its image {hw[1]}x{hw[0]}"
-            )
-        anns = []
-        for k in np.unique(ids):
-            if k == 0:
-                continue
-            mask = ids == k
-            anns.append({"category_id": 1, "bbox": mask_box_xywh(mask), "iscrowd": 0,
-                         "area": float(mask.sum()), "mask": mask})
-        return anns
-
-
-# --------------------------------------------------------------------------- shapes
-
-
-class ShapesDetection(DetectionDataset):
-    def __init__(self, num_images: int = SHAPES_IMAGES, size: int = SHAPES_SIZE, seed: int = 0):
-        from infoview.data.shapes import CLASSES, ShapesSource
-
-        self.source = ShapesSource("train", size=size, num_images=num_images, seed=seed)
-        records = [{"id": i + 1, "name": f"shapes[{i}]", "index": i, "height": size, "width": size}
-                   for i in range(num_images)]
-        super().__init__(records, [{"id": i + 1, "name": c} for i, c in enumerate(CLASSES)], "shapes")
-
-    def _image(self, rec: dict) -> np.ndarray:
-        return self.source.sample(rec["index"])[0]
-
-    def _annotations(self, rec: dict, hw: tuple[int, int]) -> list[dict]:
-        t = self.source.targets(rec["index"])
-        return [
-            {"category_id": int(label) + 1, "bbox": mask_box_xywh(mask), "iscrowd": 0,
-             "area": float(mask.sum()), "mask": mask}
-            for mask, label in zip(t["masks"], t["labels"])
-        ]
-
-
 # --------------------------------------------------------------------------- opening a source
 
 
 def open_detection_source(source: str) -> DetectionDataset:
-    """``coco:<images>:<json>``, ``pennfudan:<root>`` or ``shapes`` as a :class:`DetectionDataset`."""
-    if not isinstance(source, str) or not source.strip():
-        raise InfoviewError(f"empty detection data source; expected one of: {SOURCE_HELP}")
-    source = source.strip()
-    scheme, _, rest = source.partition(":")
-    if scheme == "shapes":
-        if rest:
-            raise InfoviewError(f"'shapes' takes no argument, got '{source}'")
-        return ShapesDetection()
-    if scheme == "pennfudan":
-        if not rest:
-            raise InfoviewError("pennfudan: give the folder, as pennfudan:<root> (with PNGImages/ and PedMasks/)")
-        return PennFudanDetection(rest)
-    if scheme == "coco":
-        images, sep, ann = rest.rpartition(":")
-        if not sep or not images or not ann:
-            raise InfoviewError(f"coco source '{source}' must be coco:<images folder>:<instances.json>")
-        return CocoDetection(images, ann)
-    hint = ""
-    if os.path.isdir(os.path.join(source, "PedMasks")):
-        hint = f" (did you mean pennfudan:{source}?)"
-    raise InfoviewError(f"unknown detection data source '{source}'{hint}; expected one of: {SOURCE_HELP}")
+    """A ``detection`` scheme's source string (``coco:<images>:<json>``, ``pennfudan:<root>``, ``shapes``)."""
+    return open_as("detection", source)
 
 
 def collate(batch):
