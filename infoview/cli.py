@@ -12,9 +12,7 @@ import os
 import sys
 from typing import Sequence
 
-from omegaconf import OmegaConf
-
-from infoview import __version__
+from infoview import __version__, schema
 from infoview.commands import build_config, load_command, names
 from infoview.errors import InfoviewError, Interrupted
 
@@ -48,8 +46,7 @@ def _command_help(name: str, module) -> str:
     )
     if not hasattr(module, "DEFAULTS"):  # a command without keys (list)
         return f"{head}\n\n{doc}"
-    keys = OmegaConf.to_yaml(OmegaConf.create(module.DEFAULTS)).rstrip()
-    return f"{head}\n\n{doc}\n\nkeys and defaults:\n" + "\n".join("  " + l for l in keys.splitlines())
+    return f"{head}\n\n{doc}\n\nkeys and defaults:\n" + schema.describe(module.DEFAULTS)
 
 
 def _print(text: str) -> None:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / "infoview"
 
 #: lowest first; each entry is one layer, a set of packages (or modules) that do not import each other
 LAYERS = [
-    {"infoview", "infoview.errors", "infoview.utils", "infoview.config"},
+    {"infoview", "infoview.errors", "infoview.utils", "infoview.config", "infoview.schema"},
     {"infoview.objectives", "infoview.data", "infoview.augment", "infoview.models"},
     {"infoview.runtime"},
     {"infoview.pretrain", "infoview.eval"},

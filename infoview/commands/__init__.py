@@ -6,7 +6,9 @@ keeping a builtin's name free) holds:
 
 - ``COMMAND``: a :class:`Command`: its one-line help and how it behaves under
   ``infoview launch`` (distributed or not, resumable or not);
-- ``DEFAULTS``: a nested dict of every key it accepts, with defaults;
+- ``DEFAULTS``: a nested dict of every key it accepts: its default, or an
+  :class:`infoview.schema.Key` with the default, one line of help and the
+  choices or bounds it takes (checked before ``run``, shown by ``--help``);
 - ``run(cfg)``: does the work (may return a dict, printed as JSON), or
   ``main(args)`` when the command parses its own arguments (``launch``).
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
+from infoview import schema
 from infoview.config import DELETE, did_you_mean, parse_overrides, read_yaml, resolve
 from infoview.errors import InfoviewError
 
@@ -153,7 +156,7 @@ def build_config(name: str, args: Sequence[str]):
     overrides = _overrides(name, command, rest)
     notes: list[str] = []
     cfg = resolve(
-        module.DEFAULTS,
+        schema.defaults(module.DEFAULTS),
         read_yaml(config_file) if config_file else None,
         overrides,
         open_sections=command.open_sections,
@@ -166,4 +169,5 @@ def build_config(name: str, args: Sequence[str]):
     missing = [p for p in command.positional if cfg.get(p) in (None, "")]
     if missing:
         raise InfoviewError(f"'{name}' needs {' '.join(m.upper() for m in missing)}; see `infoview {name} --help`")
+    schema.check(cfg, module.DEFAULTS)  # choices and bounds, before any work
     return module, cfg

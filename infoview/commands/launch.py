@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from infoview import schema
 from infoview.commands import Command, build_config, load_command
 from infoview.config import did_you_mean, parse_overrides, resolve, save_config
 from infoview.errors import ConfigError, InfoviewError
@@ -89,7 +90,9 @@ def split_args(args: Sequence[str]) -> tuple[str, list[str], list[str]]:
 
 def launch_config(overrides: Sequence[str], command: str = "", declared: Command | None = None):
     """The ``launch.*`` keys, checked, and checked against what ``command`` declares (``declared``)."""
-    lc = resolve(DEFAULTS, None, parse_overrides(overrides)).launch
+    cfg = resolve(schema.defaults(DEFAULTS), None, parse_overrides(overrides))
+    schema.check(cfg, DEFAULTS)
+    lc = cfg.launch
     if lc.executor not in EXECUTORS:
         raise ConfigError(f"launch.executor must be one of {', '.join(EXECUTORS)}, got '{lc.executor}'")
     for key in ("nodes", "timeout_min"):

@@ -49,23 +49,27 @@ from __future__ import annotations
 from typing import Any
 
 from infoview.commands import Command
+from infoview.schema import Key
+
+CRITICS = ("separable", "concat")
 
 DEFAULTS: dict[str, Any] = {
-    "out_dir": "runs/mi_bench",
-    "estimators": ["infonce", "ml_cpc", "ml_cpc:alpha=0.0001", "nwj", "js"],
-    "alpha": "floor",
-    "levels": [2, 4, 6, 8, 10],
-    "dim": 20,
-    "steps_per_level": 4000,
-    "batch_size": 64,
-    "critic": "separable",
-    "hidden": 256,
-    "layers": 2,
-    "embed_dim": 32,
-    "lr": 5e-4,
-    "seed": 0,
-    "device": "auto",
-    "threads": 1,
+    "out_dir": Key("runs/mi_bench", "where results.json, estimates.csv, mi_bench.png and config.yaml go"),
+    "estimators": Key(["infonce", "ml_cpc", "ml_cpc:alpha=0.0001", "nwj", "js"],
+                      "objectives to compare, name or name:key=value (see above)"),
+    "alpha": Key("floor", "ML-CPC's alpha for a plain ml_cpc: floor (the smallest valid) or a positive number"),
+    "levels": Key([2, 4, 6, 8, 10], "the true MI of each level of the staircase, in nats", above=0),
+    "dim": Key(20, "dimension of x and of y", min=1),
+    "steps_per_level": Key(4000, "training steps at each level", min=1),
+    "batch_size": Key(64, "pairs per batch: n rows of n candidates (InfoNCE's ceiling is log n)", min=2),
+    "critic": Key("separable", "separable: g(x)^T h(y); concat: f([x, y]) over all pairs", choices=CRITICS),
+    "hidden": Key(256, "hidden units per layer of the critic's MLPs", min=1),
+    "layers": Key(2, "hidden layers of the critic's MLPs", min=1),
+    "embed_dim": Key(32, "embedding width of the separable critic", min=1),
+    "lr": Key(5e-4, "Adam's learning rate", above=0),
+    "seed": Key(0, "seed of the critics' weights and of the batches"),
+    "device": Key("auto", "auto (a GPU when there is one), cpu, cuda or cuda:<index>"),
+    "threads": Key(1, "CPU threads for torch; 0 keeps torch's default", min=0),
 }
 COMMAND = Command(help='Train critics on the Gaussian MI staircase and compare what each bound certifies.', distributed=False)
 

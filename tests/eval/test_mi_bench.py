@@ -7,6 +7,7 @@ import pytest
 
 from infoview.cli import main
 from infoview.commands.mi_bench import DEFAULTS
+from infoview.schema import defaults
 
 # a tiny critic and a few steps: seconds on two CPU cores
 TINY = ["steps_per_level=6", "batch_size=16", "hidden=32", "embed_dim=8", "levels=[2,4]", "threads=1"]
@@ -37,7 +38,7 @@ def test_outputs_and_schema(tmp_path, capsys):
         assert all(v is not None and math.isfinite(v) for v in values), key
     assert r["estimators"]["ml_cpc(alpha=0.1)"]["params"] == {"alpha": 0.1}
     # the top-level alpha key, `floor` by default: ML-CPC's smallest valid alpha for a 16 x 16 matrix
-    assert DEFAULTS["alpha"] == "floor"
+    assert defaults(DEFAULTS)["alpha"] == "floor"
     assert r["estimators"]["ml_cpc"]["params"] == {"alpha": pytest.approx(16 / (16 * 15 + 1))}
     assert r["log_m"] == pytest.approx(math.log(16), abs=1e-4)
     # each bound's ceiling; alpha = 1e-4 is below the floor, so it is certified at the floor ...

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infoview import schema
 from infoview.config import did_you_mean, flatten
 from infoview.errors import ConfigError
 from infoview.models import predictor as make_predictor, projector as make_projector
@@ -60,7 +61,7 @@ def check_method_sections(cfg) -> None:
     for name, cls in _REGISTRY.items():
         if name == cfg.method or name not in cfg:
             continue
-        defaults = flatten(cls.DEFAULTS)
+        defaults = flatten(schema.defaults(cls.DEFAULTS))
         for key, value in flatten(dict(cfg[name])).items():
             if key in defaults and value != defaults[key]:
                 raise ConfigError(
