@@ -38,8 +38,10 @@ from torch import nn
 
 from infoview.config import did_you_mean
 from infoview.errors import ConfigError
+from infoview.utils.registry import Registry
 
-_REGISTRY: dict[str, type["Objective"]] = {}
+_OBJECTIVES: Registry = Registry("objective")
+
 
 T = TypeVar("T", bound=type)
 
@@ -197,19 +199,11 @@ def compact(neg: torch.Tensor, k: int) -> torch.Tensor:
 
 def register(name: str) -> Callable[[T], T]:
     """Class decorator: ``@register("infonce")`` makes the class buildable by name."""
-
-    def deco(cls: T) -> T:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"objective '{name}' is already registered by {_REGISTRY[name].__name__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return _OBJECTIVES.register(name)
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_OBJECTIVES.items)
 
 
 def objective_params(name: str) -> dict[str, object]:
@@ -224,10 +218,7 @@ def objective_params(name: str) -> dict[str, object]:
 
 
 def _get(name: str) -> type[Objective]:
-    if name not in _REGISTRY:
-        msg = f"unknown objective '{name}'" + did_you_mean(name, _REGISTRY)
-        raise ConfigError(msg + " Available: " + ", ".join(available()))
-    return _REGISTRY[name]
+    return _OBJECTIVES.get(name)
 
 
 def build(name: str, **kwargs) -> Objective:

@@ -274,7 +274,7 @@ def test_a_wrong_count_of_negatives_is_refused():
 def test_an_objective_without_k_gets_the_negatives_copied_out(monkeypatch):
     from infoview.objectives import Objective, Terms, base, register
 
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(base._OBJECTIVES, "items", dict(base._OBJECTIVES.items))
     seen = []
 
     @register("plain_lse")

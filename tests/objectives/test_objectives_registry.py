@@ -84,7 +84,7 @@ def test_wrong_shapes_give_clear_errors(pos, neg, word):
 
 
 def test_register_a_new_objective(monkeypatch):
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(base._OBJECTIVES, "items", dict(base._OBJECTIVES.items))
 
     @register("margin")
     class Margin(Objective):

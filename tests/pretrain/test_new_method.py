@@ -28,7 +28,7 @@ def oneway(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "oneway.py").write_text(_example(), encoding="utf-8")
     monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(folder)])
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # registered for this test only
+    monkeypatch.setattr(base._METHODS, "items", dict(base._METHODS.items))  # registered for this test only
     importlib.import_module("infoview.pretrain.methods.oneway")
     yield
     sys.modules.pop("infoview.pretrain.methods.oneway", None)

@@ -173,11 +173,11 @@ class _NanAtStep2(Objective):
 @pytest.fixture
 def nan_objective():
     """Registered for one test only, so that other tests see the real registry."""
-    from infoview.objectives.base import _REGISTRY
+    from infoview.objectives.base import _OBJECTIVES
 
     register("test_nan_at_step_2")(_NanAtStep2)
     yield "test_nan_at_step_2"
-    _REGISTRY.pop("test_nan_at_step_2")
+    _OBJECTIVES.items.pop("test_nan_at_step_2")
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step_and_saving_the_batch(tiny, tmp_path, capsys, nan_objective):

@@ -16,49 +16,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from infoview import schema
-from infoview.config import did_you_mean, flatten
+from infoview.config import flatten
 from infoview.errors import ConfigError
 from infoview.models import predictor as make_predictor, projector as make_projector
 from infoview.objectives import Objective, ObjectiveOutput, cross_view_pairs
 from infoview.runtime import distributed as D
+from infoview.utils.registry import Registry
 
-_REGISTRY: dict[str, type["Method"]] = {}
+_METHODS: Registry = Registry("method", listing="Methods")
 
 
 def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
     """Class decorator: ``@register_method("simclr")`` makes ``method=simclr`` build that class."""
-
-    def deco(cls: type["Method"]) -> type["Method"]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"method '{name}' is registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return _METHODS.register(name)
 
 
 def available_methods() -> list[str]:
     """The registered method names, in registration order (simclr first)."""
-    return list(_REGISTRY)
+    return _METHODS.names()
 
 
 def get_method(name: str) -> type["Method"]:
     """The class of method ``name``; an unknown name is a ConfigError naming the nearest."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown method '{name}'" + did_you_mean(name, _REGISTRY)
-                          + f" Methods: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return _METHODS.get(name)
 
 
 def method_sections() -> dict[str, dict]:
     """``{name: DEFAULTS}`` of every method: the sections ``infoview pretrain`` accepts."""
-    return {name: dict(cls.DEFAULTS) for name, cls in _REGISTRY.items()}
+    return {name: dict(cls.DEFAULTS) for name, cls in _METHODS.items.items()}
 
 
 def check_method_sections(cfg) -> None:
     """A key set in another method's section is an error: ``moco.queue_size`` does nothing under method=simclr."""
-    for name, cls in _REGISTRY.items():
+    for name, cls in _METHODS.items.items():
         if name == cfg.method or name not in cfg:
             continue
         defaults = flatten(schema.defaults(cls.DEFAULTS))
