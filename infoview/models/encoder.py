@@ -36,6 +36,20 @@ from infoview.errors import ConfigError, InfoviewError
 
 #: timm modules whose models are VisionTransformers (patch_size and img_size apply)
 VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
+
+
+def is_vit_arch(arch: str) -> bool:
+    """Whether timm builds ``arch`` as a plain VisionTransformer (vit_*, deit_*): patch size and img_size rule."""
+    import timm
+
+    return timm.models.model_entrypoint(arch).__module__ in VIT_MODULES
+
+
+def is_vit(model: nn.Module) -> bool:
+    """Whether ``model`` (a timm backbone) is a VisionTransformer: tokens, not feature maps."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer)
 CIFAR_STEM_FAMILIES = (
     "ResNet-like models with conv1/bn1/maxpool (resnet*, resnet*d, resnet*t, seresnext*, resnest*, ...) "
     "and Vision Transformers (vit_*, deit_*)"
@@ -134,7 +148,7 @@ def build_encoder(
             "to return pooled features (put a head on top instead)"
         )
     entry_module = timm.models.model_entrypoint(arch).__module__
-    is_vit = entry_module in VIT_MODULES
+    is_vit = is_vit_arch(arch)
 
     create_kw = dict(kwargs)
     if is_vit and cifar_stem:

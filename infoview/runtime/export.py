@@ -13,7 +13,7 @@ from typing import Any
 from infoview.augment.recipes import normalization
 from infoview.config import did_you_mean
 from infoview.errors import ConfigError, InfoviewError
-from infoview.models.encoder import VIT_MODULES, build_encoder
+from infoview.models.encoder import build_encoder, is_vit_arch
 from infoview.runtime.encoder import encoder_from_checkpoint, resolve_checkpoint
 from infoview.utils.io import atomic_path, atomic_write_text
 from infoview.utils.provenance import provenance
@@ -180,9 +180,8 @@ def _plain_timm(encoder, weights: dict) -> tuple[dict, bool, str]:
     """The kwargs plain timm needs, whether its model takes these weights, and why not."""
     import timm
 
-
     kwargs = dict(encoder.config["kwargs"])
-    is_vit = timm.models.model_entrypoint(encoder.arch).__module__ in VIT_MODULES
+    is_vit = is_vit_arch(encoder.arch)
     if is_vit and encoder.cifar_stem:
         kwargs.setdefault("patch_size", 4)
     if encoder.img_size is not None:
