@@ -18,6 +18,7 @@ the one its record names, so a held-out split is its own file.
 """
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
@@ -29,7 +30,7 @@ import numpy as np
 from infoview.data.images import read_image
 from infoview.data.sources import ImageSource
 from infoview.errors import InfoviewError
-from infoview.utils.io import atomic_path
+from infoview.utils.io import atomic_path, atomic_write_text
 
 FORMAT_VERSION = 2
 HEADER = np.dtype(
@@ -316,18 +317,8 @@ def _bad_message(source: ImageSource, index: int, code: int, max_resolution: int
     return f"cannot read {source.describe(index)} (it failed in a writer process)"
 
 
-def write_beton(
-    source: ImageSource,
-    out: str | os.PathLike,
-    *,
-    max_resolution: int = 512,
-    jpeg_quality: int = 90,
-    write_mode: str = "smart",
-    overwrite: bool = False,
-    skip_bad: bool = False,
-    num_workers: int = 0,
-) -> dict:
-    """Write ``source`` to ``out`` as an ffcv .beton; returns a summary dict."""
+def _check_write(source: ImageSource, out, max_resolution, jpeg_quality, write_mode: str, overwrite: bool) -> Path:
+    """The cheap checks before a .beton is written: the settings, the output path, an empty source."""
     if write_mode not in WRITE_MODES:
         raise InfoviewError(f"write_mode must be one of {', '.join(WRITE_MODES)}, got '{write_mode}'")
     if not 1 <= int(jpeg_quality) <= 100:
@@ -341,6 +332,42 @@ def write_beton(
         raise InfoviewError(f"{out} exists; pass overwrite=true to replace it")
     if len(source) == 0:
         raise InfoviewError(f"{source.name} has no images to write")
+    return out
+
+
+def _drop_unreadable(source, dataset, indices, skip_bad: bool, attempt: int, max_resolution: int,
+                     skipped: list[str]) -> tuple[np.ndarray, list[str], bool]:
+    """After one writing pass: ``(indices, skipped, done)``; unreadable images are an error unless skip_bad."""
+    flags = np.frombuffer(dataset.flags, dtype=np.int8)
+    bad = np.nonzero(flags[indices])[0]
+    if not len(bad):
+        return indices, skipped, True
+    first = int(indices[bad[0]])
+    if not skip_bad or attempt == 1:
+        raise InfoviewError(
+            _bad_message(source, first, int(flags[first]), max_resolution)
+            + ("" if skip_bad else "; pass skip_bad=true to skip unreadable images")
+        )
+    skipped = [source.describe(int(i)) for i in indices[bad]]
+    indices = np.delete(indices, bad)
+    if not len(indices):
+        raise InfoviewError(f"no readable images in {source.name} ({len(skipped)} unreadable)")
+    return indices, skipped, False
+
+
+def write_beton(
+    source: ImageSource,
+    out: str | os.PathLike,
+    *,
+    max_resolution: int = 512,
+    jpeg_quality: int = 90,
+    write_mode: str = "smart",
+    overwrite: bool = False,
+    skip_bad: bool = False,
+    num_workers: int = 0,
+) -> dict:
+    """Write ``source`` to ``out`` as an ffcv .beton; returns a summary dict."""
+    out = _check_write(source, out, max_resolution, jpeg_quality, write_mode, overwrite)
     require_ffcv("infoview prepare")
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
@@ -361,28 +388,14 @@ def write_beton(
     indices = np.arange(len(source))
     skipped: list[str] = []
     with atomic_path(out) as tmp:
-        for attempt in range(2):
+        for attempt in range(2):  # a second pass without the images the first could not read (skip_bad)
             writer = DatasetWriter(str(tmp), fields, page_size=page_size, num_workers=workers)
             writer.from_indexed_dataset(dataset, indices=indices, chunksize=max(1, min(100, len(indices) // workers or 1)))
-            flags = np.frombuffer(dataset.flags, dtype=np.int8)
-            bad = np.nonzero(flags[indices])[0]
-            if not len(bad):
+            indices, skipped, done = _drop_unreadable(source, dataset, indices, skip_bad, attempt, int(max_resolution),
+                                                      skipped)
+            if done:
                 break
-            first = int(indices[bad[0]])
-            if not skip_bad or attempt == 1:
-                raise InfoviewError(
-                    _bad_message(source, first, int(flags[first]), int(max_resolution))
-                    + ("" if skip_bad else "; pass skip_bad=true to skip unreadable images")
-                )
-            skipped = [source.describe(int(i)) for i in indices[bad]]
-            indices = np.delete(indices, bad)
-            if not len(indices):
-                raise InfoviewError(f"no readable images in {source.name} ({len(skipped)} unreadable)")
         num_bytes = tmp.stat().st_size
-    import json
-
-    from infoview.utils.io import atomic_write_text
-
     atomic_write_text(meta_path(out), json.dumps({
         "format": "infoview-beton-record-1", "source": source.name, "split": source.split,
         "classes": list(source.classes) if source.classes else None, "images": int(len(indices)),
