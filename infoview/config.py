@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from infoview.errors import ConfigError
 from infoview.utils.io import atomic_write_text
+from infoview.utils.provenance import provenance
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -298,8 +299,6 @@ def _tree(merged: Mapping[str, Any]) -> DictConfig:
 
 def save_config(cfg: DictConfig | Mapping, path: str | os.PathLike, extra: Mapping | None = None) -> Path:
     """Write the effective config as YAML (atomically), with provenance."""
-    from infoview.utils.provenance import provenance
-
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     header = {"_provenance": {**provenance(), **(extra or {})}}
     text = yaml.safe_dump({**data, **header}, sort_keys=False)
