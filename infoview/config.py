@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from infoview.errors import ConfigError
 from infoview.utils.io import atomic_write_text
+from infoview.utils.provenance import provenance
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -196,21 +197,34 @@ def resolve(
     earlier layers put in ``section`` (open keys are removed, fixed keys go
     back to their defaults). What is dropped is appended to ``notes``.
     """
-    open_sections = tuple(open_sections)
-    resets = dict(resets or {})
-    flat = flatten(defaults)
-    sections = {k.rsplit(".", 1)[0] for k in flat if "." in k}
+    merge = _Merge(defaults, open_sections, resets, notes)
+    if file_cfg:
+        merge.layer(flatten(file_cfg), f"in {source or 'the config file'}")
+    if overrides:
+        merge.layer(dict(overrides), "on the command line")
+    return _tree(merge.merged)
 
-    def is_open(key: str) -> bool:
-        return any(key.startswith(s + ".") for s in open_sections)
 
-    def under(section: str, key: str) -> bool:
-        return key.startswith(section + ".")
+class _Merge:
+    """One :func:`resolve`: the defaults' flat keys, the keys merged so far, and the layers' rules."""
 
-    def drop(section: str, keep: str = "") -> list[str]:
+    def __init__(self, defaults: Mapping, open_sections: Iterable[str], resets: Mapping[str, str] | None,
+                 notes: list[str] | None):
+        self.open_sections = tuple(open_sections)
+        self.resets = dict(resets or {})
+        self.notes = notes
+        self.flat = flatten(defaults)
+        self.sections = {k.rsplit(".", 1)[0] for k in self.flat if "." in k}
+        self.merged = copy.deepcopy(self.flat)  # the tree is built from this: never in the caller's defaults
+
+    def is_open(self, key: str) -> bool:
+        return any(key.startswith(s + ".") for s in self.open_sections)
+
+    def drop(self, section: str, keep: str = "") -> list[str]:
         """Remove what ``section`` holds (open keys) or put it back to the defaults (fixed keys)."""
+        merged, flat = self.merged, self.flat
         dropped = []
-        for k in [k for k in merged if under(section, k) and k != keep]:
+        for k in [k for k in merged if k.startswith(section + ".") and k != keep]:
             if k in flat:
                 if merged[k] != flat[k]:
                     dropped.append(k)
@@ -222,45 +236,53 @@ def resolve(
             merged[section] = copy.deepcopy(flat[section])
         return dropped
 
-    merged = copy.deepcopy(flat)  # the tree below is built in place: never in the caller's defaults
-    layers = []
-    if file_cfg:
-        layers.append((flatten(file_cfg), f"in {source or 'the config file'}"))
-    if overrides:
-        layers.append((dict(overrides), "on the command line"))
-    for layer, where in layers:
+    def layer(self, layer: Mapping[str, Any], where: str) -> None:
+        """Merge one layer (the file's keys, or the command line's), ``where`` naming it in errors and notes."""
         # a changed reset key first: it decides what the rest of this layer lands in
-        for key, section in resets.items():
-            if key in layer and layer[key] is not DELETE and layer[key] != merged.get(key):
-                dropped = drop(section, keep=key)
-                if dropped and notes is not None:
-                    notes.append(f"{key}={layer[key]} ({where}) starts {section} afresh: dropped "
-                                 + ", ".join(dropped))
+        for key, section in self.resets.items():
+            if key in layer and layer[key] is not DELETE and layer[key] != self.merged.get(key):
+                dropped = self.drop(section, keep=key)
+                if dropped and self.notes is not None:
+                    self.notes.append(f"{key}={layer[key]} ({where}) starts {section} afresh: dropped "
+                                      + ", ".join(dropped))
         for key, value in layer.items():
-            if value is DELETE or (value is None and is_open(key)):
-                if key in flat:
-                    merged[key] = copy.deepcopy(flat[key])
-                elif is_open(key) or key in open_sections:
-                    merged.pop(key, None)
-                    drop(key)
-                else:
-                    raise _unknown_key_error(key, flat, where)
-            elif key in flat:
-                if key in open_sections and isinstance(value, Mapping):
-                    drop(key)  # section={...} replaces the section
-                    for sub, v in flatten(value, key + ".").items():
-                        merged[sub] = v
-                    continue
-                merged[key] = _check_type(key, flat[key], value)
-            elif is_open(key) or key in open_sections:
-                merged[key] = value
-            elif isinstance(value, Mapping) and key in sections:
-                for sub, v in flatten(value, key + ".").items():
-                    if sub not in flat and not is_open(sub):
-                        raise _unknown_key_error(sub, flat, where)
-                    merged[sub] = _check_type(sub, flat.get(sub), v)
+            if value is DELETE or (value is None and self.is_open(key)):
+                self._remove(key, where)
             else:
-                raise _unknown_key_error(key, flat, where)
+                self._set(key, value, where)
+
+    def _remove(self, key: str, where: str) -> None:
+        """``~key`` (or ``key=null`` in an open section): back to the default, or gone."""
+        if key in self.flat:
+            self.merged[key] = copy.deepcopy(self.flat[key])
+        elif self.is_open(key) or key in self.open_sections:
+            self.merged.pop(key, None)
+            self.drop(key)
+        else:
+            raise _unknown_key_error(key, self.flat, where)
+
+    def _set(self, key: str, value: Any, where: str) -> None:
+        flat, merged = self.flat, self.merged
+        if key in flat:
+            if key in self.open_sections and isinstance(value, Mapping):
+                self.drop(key)  # section={...} replaces the section
+                for sub, v in flatten(value, key + ".").items():
+                    merged[sub] = v
+                return
+            merged[key] = _check_type(key, flat[key], value)
+        elif self.is_open(key) or key in self.open_sections:
+            merged[key] = value
+        elif isinstance(value, Mapping) and key in self.sections:
+            for sub, v in flatten(value, key + ".").items():
+                if sub not in flat and not self.is_open(sub):
+                    raise _unknown_key_error(sub, flat, where)
+                merged[sub] = _check_type(sub, flat.get(sub), v)
+        else:
+            raise _unknown_key_error(key, flat, where)
+
+
+def _tree(merged: Mapping[str, Any]) -> DictConfig:
+    """Flat dotted keys -> the nested config."""
     tree: dict = {}
     for key, value in merged.items():
         node = tree
@@ -277,8 +299,6 @@ def resolve(
 
 def save_config(cfg: DictConfig | Mapping, path: str | os.PathLike, extra: Mapping | None = None) -> Path:
     """Write the effective config as YAML (atomically), with provenance."""
-    from infoview.utils.provenance import provenance
-
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     header = {"_provenance": {**provenance(), **(extra or {})}}
     text = yaml.safe_dump({**data, **header}, sort_keys=False)

@@ -46,10 +46,9 @@ def is_vit_arch(arch: str) -> bool:
 
 
 def is_vit(model: nn.Module) -> bool:
-    """Whether ``model`` (a timm backbone) is a VisionTransformer: tokens, not feature maps."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    return isinstance(model, VisionTransformer)
+    """Whether ``model`` (a timm backbone) is a vision transformer: patch tokens (``patch_embed``, prefix
+    tokens), not feature maps. Detection and segmentation build their ViT paths on this test."""
+    return hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
 CIFAR_STEM_FAMILIES = (
     "ResNet-like models with conv1/bn1/maxpool (resnet*, resnet*d, resnet*t, seresnext*, resnest*, ...) "
     "and Vision Transformers (vit_*, deit_*)"

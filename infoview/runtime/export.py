@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from infoview.augment.recipes import normalization
 from infoview.config import did_you_mean
 from infoview.errors import ConfigError, InfoviewError
@@ -50,6 +52,39 @@ def export_backbone(
     "format", "arch", "feature_dim", "num_tensors", "num_elements", "step",
     "plain_timm_loadable", "sha256"}``.
     """
+    out = _check_out_dir(out_dir, format, overwrite)
+    ckpt = resolve_checkpoint(ckpt_path)
+    encoder, state = encoder_from_checkpoint(ckpt, trained=True)
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in encoder.backbone.state_dict().items()}
+    config, weights = _export_config(encoder, state["config"], format, weights)
+    digest = _write_weights(out / WEIGHTS, weights, format, encoder.arch)
+    num_params = int(sum(v.numel() for k, v in weights.items() if v.is_floating_point()))
+    config.update(
+        weights={"file": WEIGHTS, "sha256": digest, "num_tensors": len(weights), "num_elements": num_params},
+        pretrain_config=state["config"],
+        metrics=_plain(state.get("metrics") or {}),
+        source={"checkpoint": str(ckpt.resolve()), "step": int(state["step"]), "epoch": _plain(state.get("epoch"))},
+        pretrain_provenance=state.get("provenance"),
+        provenance=provenance(),
+    )
+    atomic_write_text(out / CONFIG, json.dumps(config, indent=2, default=str) + "\n")
+    return {
+        "out_dir": str(out),
+        "weights": str(out / WEIGHTS),
+        "config": str(out / CONFIG),
+        "format": format,
+        "arch": encoder.arch,
+        "feature_dim": encoder.feature_dim,
+        "num_tensors": len(weights),
+        "num_elements": num_params,
+        "step": int(state["step"]),
+        "plain_timm_loadable": config["plain_timm_loadable"],
+        "sha256": digest,
+    }
+
+
+def _check_out_dir(out_dir: str | os.PathLike, format: str, overwrite: bool) -> Path:  # noqa: A002
+    """The export folder, checked with the format before anything is loaded: new, empty, or ``overwrite``."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format '{format}'" + did_you_mean(str(format), FORMATS)
                           + f" Formats: {', '.join(FORMATS)}")
@@ -66,27 +101,22 @@ def export_backbone(
                 f"export folder {out} is not empty (holds {shown}); pass overwrite=true to replace "
                 f"{WEIGHTS} and {CONFIG} there, or choose a new folder"
             )
+    return out
 
-    from safetensors.torch import save_file
 
-
-    ckpt = resolve_checkpoint(ckpt_path)
-    encoder, state = encoder_from_checkpoint(ckpt, trained=True)
-    pretrain_cfg = state["config"]
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in encoder.backbone.state_dict().items()}
+def _export_config(encoder, pretrain_cfg: dict, format: str, weights: dict) -> tuple[dict, dict]:  # noqa: A002
+    """config.json but its weights and provenance, and the weights to write (torchvision's names for that format)."""
     timm_kwargs, loadable, note = _plain_timm(encoder, weights)
-
     size = int(pretrain_cfg["augment"]["size"])
     preset = pretrain_cfg["augment"].get("normalize") or "imagenet"
     mean, std = normalization(preset, None, None)
-    arch_cfg = encoder.config
     config: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "weights_format": format,
         "arch": encoder.arch,
         "cifar_stem": encoder.cifar_stem,
         "img_size": encoder.img_size,
-        "kwargs": arch_cfg["kwargs"],
+        "kwargs": encoder.config["kwargs"],
         "timm_kwargs": timm_kwargs,
         "feature_dim": encoder.feature_dim,
         "input_size": [3, size, size],
@@ -116,34 +146,18 @@ def export_backbone(
             "usage": f"torchvision.models.{tv_name}().load_state_dict(safetensors.torch.load_file(path), "
                      "strict=False) leaves only fc.* missing; set model.fc = torch.nn.Identity() for features",
         }
+    return config, weights
 
-    with atomic_path(out / WEIGHTS) as tmp:
+
+def _write_weights(path: Path, weights: dict, format: str, arch: str) -> str:  # noqa: A002
+    """``weights`` as safetensors at ``path`` (atomically); returns the file's sha256."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
         save_file(weights, str(tmp), metadata={"format": "pt", "infoview": EXPORT_FORMAT, "weights_format": format,
-                                               "arch": encoder.arch})
+                                               "arch": arch})
         digest = _sha256(tmp)
-    num_params = int(sum(v.numel() for k, v in weights.items() if v.is_floating_point()))
-    config.update(
-        weights={"file": WEIGHTS, "sha256": digest, "num_tensors": len(weights), "num_elements": num_params},
-        pretrain_config=pretrain_cfg,
-        metrics=_plain(state.get("metrics") or {}),
-        source={"checkpoint": str(ckpt.resolve()), "step": int(state["step"]), "epoch": _plain(state.get("epoch"))},
-        pretrain_provenance=state.get("provenance"),
-        provenance=provenance(),
-    )
-    atomic_write_text(out / CONFIG, json.dumps(config, indent=2, default=str) + "\n")
-    return {
-        "out_dir": str(out),
-        "weights": str(out / WEIGHTS),
-        "config": str(out / CONFIG),
-        "format": format,
-        "arch": encoder.arch,
-        "feature_dim": encoder.feature_dim,
-        "num_tensors": len(weights),
-        "num_elements": num_params,
-        "step": int(state["step"]),
-        "plain_timm_loadable": loadable,
-        "sha256": digest,
-    }
+    return digest
 
 
 def _plain(value):
@@ -167,8 +181,6 @@ def _sha256(path: Path) -> str:
 
 def _meta_model(timm, arch: str, kwargs: dict):
     """``timm.create_model(arch, num_classes=0, **kwargs)`` without allocating (CPU if meta fails)."""
-    import torch
-
     try:
         with torch.device("meta"):
             return timm.create_model(arch, num_classes=0, **kwargs)
@@ -215,7 +227,6 @@ def _plain_timm(encoder, weights: dict) -> tuple[dict, bool, str]:
 
 
 def _torchvision_reference(name: str) -> dict:
-    import torch
     import torchvision
 
     with torch.device("meta"):

@@ -30,6 +30,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from infoview.errors import InfoviewError
 from infoview.utils.device import resolve_device
@@ -93,14 +94,8 @@ def extract_features(
         raise InfoviewError(f"max_images must be a positive integer or None, got {max_images!r}")
     m, s = _channel_stats(mean, std)
     param_device, param_dtype = encoder_device_dtype(encoder)
-    if device is not None:
-        target = resolve_device(device)
-    else:
-        target = param_device
+    target = resolve_device(device) if device is not None else param_device
     in_dtype = param_dtype if param_dtype is not None else torch.float32
-
-    from tqdm.auto import tqdm
-
     try:
         total = len(loader)
     except TypeError:
@@ -112,29 +107,10 @@ def extract_features(
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True, leave=False)
     with eval_mode(encoder), bar:
         for index, batch in enumerate(loader):
-            try:
-                images, targets = batch
-            except (TypeError, ValueError):
-                raise InfoviewError(
-                    f"the loader must yield (images, labels) pairs; batch {index} is a {type(batch).__name__}"
-                ) from None
-            if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-                what = f"{images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) \
-                    else type(images).__name__
-                raise InfoviewError(f"batch {index}: expected uint8 images (B, C, H, W), got a {what}")
-            if images.shape[1] != len(m):
-                raise InfoviewError(
-                    f"batch {index}: images have {images.shape[1]} channels but mean/std give {len(m)}"
-                )
-            targets = torch.as_tensor(targets)
-            if targets.dim() != 1 or targets.shape[0] != images.shape[0]:
-                raise InfoviewError(
-                    f"batch {index}: expected {images.shape[0]} labels (B,), got shape {tuple(targets.shape)}"
-                )
+            images, targets = _checked_batch(index, batch, len(m))
             if max_images is not None and seen + images.shape[0] > max_images:
                 keep = max_images - seen
                 images, targets = images[:keep], targets[:keep]
-
             dev = target if target is not None else images.device
             if dev not in stats:
                 stats[dev] = (
@@ -144,12 +120,7 @@ def extract_features(
             mu, sigma = stats[dev]
             x = images.to(dev, non_blocking=True).float().div_(255.0).sub_(mu).div_(sigma)
             out = encoder(x.to(in_dtype))
-            if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-                what = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
-                raise InfoviewError(
-                    f"the encoder must return features ({x.shape[0]}, D) for a batch of {x.shape[0]}, got {what}; "
-                    "pool feature maps first (timm: num_classes=0)"
-                )
+            _check_output(out, x.shape[0])
             feats.append(out.float().cpu())
             labels.append(targets.to(device="cpu", dtype=torch.int64))
             seen += x.shape[0]
@@ -160,6 +131,40 @@ def extract_features(
     if not feats:
         raise InfoviewError(f"{desc}: the loader yielded no images; expected at least one batch")
     return torch.cat(feats), torch.cat(labels)
+
+
+def _checked_batch(index: int, batch, channels: int) -> tuple[Tensor, Tensor]:
+    """``(uint8 images (B, C, H, W), labels (B,))`` from the loader's batch ``index``, or an error naming it."""
+    try:
+        images, targets = batch
+    except (TypeError, ValueError):
+        raise InfoviewError(
+            f"the loader must yield (images, labels) pairs; batch {index} is a {type(batch).__name__}"
+        ) from None
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+        what = f"{images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) \
+            else type(images).__name__
+        raise InfoviewError(f"batch {index}: expected uint8 images (B, C, H, W), got a {what}")
+    if images.shape[1] != channels:
+        raise InfoviewError(
+            f"batch {index}: images have {images.shape[1]} channels but mean/std give {channels}"
+        )
+    targets = torch.as_tensor(targets)
+    if targets.dim() != 1 or targets.shape[0] != images.shape[0]:
+        raise InfoviewError(
+            f"batch {index}: expected {images.shape[0]} labels (B,), got shape {tuple(targets.shape)}"
+        )
+    return images, targets
+
+
+def _check_output(out, n: int) -> None:
+    """The encoder's output must be one (n, D) tensor."""
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != n:
+        what = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+        raise InfoviewError(
+            f"the encoder must return features ({n}, D) for a batch of {n}, got {what}; "
+            "pool feature maps first (timm: num_classes=0)"
+        )
 
 
 def check_features(feats, labels, name: str, needed_by: str = "this evaluation") -> tuple[Tensor, Tensor]:

@@ -1,4 +1,4 @@
-"""Optimisers and the learning-rate schedule of pretraining.
+"""Optimisers and learning-rate schedules: pretraining's and the evaluators'.
 
 - ``sgd``, ``lars`` and ``adamw`` come from timm (``timm.optim.create_optimizer_v2``).
   Biases, normalisation parameters (every 1-d parameter) and the tokens a timm
@@ -16,6 +16,10 @@
 - Schedule: linear warm-up from 0 over ``warmup_steps``, then a half cosine
   down to ``min_lr`` at ``total_steps``. It is a pure function of the step,
   so a resumed run continues on the same curve with nothing else to restore.
+- The evaluators' schedules, also pure functions of the step: detection's
+  (Detectron2's: linear warm-up from a fraction of the peak, then step decay
+  or a half cosine; :func:`warmup_decay_factors`) and segmentation's poly
+  decay (:func:`poly_factor`). ``set_lr(optimizer, *factors)`` applies them.
 """
 from __future__ import annotations
 
@@ -30,6 +34,9 @@ from infoview.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 SCALING_RULES = ("linear", "sqrt", "none")
+DECAYS = ("step", "cosine")  #: what follows the warm-up in :func:`warmup_decay_factors`
+WARMUP_START = 0.001  #: the lr at step 0 as a fraction of the peak (Detectron2's WarmupParamScheduler default)
+POLY_POWER = 0.9  #: the exponent of the poly schedule (DeepLab's)
 
 
 def scaled_lr(base_lr: float, global_batch: int, ref_batch: int = 256, rule: str = "linear") -> float:
@@ -52,6 +59,44 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float =
     span = max(total_steps - warmup_steps, 1)
     progress = min(max(step - warmup_steps, 0) / span, 1.0)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_decay_factors(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    decay: str = "step",
+    milestones: Iterable[float] = (),
+    warmup_start: float = WARMUP_START,
+    gamma: float = 0.1,
+) -> tuple[float, float]:
+    """Detectron2's schedule as two multipliers of the peak lr, ``(warm-up, decay)``: ``set_lr(opt, *factors)``.
+
+    Warm-up: linear from ``warmup_start`` at step 0 to 1 at ``warmup_steps``
+    (at most ``total_steps``). Decay: ``step`` multiplies by ``gamma`` at each
+    of ``milestones`` (fractions of ``total_steps``); ``cosine`` is a half
+    cosine from 1 after the warm-up to 0 at ``total_steps``.
+    """
+    if decay not in DECAYS:
+        raise ConfigError(f"unknown lr decay '{decay}'" + did_you_mean(str(decay), DECAYS)
+                          + f" Decays: {', '.join(DECAYS)}")
+    warm = min(int(warmup_steps), total_steps)
+    if step < warm:
+        alpha = step / warm
+        warmup = warmup_start * (1 - alpha) + alpha
+    else:
+        warmup = 1.0
+    if decay == "cosine":
+        span = max(total_steps - warm, 1)
+        progress = min(max(step - warm, 0) / span, 1.0)
+        return warmup, 0.5 * (1 + math.cos(math.pi * progress))
+    drops = sum(step >= int(round(float(f) * total_steps)) for f in milestones)
+    return warmup, gamma ** drops
+
+
+def poly_factor(step: int, total_steps: int, power: float = POLY_POWER) -> float:
+    """Multiplier of the peak lr at ``step``: ``(1 - step / total_steps) ** power``, 0 from ``total_steps`` on."""
+    return (1.0 - min(step, total_steps) / max(total_steps, 1)) ** power
 
 
 def _no_decay_names(model: nn.Module) -> list[str]:
@@ -77,12 +122,20 @@ def build_optimizer(
     betas: Iterable[float] = (0.9, 0.999),
     extra_groups: Iterable[dict] = (),
     exclude: Iterable[torch.Tensor] = (),
+    nesterov: bool | None = None,
+    no_decay: Iterable[str] | None = None,
+    section: str = "optim",
 ) -> torch.optim.Optimizer:
     """An optimiser over ``model``'s trainable parameters (plus ``extra_groups``).
 
     Every group gets a ``base_lr`` (its peak lr) that :func:`set_lr` scales
     step by step. Extra groups (the online probe) keep their own ``lr`` and
     ``weight_decay``; parameters in ``exclude`` are left out of ``model``'s groups.
+    ``nesterov``: for ``sgd`` and ``lars``, None keeps timm's choice (Nesterov
+    momentum), False is classical momentum. ``no_decay``: endings of parameter
+    names that get no weight decay, in place of the names timm models list in
+    ``no_weight_decay()`` (1-d parameters never get it either way). ``section``:
+    the config section whose keys an error names (``optim``; ``train`` for the evaluators).
     """
     from timm.optim import create_optimizer_v2, param_groups_weight_decay
 
@@ -91,26 +144,36 @@ def build_optimizer(
             f"unknown optimizer '{name}'" + did_you_mean(name, OPTIMIZERS) + f" Optimizers: {', '.join(OPTIMIZERS)}"
         )
     if not lr > 0:
-        raise ConfigError(f"optim.lr must be positive, got {lr}")
+        raise ConfigError(f"{section}.lr must be positive, got {lr}")
     if weight_decay < 0:
-        raise ConfigError(f"optim.weight_decay must be >= 0, got {weight_decay}")
+        raise ConfigError(f"{section}.weight_decay must be >= 0, got {weight_decay}")
     skip = {id(p) for p in exclude}
+    if no_decay is None:
+        listed = _no_decay_names(model)
+    else:
+        endings = tuple(no_decay)
+        listed = [n for n, _ in model.named_parameters() if n.endswith(endings)]
     groups = []
-    for g in param_groups_weight_decay(model, weight_decay, no_weight_decay_list=_no_decay_names(model)):
+    for g in param_groups_weight_decay(model, weight_decay, no_weight_decay_list=listed):
         params = [p for p in g["params"] if id(p) not in skip]
         if params:
             groups.append({**g, "params": params, "lr": lr})
     for g in extra_groups:
         groups.append({"weight_decay": 0.0, "lr": lr, **g})
     kwargs = {"betas": tuple(betas)} if name == "adamw" else {"momentum": momentum}
+    if nesterov is not None and name != "adamw":
+        kwargs["nesterov"] = bool(nesterov)
     opt = create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=weight_decay, **kwargs)
     for g in opt.param_groups:
         g["base_lr"] = g["lr"]
     return opt
 
 
-def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
-    """Set every group's lr to ``base_lr * factor``; returns the first group's lr."""
+def set_lr(optimizer: torch.optim.Optimizer, factor: float, *more: float) -> float:
+    """Set every group's lr to ``base_lr * factor * more[0] * ...``, in that order; returns the first group's lr."""
     for g in optimizer.param_groups:
-        g["lr"] = g["base_lr"] * factor
+        lr = g["base_lr"] * factor
+        for f in more:
+            lr = lr * f
+        g["lr"] = lr
     return optimizer.param_groups[0]["lr"]

@@ -19,7 +19,8 @@ import torch
 
 from infoview.cli import main
 from infoview.data.schemes.shapes import ShapesDetection
-from infoview.eval.detection import SimpleFeaturePyramid, coco_evaluate, lr_at
+from infoview.eval.detection_eval import coco_evaluate
+from infoview.eval.detection_model import SimpleFeaturePyramid
 
 pytestmark = pytest.mark.slow
 
@@ -185,17 +186,6 @@ def test_perfect_detections_score_100():
     for iou_type in ("bbox", "segm"):
         metrics, _ = coco_evaluate(gt, results, iou_type, ds.image_ids)
         assert metrics["AP"] == 100.0
-
-
-def test_lr_schedule():
-    from omegaconf import OmegaConf
-
-    t = OmegaConf.create({"lr": 0.1, "warmup_steps": 10, "schedule": "step", "milestones": [0.5, 0.75]})
-    assert lr_at(0, 100, t) == pytest.approx(1e-4)
-    assert lr_at(10, 100, t) == pytest.approx(0.1) and lr_at(49, 100, t) == pytest.approx(0.1)
-    assert lr_at(50, 100, t) == pytest.approx(0.01) and lr_at(99, 100, t) == pytest.approx(0.001)
-    t.schedule = "cosine"
-    assert lr_at(10, 100, t) == pytest.approx(0.1) and lr_at(55, 100, t) == pytest.approx(0.05)
 
 
 def test_a_cifar_stem_backbone_is_said_to_be_slow_on_photos(cifar_checkpoint, tmp_path, capsys):
