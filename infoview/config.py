@@ -237,10 +237,10 @@ def resolve(
                     notes.append(f"{key}={layer[key]} ({where}) starts {section} afresh: dropped "
                                  + ", ".join(dropped))
         for key, value in layer.items():
-            if value is DELETE or (value is None and is_open(key)):
-                if key in flat:
+            if value is DELETE or (value is None and (is_open(key) or key in open_sections)):
+                if key in flat and key not in open_sections:
                     merged[key] = copy.deepcopy(flat[key])
-                elif is_open(key) or key in open_sections:
+                elif is_open(key) or key in open_sections:  # an open section (~model.kwargs) empties
                     merged.pop(key, None)
                     drop(key)
                 else:
