@@ -246,16 +246,16 @@ class _Merge:
                     self.notes.append(f"{key}={layer[key]} ({where}) starts {section} afresh: dropped "
                                       + ", ".join(dropped))
         for key, value in layer.items():
-            if value is DELETE or (value is None and self.is_open(key)):
+            if value is DELETE or (value is None and (self.is_open(key) or key in self.open_sections)):
                 self._remove(key, where)
             else:
                 self._set(key, value, where)
 
     def _remove(self, key: str, where: str) -> None:
         """``~key`` (or ``key=null`` in an open section): back to the default, or gone."""
-        if key in self.flat:
+        if key in self.flat and key not in self.open_sections:
             self.merged[key] = copy.deepcopy(self.flat[key])
-        elif self.is_open(key) or key in self.open_sections:
+        elif self.is_open(key) or key in self.open_sections:  # an open section (~model.kwargs) empties
             self.merged.pop(key, None)
             self.drop(key)
         else:

@@ -35,7 +35,7 @@ class Key:
 
     - ``choices``: the values allowed (None among them allows null);
     - ``min`` / ``max``: inclusive bounds of a number (a list: of each item);
-    - ``above``: an exclusive lower bound (``above=0``: positive);
+    - ``above`` / ``below``: exclusive bounds (``above=0``: positive; ``min=0, below=1``: in [0, 1));
     - ``nullable``: null is allowed besides the choices or bounds.
     """
 
@@ -45,22 +45,27 @@ class Key:
     min: float | None = None
     max: float | None = None
     above: float | None = None
+    below: float | None = None
     nullable: bool = False
 
     def expected(self) -> str:
-        """What the key takes, in words (``one of a, b``, ``at least 1``, ``in [0, 1]``, ``positive``)."""
+        """What the key takes, in words (``one of a, b``, ``at least 1``, ``in [0, 1)``, ``positive``)."""
         if self.choices is not None:
             return "one of " + ", ".join("null" if c is None else str(c) for c in self.choices)
-        parts = []
-        if self.above is not None:
-            parts.append("positive" if self.above == 0 else f"above {self.above:g}")
-        if self.min is not None and self.max is not None:
-            parts.append(f"in [{self.min:g}, {self.max:g}]")
+        low = f"[{self.min:g}" if self.min is not None else f"({self.above:g}" if self.above is not None else ""
+        high = f"{self.max:g}]" if self.max is not None else f"{self.below:g})" if self.below is not None else ""
+        if low and high:
+            text = f"in {low}, {high}"
         elif self.min is not None:
-            parts.append(f"at least {self.min:g}")
+            text = f"at least {self.min:g}"
+        elif self.above is not None:
+            text = "positive" if self.above == 0 else f"above {self.above:g}"
         elif self.max is not None:
-            parts.append(f"at most {self.max:g}")
-        text = " and ".join(parts)
+            text = f"at most {self.max:g}"
+        elif self.below is not None:
+            text = f"below {self.below:g}"
+        else:
+            text = ""
         return text + (" (or null)" if text and self.nullable else "")
 
     def violation(self, value: Any) -> bool:
@@ -72,7 +77,7 @@ class Key:
         items = value if isinstance(value, (list, tuple)) else [value]
         for item in items:
             if isinstance(item, bool) or not isinstance(item, (int, float)):
-                if self.min is None and self.max is None and self.above is None:
+                if self.min is None and self.max is None and self.above is None and self.below is None:
                     continue
                 return True
             if math.isnan(item):
@@ -82,6 +87,8 @@ class Key:
             if self.min is not None and item < self.min:
                 return True
             if self.max is not None and item > self.max:
+                return True
+            if self.below is not None and not item < self.below:
                 return True
         return False
 

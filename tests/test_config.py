@@ -163,3 +163,13 @@ def test_the_command_line_takes_tilde_keys(tmp_path, capsys):
     assert dict(cfg.model.kwargs) == {}
     assert "model.arch=resnet34 (on the command line) starts model.kwargs afresh: dropped model.kwargs.channels" \
         in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("clear", ["model.kwargs={}", "~model.kwargs", "model.kwargs=null"])
+def test_the_command_line_empties_a_presets_model_kwargs(clear, tmp_path):
+    from infoview.commands import build_config
+
+    _, cfg = build_config("pretrain", ["--config", "demo", f"out_dir={tmp_path}"])
+    assert dict(cfg.model.kwargs) == {"channels": [16, 32, 64, 128]}  # the preset's
+    _, cfg = build_config("pretrain", ["--config", "demo", clear, f"out_dir={tmp_path}"])
+    assert dict(cfg.model.kwargs) == {} and cfg.model.arch == "resnet18" and cfg.objective.alpha == 0.1

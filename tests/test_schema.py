@@ -69,3 +69,83 @@ def test_the_cli_checks_the_schema_before_any_work_and_shows_it_in_help(tmp_path
     assert not (tmp_path / "run").exists()
     assert main(["mi-bench", "--help"]) == 0
     assert "batch_size: 64" in capsys.readouterr().out
+
+
+def test_an_exclusive_upper_bound():
+    key = Key([0.9, 0.999], "betas", min=0, below=1)
+    assert key.expected() == "in [0, 1)" and key.violation([0.9, 1.0]) and not key.violation([0.0, 0.99])
+    assert Key(0.5, above=0, max=1).expected() == "in (0, 1]" and Key(0.5, below=1).expected() == "below 1"
+
+
+# ---- every command's keys --------------------------------------------------------------------------------
+
+
+def _leaves(tree, prefix=""):
+    """(dotted key, leaf) for every leaf of a DEFAULTS tree, a Key or not (an empty dict is a leaf)."""
+    for name, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def _command_trees():
+    from infoview.commands import load_command, names
+
+    return {name: load_command(name).DEFAULTS for name in names() if hasattr(load_command(name), "DEFAULTS")}
+
+
+def test_every_key_of_every_command_has_one_line_of_help_and_a_default_it_accepts():
+    trees = _command_trees()
+    assert {"pretrain", "linear", "knn", "detect", "segment", "export", "prepare", "launch", "mi-bench"} <= set(trees)
+    assert {"simclr", "moco"} <= set(trees["pretrain"])  # the method sections, with their keys
+    for command, tree in trees.items():
+        for dotted, leaf in _leaves(tree):
+            where = f"infoview {command}: {dotted}"
+            assert isinstance(leaf, Key), f"{where} is a plain default, not a schema.Key with help"
+            assert leaf.help.strip() and "\n" not in leaf.help and len(leaf.help) <= 90, where
+            assert not leaf.violation(leaf.default), f"{where}: its default {leaf.default!r} breaks its own bounds"
+
+
+def test_the_choices_copied_into_light_command_modules_are_the_work_modules_own():
+    """Lists that live in modules importing torch (which `infoview --help` must not) are repeated in the
+    command modules; the lists of the pretrain command and of the methods are the modules' own."""
+    from infoview.commands import _frozen, detect, prepare, segment
+    from infoview.data import beton, loader
+    from infoview.eval import detection, segmentation
+
+    assert _frozen.LOADER_BACKENDS == loader.BACKENDS and prepare.WRITE_MODES == beton.WRITE_MODES
+    assert (detect.TASKS, detect.SCHEDULES, detect.OPTIMIZERS, detect.PRECISIONS) == (
+        detection.TASKS, detection.SCHEDULES, detection.OPTIMIZERS, detection.PRECISIONS)
+    assert (segment.HEADS, segment.OPTIMIZERS) == (segmentation.HEADS, segmentation.OPTIMIZERS)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pretrain", "train.precision=fp8"], "train.precision must be one of auto, fp32, bf16, fp16, got 'fp8' (autocast"),
+    (["pretrain", "optim.betas=[0.9,1.0]"], "optim.betas must be a list, each item in [0, 1), got [0.9, 1.0]"),
+    (["pretrain", "method=moco", "moco.momentum_final=1.5"],
+     "moco.momentum_final must be in [0, 1] (or null), got 1.5"),
+    (["pretrain", "augment.recipe=simclrr"], "augment.recipe must be one of simclr, mocov2, byol, multicrop"),
+    (["linear", "backbone=random:resnet18", "data.backend=dali"], "data.backend must be one of auto, ffcv, pytorch"),
+    (["knn", "backbone=random:resnet18", "knn.temperature=0"], "knn.temperature must be positive, got 0.0"),
+    (["detect", "backbone=random:resnet18", "train.milestones=[0.5,1.5]"],
+     "train.milestones must be a list, each item in (0, 1], got [0.5, 1.5]"),
+    (["segment", "backbone=random:resnet18", "output_stride=4"], "output_stride must be one of 0, 8, 16, 32, got 4"),
+    (["prepare", "digits", "OUT", "jpeg_quality=0"], "jpeg_quality must be in [1, 100], got 0"),
+])
+def test_a_bad_value_is_one_line_naming_key_and_values_before_any_work(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # prepare's OUT, and any out_dir a command would default to, land here
+    command, rest = args[0], [a.replace("OUT", str(tmp_path / "x.beton")) for a in args[1:]]
+    out_dir = [] if command == "prepare" else [f"out_dir={tmp_path / 'run'}"]
+    assert main([command, *rest, *out_dir]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"infoview {command}: error: ") and message in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_launch_checks_its_own_keys_the_same_way(tmp_path, capsys):
+    assert main(["launch", "mi-bench", "launch.timeout_min=0", "launch.dry_run=true", f"launch.folder={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("infoview launch: error: launch.timeout_min must be at least 1, got 0 "
+                   "(the job's time limit in minutes)")
+    assert not any(tmp_path.iterdir())

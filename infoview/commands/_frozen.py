@@ -1,6 +1,8 @@
 """What `infoview linear` and `infoview knn` share: the data keys and their help."""
 from __future__ import annotations
 
+from infoview.schema import Key
+
 #: what `infoview linear --help` and `infoview knn --help` say about the keys they share
 FROZEN_HELP = """backbone: a pretraining checkpoint (or its run folder), an export folder
 (infoview export), random:<checkpoint or export> (the same encoder at its
@@ -16,7 +18,17 @@ out_dir: by default beside what is measured (runs/x/{command}, or
 runs/x/{command}_random for random:); a folder that already holds {result}
 is an error unless overwrite=true. Both are checked before any work."""
 
+#: infoview.data.loader.BACKENDS, here without importing torch (tests/test_schema.py checks they agree)
+LOADER_BACKENDS = ("auto", "ffcv", "pytorch")
+
 #: the data keys of the commands that measure frozen features (linear, knn); an empty source is
 #: the data the backbone was pretrained on, an empty test_source is source
-FROZEN_DATA = {"source": "", "test_source": "", "train_split": "train", "test_split": "test", "batch_size": 256,
-               "num_workers": 2, "backend": "auto"}
+FROZEN_DATA = {
+    "source": Key("", "the images to measure on; '' = those the backbone was pretrained on"),
+    "test_source": Key("", "the source of data.test_split when it is another one (a .beton); '' = data.source"),
+    "train_split": Key("train", "the split the classifier learns from (kNN: the bank it votes from)"),
+    "test_split": Key("test", "the held-out split it is scored on"),
+    "batch_size": Key(256, "images per batch of the frozen encoder", min=1),
+    "num_workers": Key(2, "loader worker processes (ffcv: threads); 0 loads in the main process", min=0),
+    "backend": Key("auto", "the loader; auto: ffcv for a .beton when ffcv is installed", choices=LOADER_BACKENDS),
+}

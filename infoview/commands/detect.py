@@ -38,21 +38,58 @@ from __future__ import annotations
 from typing import Any
 
 from infoview.commands import Command
+from infoview.schema import Key
+
+#: infoview.eval.detection's TASKS, SCHEDULES, OPTIMIZERS and PRECISIONS, here without importing torch
+#: (tests/test_schema.py checks they agree)
+TASKS = ("segm", "bbox")
+SCHEDULES = ("step", "cosine")
+OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("fp32", "bf16")
 
 DEFAULTS: dict[str, Any] = {
-    "out_dir": "",  # beside the backbone (runs/x/detect; .../detect_random for random:)
-    "overwrite": False,
-    "backbone": "",
-    "task": "segm",
-    "sync_bn": False,
-    "data": {"source": "shapes", "val_source": "", "holdout": 50, "batch_size": 4, "num_workers": 2, "flip": 0.5},
-    "model": {"min_size": 512, "max_size": 853, "frozen_stages": 1, "fpn_channels": 256, "box_head_dim": 1024,
-              "mask_head_dim": 256, "roi_batch_size": 512, "detections_per_img": 100},
-    "train": {"epochs": 12, "max_steps": 0, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
-              "weight_decay": 1e-4, "warmup_steps": 100, "schedule": "step", "milestones": [0.667, 0.889],
-              "clip_grad": 0.0, "precision": "fp32", "device": "auto", "seed": 0, "threads": 0,
-              "log_every": 20, "progress": True},
-    "eval": {"max_images": 0},
+    "out_dir": Key("", "where detect.json goes; '' = beside the backbone (runs/x/detect, detect_random)"),
+    "overwrite": Key(False, "replace a finished detect.json in out_dir"),
+    "backbone": Key("", "a checkpoint or run folder, random:<checkpoint> or random:<timm arch> (see above)"),
+    "task": Key("segm", "segm: Mask R-CNN (boxes and masks); bbox: Faster R-CNN (boxes)", choices=TASKS),
+    "sync_bn": Key(False, "train BatchNorm (SyncBN under DDP) instead of freezing it"),
+    "data": {
+        "source": Key("shapes", "coco:<images>:<ann.json>, pennfudan:<root> or shapes"),
+        "val_source": Key("", "a second source to evaluate on; '' = the last data.holdout images of data.source"),
+        "holdout": Key(50, "images of data.source held out for evaluation (without data.val_source)", min=0),
+        "batch_size": Key(4, "the global batch, split evenly over the processes", min=1),
+        "num_workers": Key(2, "loader worker processes per process; 0 loads in the main process", min=0),
+        "flip": Key(0.5, "probability of a horizontal flip of a training image", min=0, max=1),
+    },
+    "model": {
+        "min_size": Key(512, "the R-CNN transform resizes the short side to this, in px", min=1),
+        "max_size": Key(853, "... and caps the long side at this, in px (at least model.min_size)", min=1),
+        "frozen_stages": Key(1, "the stem and this many stages stay frozen; -1: nothing frozen", min=-1, max=4),
+        "fpn_channels": Key(256, "channels of the feature pyramid", min=1),
+        "box_head_dim": Key(1024, "width of the box head's two fully connected layers", min=1),
+        "mask_head_dim": Key(256, "channels of the mask head's convolutions", min=1),
+        "roi_batch_size": Key(512, "sampled regions per image for the box head's loss", min=1),
+        "detections_per_img": Key(100, "detections kept per image", min=1),
+    },
+    "train": {
+        "epochs": Key(12, "the run's length in epochs (unless train.max_steps > 0)", min=0),
+        "max_steps": Key(0, "the run's length in iterations when > 0", min=0),
+        "optimizer": Key("sgd", "the optimiser", choices=OPTIMIZERS),
+        "lr": Key(0.01, "peak learning rate", above=0),
+        "momentum": Key(0.9, "SGD's momentum, or AdamW's first beta", min=0, below=1),
+        "weight_decay": Key(1e-4, "weight decay (none on biases and norms)", min=0),
+        "warmup_steps": Key(100, "iterations of linear warm-up", min=0),
+        "schedule": Key("step", "step: x0.1 at train.milestones; cosine: to 0", choices=SCHEDULES),
+        "milestones": Key([0.667, 0.889], "where the step schedule drops, as fractions of the run", above=0, max=1),
+        "clip_grad": Key(0.0, "clip the gradients' global norm to this; 0 = no clipping", min=0),
+        "precision": Key("fp32", "autocast dtype", choices=PRECISIONS),
+        "device": Key("auto", "auto (the local GPU when there is one), cpu, cuda or cuda:<index>"),
+        "seed": Key(0, "seed of the heads' weights, the data order and random:<arch>"),
+        "threads": Key(0, "CPU threads for torch; 0 keeps torch's default", min=0),
+        "log_every": Key(20, "write a train_log.csv row every N iterations"),
+        "progress": Key(True, "show a progress bar"),
+    },
+    "eval": {"max_images": Key(0, "evaluate on the first N held-out images; 0 = all", min=0)},
 }
 COMMAND = Command(help='Fine-tune Mask/Faster R-CNN with FPN on a backbone; COCO box and mask AP (pycocotools).', distributed=True)
 

@@ -33,8 +33,15 @@ from __future__ import annotations
 from typing import Any
 
 from infoview.commands import Command
+from infoview.schema import Key
 
-DEFAULTS: dict[str, Any] = {"ckpt": "", "out": "", "format": "timm", "overwrite": False}
+DEFAULTS: dict[str, Any] = {
+    "ckpt": Key("", "CKPT: a pretraining checkpoint, or a run folder holding checkpoints/last.pt"),
+    "out": Key("", "OUT_DIR: where model.safetensors and config.json go (empty or new)"),
+    # no choices: export_backbone's error names the nearest format ("unknown export format 'x'")
+    "format": Key("timm", "the weights' key names: timm, or torchvision (its ResNets only)"),
+    "overwrite": Key(False, "write into an OUT_DIR that is not empty"),
+}
 COMMAND = Command(help="Export a checkpoint's backbone: model.safetensors (timm key names) + config.json.", positional=("ckpt", "out"))
 
 

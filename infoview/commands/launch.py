@@ -43,36 +43,37 @@ from infoview import schema
 from infoview.commands import Command, build_config, load_command
 from infoview.config import did_you_mean, parse_overrides, resolve, save_config
 from infoview.errors import ConfigError, InfoviewError
+from infoview.schema import Key
 
 USAGE = "usage: infoview launch <command> [--config FILE] [key=value ...] [launch.key=value ...]"
 COMMAND = Command(help="Run any command as a SLURM job (or locally) via submitit; requeues and resumes on pre-emption.",
                   usage=USAGE)
+EXECUTORS = ("slurm", "local")
 DEFAULTS: dict[str, Any] = {
     "launch": {
-        "executor": "slurm",
-        "nodes": 1,
-        "tasks_per_node": 0,
-        "gpus_per_node": 0,
-        "cpus_per_task": 0,
-        "mem_gb": 0,
-        "partition": "",
-        "timeout_min": 60,
-        "account": "",
-        "qos": "",
-        "constraint": "",
-        "comment": "",
-        "job_name": "",
-        "folder": "runs/launch",
-        "signal_delay_s": 90,
-        "max_requeues": 3,
-        "setup": [],
-        "sweep": [],
-        "dry_run": False,
-        "wait": False,
-        "poll_s": 2.0,
+        "executor": Key("slurm", "slurm, or local to run here through submitit's local executor", choices=EXECUTORS),
+        "nodes": Key(1, "nodes", min=1),
+        "tasks_per_node": Key(0, "tasks per node; 0 = launch.gpus_per_node (distributed commands), or 1", min=0),
+        "gpus_per_node": Key(0, "GPUs per node", min=0),
+        "cpus_per_task": Key(0, "CPUs per task; 0 = the cluster's default", min=0),
+        "mem_gb": Key(0, "memory per node in GB; 0 = the cluster's default", min=0),
+        "partition": Key("", "SLURM partition; '' = the cluster's default"),
+        "timeout_min": Key(60, "the job's time limit in minutes", min=1),
+        "account": Key("", "SLURM account, passed to sbatch when set"),
+        "qos": Key("", "SLURM quality of service, passed to sbatch when set"),
+        "constraint": Key("", "SLURM node constraint, passed to sbatch when set"),
+        "comment": Key("", "SLURM comment, passed to sbatch when set"),
+        "job_name": Key("", "the job's name; '' = infoview-<command>"),
+        "folder": Key("runs/launch", "where the frozen configs, submission files and logs go"),
+        "signal_delay_s": Key(90, "SLURM sends USR2 this many seconds before the time limit", min=0),
+        "max_requeues": Key(3, "time-outs of a resumable command that are requeued", min=0),
+        "setup": Key([], "shell lines the job runs first (module load ...)"),
+        "sweep": Key([], "override strings, one job each (a job array; see above)"),
+        "dry_run": Key(False, "print the sbatch script, submit nothing"),
+        "wait": Key(False, "wait for the jobs, printing their states as they change"),
+        "poll_s": Key(2.0, "seconds between two looks at the jobs' states (launch.wait)", min=0),
     }
 }
-EXECUTORS = ("slurm", "local")
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
             "PREEMPTED", "FINISHED", "INTERRUPTED", "DONE"}
 
@@ -92,12 +93,7 @@ def launch_config(overrides: Sequence[str], command: str = "", declared: Command
     """The ``launch.*`` keys, checked, and checked against what ``command`` declares (``declared``)."""
     cfg = resolve(schema.defaults(DEFAULTS), None, parse_overrides(overrides))
     schema.check(cfg, DEFAULTS)
-    lc = cfg.launch
-    if lc.executor not in EXECUTORS:
-        raise ConfigError(f"launch.executor must be one of {', '.join(EXECUTORS)}, got '{lc.executor}'")
-    for key in ("nodes", "timeout_min"):
-        if lc[key] < 1:
-            raise ConfigError(f"launch.{key} must be >= 1, got {lc[key]}")
+    lc = cfg.launch  # its choices and bounds are checked above (DEFAULTS)
     if lc.executor == "local" and lc.nodes != 1:
         raise ConfigError("launch.executor=local runs on this machine: launch.nodes must be 1")
     if declared is not None and not declared.distributed:

@@ -22,18 +22,23 @@ Examples:
 from __future__ import annotations
 
 from infoview.commands import Command
+from infoview.schema import Key
+
+#: infoview.data.beton.WRITE_MODES, here without importing numpy (tests/test_schema.py checks they agree)
+WRITE_MODES = ("raw", "jpg", "smart")
 
 DEFAULTS = {
-    "src": "",
-    "out": "",
-    "split": "train",
-    "max_resolution": 512,
-    "jpeg_quality": 90,
-    "write_mode": "smart",
-    "overwrite": False,
-    "skip_bad": False,
-    "num_workers": 0,
-    "download": False,
+    "src": Key("", "SRC: the source to write (see above; `infoview list sources`)"),
+    "out": Key("", "OUT: the .beton file to write; OUT.json goes beside it"),
+    "split": Key("train", "the split of SRC to write (a .beton holds one)"),
+    "max_resolution": Key(512, "cap on an image's longer side in px; 0 keeps every size", min=0),
+    "jpeg_quality": Key(90, "JPEG quality of the images stored as JPEG", min=1, max=100),
+    "write_mode": Key("smart", "raw (exact), jpg (smaller) or smart (raw up to 96x96, JPEG above)",
+                      choices=WRITE_MODES),
+    "overwrite": Key(False, "replace an existing OUT"),
+    "skip_bad": Key(False, "leave out (and count) an unreadable image instead of stopping"),
+    "num_workers": Key(0, "ffcv writer workers; 0 = one per core, up to 16", min=0),
+    "download": Key(False, "cifar10:, cifar100:, stl10: download into their root when it is missing"),
 }
 COMMAND = Command(help="Write an image source (digits, folder:..., cifar10:...) to an ffcv .beton file.", positional=("src", "out"))
 

@@ -36,67 +36,103 @@ from __future__ import annotations
 from typing import Any
 
 from infoview.commands import Command
+from infoview.schema import Key
 
-_KEYS: dict[str, Any] = {
-    "out_dir": "runs/pretrain",
-    "method": "simclr",
-    "data": {
-        "source": "digits",
-        "split": "train",
-        "eval_source": "",  # where data.eval_split lives when it is another source (a second .beton); "" = source
-        "skip_bad": False,  # replace an unreadable training image by the next readable one, name and count it
-        "eval_split": "test",
-        "batch_size": 256,
-        "num_workers": 2,
-        "backend": "auto",
-        "resolution": 0,
-    },
-    "augment": {"recipe": "simclr", "size": 32, "num_views": 2, "normalize": "imagenet", "backend": "fused",
-                "overrides": {}},
-    "model": {
-        "arch": "resnet18",
-        "cifar_stem": False,
-        "kwargs": {},
-        "proj_hidden": 2048,
-        "proj_dim": 128,
-        "proj_layers": 2,
-        "proj_bn": True,
-        "proj_last_bn": False,
-        "pred_hidden": 0,
-        "sync_bn": False,
-    },
-    "objective": {"name": "infonce"},
-    "optim": {
-        "name": "sgd",
-        "lr": 0.3,
-        "lr_scaling": "linear",
-        "ref_batch": 256,
-        "weight_decay": 1e-4,
-        "momentum": 0.9,
-        "betas": [0.9, 0.999],
-        "warmup_epochs": 10.0,
-        "min_lr": 0.0,
-        "clip_grad": 0.0,
-        "probe_lr": 0.1,
-    },
-    "train": {
-        "epochs": 100,
-        "max_steps": 0,
-        "seed": 0,
-        "device": "auto",
-        "precision": "auto",
-        "channels_last": True,
-        "compile": False,
-        "ckpt_every_steps": 500,
-        "resume": "auto",
-        "allow_config_change": False,  # resume a run with other training settings (both configs are kept)
-        "eval_every": 10,
-        "log_every": 10,
-        "threads": 0,
-        "progress": True,
-    },
-    "monitor": {"knn_k": 200, "knn_t": 0.07, "probe": True, "max_images": 0},
-}
+
+def _keys() -> dict[str, Any]:
+    """The command's own keys. Their choices are the lists of the modules that use them, which import torch:
+    built on first use, as the method sections are."""
+    from infoview.augment.recipes import NORMALIZATION, RECIPES
+    from infoview.augment.views import BACKENDS as VIEW_BACKENDS
+    from infoview.data.loader import BACKENDS as LOADER_BACKENDS
+    from infoview.pretrain.engine import PRECISIONS
+    from infoview.runtime.optim import SCALING_RULES
+
+    return {
+        "out_dir": Key("runs/pretrain", "where config.yaml, checkpoints/, metrics.csv, tb/ and curves.png go"),
+        # no choices: the registry's error names the nearest method ("did you mean 'simclr'?")
+        "method": Key("simclr", "simclr or moco (`infoview list methods`); its keys are the section of its name"),
+        "data": {
+            "source": Key("digits", "the training images: a source string (`infoview list sources`)"),
+            "split": Key("train", "the split of data.source to train on"),
+            "eval_source": Key("", "the source of data.eval_split when it is another one (a .beton); '' = data.source"),
+            "skip_bad": Key(False, "replace an unreadable training image by the next one (named and counted)"),
+            "eval_split": Key("test", "the held-out split the online kNN and probe are scored on"),
+            "batch_size": Key(256, "the global batch, split evenly over the processes", min=2),
+            # unbounded here: the loader's check says it ("num_workers must be 0 (load in this process) or ...")
+            "num_workers": Key(2, "loader worker processes (ffcv: threads); 0 loads in the main process"),
+            "backend": Key("auto", "the loader; auto: ffcv for a .beton when ffcv is installed",
+                           choices=LOADER_BACKENDS),
+            "resolution": Key(0, "side in px the images are decoded to, once; 0 = the source's own size",
+                              min=0),
+        },
+        "augment": {
+            "recipe": Key("simclr", "the views' recipe (`infoview list recipes`)", choices=tuple(RECIPES)),
+            "size": Key(32, "side of each view in px (multicrop: of the global views)", min=1),
+            "num_views": Key(2, "views per image (multicrop: global views; its recipe adds the local ones)", min=1),
+            "normalize": Key("imagenet", "mean and std the views are normalised with",
+                             choices=tuple(NORMALIZATION)),
+            "backend": Key("fused", "how views are made: fused (faster) or kornia's modules",
+                           choices=VIEW_BACKENDS),
+            "overrides": Key({}, "edits to the recipe, dotted or nested: augment.overrides.jitter.p=0.5"),
+        },
+        "model": {
+            "arch": Key("resnet18", "any timm model name (`infoview list archs`)"),
+            "cifar_stem": Key(False, "a ResNet's 3x3 stride-1 stem without max-pool, for 32 px images"),
+            "kwargs": Key({}, "keyword arguments of timm.create_model; a new model.arch starts them afresh"),
+            "proj_hidden": Key(2048, "hidden width of the projection head", min=1),
+            "proj_dim": Key(128, "output width of the projection head (the embedding)", min=1),
+            "proj_layers": Key(2, "Linear layers of the projection head; 0 = no head (identity)", min=0),
+            "proj_bn": Key(True, "BatchNorm after each hidden Linear of the projection head"),
+            "proj_last_bn": Key(False, "BatchNorm (no affine) after the projection head's last Linear"),
+            "pred_hidden": Key(0, "hidden width of a predictor on the queries (method=moco); 0 = none", min=0),
+            "sync_bn": Key(False, "SyncBatchNorm across processes under DDP"),
+        },
+        # open: the objective's own keys (objective.alpha, ...) are checked against its signature when it is built
+        "objective": {"name": Key("infonce", "the objective (`infoview list objectives`); its keys: objective.<key>")},
+        "optim": {
+            # no choices: build_optimizer's error names the nearest one ("unknown optimizer 'x'; did you mean")
+            "name": Key("sgd", "sgd, lars or adamw (timm's)"),
+            "lr": Key(0.3, "peak learning rate at optim.ref_batch images per step", above=0),
+            "lr_scaling": Key("linear", "how the peak lr follows the global batch / optim.ref_batch",
+                              choices=SCALING_RULES),
+            "ref_batch": Key(256, "the batch optim.lr is given for", min=1),
+            "weight_decay": Key(1e-4, "weight decay (none on biases, norms and a ViT's tokens)", min=0),
+            "momentum": Key(0.9, "SGD and LARS momentum", min=0),
+            "betas": Key([0.9, 0.999], "AdamW's betas", min=0, below=1),
+            "warmup_epochs": Key(10.0, "linear warm-up from 0, in epochs (fractions allowed)", min=0),
+            "min_lr": Key(0.0, "the learning rate the cosine ends at", min=0),
+            "clip_grad": Key(0.0, "clip the gradients' global norm to this; 0 = no clipping", min=0),
+            "probe_lr": Key(0.1, "learning rate of the online linear probe (not scheduled)", min=0),
+        },
+        "train": {
+            "epochs": Key(100, "the run's length in epochs (unless train.max_steps > 0)", min=0),
+            "max_steps": Key(0, "the run's length in steps when > 0 (wins over train.epochs)", min=0),
+            "seed": Key(0, "seed of the weights, the data order and the views"),
+            "device": Key("auto", "auto (the local GPU when there is one), cpu, cuda or cuda:<index>"),
+            "precision": Key("auto", "autocast dtype; auto: bf16 on a GPU, fp32 on a CPU",
+                             choices=PRECISIONS),
+            "channels_last": Key(True, "channels-last memory format on a GPU"),
+            "compile": Key(False, "torch.compile the model"),
+            "ckpt_every_steps": Key(500, "save checkpoints/last.pt every N steps and at epoch ends; 0: at epoch ends",
+                                    min=0),
+            "resume": Key("auto", "auto: continue out_dir's checkpoint if any; never: start afresh; or a path"),
+            "allow_config_change": Key(False, "resume a run with other training settings (both configs are kept)"),
+            "eval_every": Key(10, "online kNN and probe every N epochs (and at the end); 0 = never", min=0),
+            "log_every": Key(10, "write a metrics row every N steps", min=1),
+            "threads": Key(0, "CPU threads for torch; 0 keeps torch's default", min=0),
+            "progress": Key(True, "show a progress bar"),
+        },
+        "monitor": {
+            "knn_k": Key(200, "neighbours of the online kNN", min=1),
+            "knn_t": Key(0.07, "temperature of the online kNN's vote weights", above=0),
+            "probe": Key(True, "train the online linear probe (when the data has labels)"),
+            "max_images": Key(0, "images per split for the online kNN and probe (a fixed subset); 0 = all",
+                              min=0),
+        },
+    }
+
+
 OPEN_SECTIONS = ("objective", "model.kwargs", "augment.overrides")
 # a new objective or architecture does not inherit the old one's keys (ml_cpc's alpha under ring, a ResNet's
 # channels under a ViT); the ones dropped are named on stderr
@@ -111,7 +147,7 @@ def __getattr__(name: str):
     from infoview.pretrain.methods import method_sections
 
     keys: dict[str, Any] = {}
-    for key, value in _KEYS.items():
+    for key, value in _keys().items():
         keys[key] = value
         if key == "objective":
             keys.update(method_sections())

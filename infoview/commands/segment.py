@@ -37,22 +37,47 @@ from __future__ import annotations
 from typing import Any
 
 from infoview.commands import Command
+from infoview.schema import Key
+
+#: infoview.eval.segmentation's HEADS and OPTIMIZERS, here without importing torch (tests/test_schema.py
+#: checks they agree)
+HEADS = ("fcn", "deeplabv3")
+OPTIMIZERS = ("sgd", "adamw")
 
 DEFAULTS: dict[str, Any] = {
-    "out_dir": "",  # beside the backbone (runs/x/segment; .../segment_random for random:)
-    "overwrite": False,
-    "backbone": "",
-    "head": "fcn",
-    "num_classes": 0,
-    "ignore_index": None,  # None: read from the dataset's description (its void class), else an error asks
-    "freeze_backbone": False,
-    "output_stride": 8,
-    "data": {"source": "shapes", "train_split": "", "val_split": "", "size": 256, "scale": [0.25, 1.0],
-             "batch_size": 8, "num_workers": 2},
-    "train": {"epochs": 30, "max_steps": 0, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
-              "weight_decay": 1e-4, "device": "auto", "seed": 0, "progress": True},
-    "eval": {"max_images": 0},
-    "plot": {"num_images": 4},
+    "out_dir": Key("", "where segment.json goes; '' = beside the backbone (runs/x/segment, segment_random)"),
+    "overwrite": Key(False, "replace a finished segment.json in out_dir"),
+    "backbone": Key("", "a checkpoint or run folder, random:<checkpoint> or random:<timm arch> (see above)"),
+    "head": Key("fcn", "FCN or DeepLabV3 head on the last feature map", choices=HEADS),
+    "num_classes": Key(0, "classes of the head; 0 = derived from the masks", min=0),
+    # the hand check stays too: it also refuses a fractional id
+    "ignore_index": Key(None, "the void label (-1: none); null = read from the dataset (see above)",
+                        min=-1, max=255, nullable=True),
+    "freeze_backbone": Key(False, "train the head only, on frozen features"),
+    "output_stride": Key(8, "a CNN's output stride, dilated where timm can; 0 or 32 = as built",
+                         choices=(0, 8, 16, 32)),
+    "data": {
+        "source": Key("shapes", "masks:<images_root>:<masks_root>, masks:<root> or shapes"),
+        "train_split": Key("", "the split folder to train on; '' = the one with 'train' in its name"),
+        "val_split": Key("", "the split folder to score on; '' = the other one"),
+        "size": Key(256, "images and masks are resized to size x size px", min=8),
+        "scale": Key([0.25, 1.0], "[min, max] area fraction of the training crops", above=0, max=1),
+        "batch_size": Key(8, "images per step", min=1),
+        "num_workers": Key(2, "loader worker processes; 0 loads in the main process", min=0),
+    },
+    "train": {
+        "epochs": Key(30, "the run's length in epochs (unless train.max_steps > 0)", min=0),
+        "max_steps": Key(0, "the run's length in steps when > 0", min=0),
+        "optimizer": Key("sgd", "sgd with train.momentum, or adamw (the choice for ViTs)", choices=OPTIMIZERS),
+        "lr": Key(0.01, "peak learning rate (poly schedule to 0)", above=0),
+        "momentum": Key(0.9, "SGD's momentum", min=0),
+        "weight_decay": Key(1e-4, "weight decay (none on biases and norms)", min=0),
+        "device": Key("auto", "auto (a GPU when there is one), cpu, cuda or cuda:<index>"),
+        "seed": Key(0, "seed of the head's weights, the data order and random:<arch>"),
+        "progress": Key(True, "show progress bars"),
+    },
+    "eval": {"max_images": Key(0, "score the first N val images; 0 = all", min=0)},
+    "plot": {"num_images": Key(4, "val images in predictions.png", min=0)},
 }
 COMMAND = Command(help='Train an FCN/DeepLabV3 head on a backbone; mIoU and pixel accuracy, with a PNG of predictions.', distributed=False)
 

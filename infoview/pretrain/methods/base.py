@@ -99,7 +99,8 @@ class Method(nn.Module):
 
     A subclass registers itself with :func:`register_method` and declares:
 
-    - ``DEFAULTS``: its config section (``cfg.<name>``), every key with its default;
+    - ``DEFAULTS``: its config section (``cfg.<name>``), every key with its default (an
+      :class:`infoview.schema.Key`: with one line of help and its choices or bounds);
     - ``num_views``: how many views of an image it takes (None: any number from 2 up);
     - ``certifies``: whether it reports an MI bound (a method with no contrastive
       objective, BYOL say, sets False and reports none, instead of inventing one);

@@ -18,6 +18,7 @@ from infoview.pretrain.methods.base import (
     register_method,
 )
 from infoview.runtime import distributed as D
+from infoview.schema import Key
 
 MOCO_BN = ("auto", "shuffle", "split", "sync", "none")
 
@@ -28,8 +29,17 @@ class MoCo(Method):
 
     # MoCo v2's: momentum 0.999 constant (momentum_final null), one query view; bn=auto is shuffle under
     # DDP and split BatchNorm on one process
-    DEFAULTS = {"temperature": 0.2, "queue_size": 65536, "momentum": 0.999, "momentum_final": None, "bn": "auto",
-                "bn_splits": 8, "symmetric": False}
+    DEFAULTS = {
+        "temperature": Key(0.2, "the cosine similarities of queries and keys are divided by it", above=0),
+        "queue_size": Key(65536, "keys in the queue of negatives", min=1),
+        "momentum": Key(0.999, "the key encoder's EMA momentum (at the start)", min=0, max=1),
+        "momentum_final": Key(None, "null: a constant momentum; a number: cosine up to it (BYOL)",
+                              min=0, max=1, nullable=True),
+        "bn": Key("auto", "auto: shuffle under DDP, split on one process", choices=MOCO_BN),
+        # unbounded: it must be >= 2 only under moco.bn=split (checked there with the batch it splits)
+        "bn_splits": Key(8, "BatchNorm groups of moco.bn=split"),
+        "symmetric": Key(False, "add the swapped pair (the second view as the query), as MoCo v3 does"),
+    }
     num_views = 2
 
     @classmethod

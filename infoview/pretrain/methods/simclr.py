@@ -7,13 +7,15 @@ from infoview.errors import ConfigError
 from infoview.objectives import in_batch_pairs
 from infoview.pretrain.methods.base import Method, StepOutput, method_temperature, projector_from_config, register_method
 from infoview.runtime import distributed as D
+from infoview.schema import Key
 
 
 @register_method("simclr")
 class SimCLR(Method):
     """In-batch contrastive learning (Chen et al. 2020) with any objective."""
 
-    DEFAULTS = {"temperature": 0.2}
+    # unbounded here: method_temperature's check says why it must be positive ("... divides the scores")
+    DEFAULTS = {"temperature": Key(0.2, "the cosine similarities are divided by it (positive)")}
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int) -> "SimCLR":
