@@ -90,12 +90,19 @@ def _keys() -> dict[str, Any]:
         },
         # open: the objective's own keys (objective.alpha, ...) are checked against its signature when it is built
         "objective": {"name": Key("infonce", "the objective (`infoview list objectives`); its keys: objective.<key>")},
+        **_training_keys(SCALING_RULES, PRECISIONS),
+    }
+
+
+def _training_keys(scaling_rules: tuple, precisions: tuple) -> dict[str, Any]:
+    """optim, train and monitor: how the encoder is trained, for how long, and what is watched."""
+    return {
         "optim": {
             # no choices: build_optimizer's error names the nearest one ("unknown optimizer 'x'; did you mean")
             "name": Key("sgd", "sgd, lars or adamw (timm's)"),
             "lr": Key(0.3, "peak learning rate at optim.ref_batch images per step", above=0),
             "lr_scaling": Key("linear", "how the peak lr follows the global batch / optim.ref_batch",
-                              choices=SCALING_RULES),
+                              choices=scaling_rules),
             "ref_batch": Key(256, "the batch optim.lr is given for", min=1),
             "weight_decay": Key(1e-4, "weight decay (none on biases, norms and a ViT's tokens)", min=0),
             "momentum": Key(0.9, "SGD and LARS momentum", min=0),
@@ -111,7 +118,7 @@ def _keys() -> dict[str, Any]:
             "seed": Key(0, "seed of the weights, the data order and the views"),
             "device": Key("auto", "auto (the local GPU when there is one), cpu, cuda or cuda:<index>"),
             "precision": Key("auto", "autocast dtype; auto: bf16 on a GPU, fp32 on a CPU",
-                             choices=PRECISIONS),
+                             choices=precisions),
             "channels_last": Key(True, "channels-last memory format on a GPU"),
             "compile": Key(False, "torch.compile the model"),
             "ckpt_every_steps": Key(500, "save checkpoints/last.pt every N steps and at epoch ends; 0: at epoch ends",
