@@ -1,6 +1,6 @@
 """The work of `infoview detect` (infoview.commands.detect documents its keys): set-up, data, and the report.
 
-The model is in detection_model.py, the fine-tuning loop in detection_train.py
+The model is in detection_model.py, the fine-tuning (on runtime.loop) in detection_train.py
 and the scoring in detection_eval.py.
 """
 from __future__ import annotations
@@ -20,9 +20,10 @@ from infoview.data.detection import open_detection_source
 from infoview.errors import ConfigError, InfoviewError
 from infoview.eval.detection_eval import evaluate
 from infoview.eval.detection_model import build_detector, timm_model_of
-from infoview.eval.detection_train import Trained, train
+from infoview.eval.detection_train import train
 from infoview.runtime import distributed as D
 from infoview.runtime.backbone import default_out_dir, load_backbone_spec
+from infoview.runtime.loop import FitResult
 from infoview.runtime.optim import DECAYS
 from infoview.utils.io import atomic_write_text, claim_out_dir
 
@@ -146,7 +147,7 @@ def _build(cfg, info: D.DistInfo, device: torch.device, num_classes: int):
     return bb, model, net
 
 
-def _result(cfg, bb, model: nn.Module, data, trained: Trained, scores, steps_per_epoch: int, eval_time: float,
+def _result(cfg, bb, model: nn.Module, data, trained: FitResult, scores, steps_per_epoch: int, eval_time: float,
             info: D.DistInfo, device: torch.device, out) -> dict[str, Any]:
     """detect.json: what was trained on what, the AP tables, and the run's size and times."""
     train_set, val_set, gt, gt_objects = data
@@ -213,7 +214,7 @@ def run(cfg) -> dict | None:
             if t.progress:
                 print(scores[2], file=sys.stderr, flush=True)
             result = _result(cfg, bb, model, data, trained, scores, steps_per_epoch, eval_time, info, device, out)
-            _write(cfg, out, trained.log, result)
+            _write(cfg, out, trained.rows, result)
         D.barrier()
         return result
     finally:

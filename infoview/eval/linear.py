@@ -50,6 +50,8 @@ from infoview.data import build_loader
 from infoview.errors import ConfigError, InfoviewError
 from infoview.runtime.backbone import default_out_dir, frozen_splits
 from infoview.runtime.features import check_features, encoder_device_dtype, eval_mode
+from infoview.runtime.loop import fit
+from infoview.runtime.optim import cosine_factor
 from infoview.utils.device import resolve_device
 from infoview.utils.io import atomic_write_text, claim_out_dir
 
@@ -105,29 +107,19 @@ def _sgd_cosine(layer: nn.Linear, epoch_batches, *, epochs, steps_per_epoch, bat
 
     SGD with momentum on the cross-entropy; the learning rate peaks at
     ``lr * batch_size / 256`` and follows a cosine to 0 over
-    ``epochs * steps_per_epoch`` steps. Returns the layer, frozen.
+    ``epochs * steps_per_epoch`` steps. The shared fit loop (runtime.loop)
+    runs the epochs. Returns the layer, frozen.
     """
     peak = float(lr) * batch_size / 256
     opt = torch.optim.SGD(layer.parameters(), lr=peak, momentum=float(momentum), weight_decay=float(weight_decay))
     total = max(1, epochs * steps_per_epoch)
-    from tqdm.auto import tqdm
 
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, dynamic_ncols=True, leave=False)
-    step = 0
-    try:
-        for _ in bar:
-            for feats, labels in epoch_batches():
-                for group in opt.param_groups:
-                    group["lr"] = 0.5 * peak * (1.0 + math.cos(math.pi * min(step, total) / total))
-                loss = F.cross_entropy(layer(feats), labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-            if progress and step:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    finally:
-        bar.close()
+    def step(batch):
+        feats, labels = batch
+        return F.cross_entropy(layer(feats), labels)
+
+    fit(step, opt, lambda epoch: epoch_batches(), epochs=epochs, steps_per_epoch=steps_per_epoch,
+        schedule=lambda s: cosine_factor(s, total), progress=progress, desc=desc, hint="lower the probe's lr")
     return layer.requires_grad_(False)
 
 

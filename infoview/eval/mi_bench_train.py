@@ -1,4 +1,22 @@
-"""The training of `infoview mi-bench`: the Gaussian staircase, the stacked critics, and the loop that trains them."""
+"""The training of `infoview mi-bench`: the Gaussian staircase, the stacked critics, and the loop that trains them.
+
+Its loop takes from the shared one (infoview.runtime.loop) the progress bar
+and the optimiser step, not ``fit`` itself, whose per-step work does not fit
+a benchmark of estimators:
+
+- ``fit`` reads every step's loss back to check it (a host sync per step);
+  here one step trains E critics in lock-step on the sum of their losses, a
+  sum that says nothing by itself. What is watched are the E bounds, recorded
+  every step in a tensor on the device and read back only every few steps
+  for the bar (on a GPU the sync would cost as much as the step).
+- ``fit`` stops on a loss that is not finite; here an estimator that
+  diverges (NWJ's mean of exponentials can overflow) is a result: its
+  critic's slice of the stacked parameters goes bad, the others train on
+  (each loss reaches only its own slice, and Adam is elementwise), and the
+  report shows it (a bound that is not finite is written as null).
+- There is no schedule (Adam at a constant lr) and no epochs: the staircase
+  is one stream of fresh draws, its level changing every ``steps_per_level``.
+"""
 from __future__ import annotations
 
 import math
@@ -6,10 +24,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from infoview.errors import ConfigError
 from infoview.objectives import Objective, matrix_pairs
+from infoview.runtime.loop import optimizer_step, progress_bar
 
 CRITICS = ("separable", "concat")
 
@@ -143,8 +161,7 @@ def train_staircase(
     gen = torch.Generator(device=device).manual_seed(seed)
     every = max(1, min(200, S // 10))
     log_m = math.log(n)
-    bar = tqdm(total=total, desc="mi-bench", unit="step", disable=not progress, mininterval=0.5,
-               dynamic_ncols=True)
+    bar = progress_bar(total, "mi-bench", progress)
     try:
         for t, (level, x, y) in enumerate(_staircase(levels, dim, S, n, gen, device)):
             for o in scheduled:
@@ -192,9 +209,7 @@ def _step(model: StackedCritic, objectives: Sequence, opt, x, y, record, uncerti
         ceilings[e] = out.ceiling
         if out.estimate is not None:
             uncertified[t, e] = out.estimate
-    opt.zero_grad(set_to_none=True)
-    torch.stack(losses).sum().backward()
-    opt.step()
+    optimizer_step(opt, torch.stack(losses).sum())
     record[t] = torch.stack(mis)
     return out.log_m
 

@@ -6,7 +6,6 @@ and the picture in segmentation_plot.py.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from infoview.eval.segmentation_metrics import confusion_matrix, constant_baseli
 from infoview.eval.segmentation_model import HEADS, SegmentationModel, dilated_backbone
 from infoview.eval.segmentation_plot import plot_predictions
 from infoview.runtime.backbone import default_out_dir, load_backbone_spec
-from infoview.runtime.optim import build_optimizer, poly_factor, set_lr
+from infoview.runtime.loop import fit
+from infoview.runtime.optim import build_optimizer, poly_factor
 from infoview.utils.device import resolve_device
 from infoview.utils.io import atomic_write_text, claim_out_dir
 
@@ -114,38 +114,22 @@ def _void_to(target: torch.Tensor, ignore_index: int, fill: int = -1) -> torch.T
 
 
 def train_head(model, loader, steps, optimizer, mean, std, ignore_index, device, progress) -> list[float]:
-    """``steps`` steps of per-pixel cross-entropy (void pixels carry none) under the poly schedule; the losses."""
-    losses: list[float] = []
-    model.train()
-    bar = tqdm(total=steps, desc="segment train", unit="step", disable=not progress, dynamic_ncols=True,
-               mininterval=0.5)
-    it = iter(loader)
-    step = 0
-    while step < steps:
-        try:
-            images, masks = next(it)
-        except StopIteration:
-            it = iter(loader)
-            continue
+    """``steps`` steps of per-pixel cross-entropy (void pixels carry none) under the poly schedule; the losses.
+
+    The shared fit loop (runtime.loop) runs them; what is segmentation's is the step's loss.
+    """
+
+    def step(batch):
+        images, masks = batch
         images = _normalise(images.to(device, non_blocking=True), mean, std)
         target = _void_to(masks.to(device, non_blocking=True), ignore_index)
-        lr = set_lr(optimizer, poly_factor(step, steps))
-        logits = model(images)
         labelled = (target >= 0).sum()
         # sum / count: a batch whose pixels are all void gives 0, not nan
-        loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="sum") / labelled.clamp(min=1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise InfoviewError(f"the loss is {value} at step {step}; lower train.lr (now {lr:g})")
-        losses.append(value)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2g}", refresh=False)
-    bar.close()
-    return losses
+        return F.cross_entropy(model(images), target, ignore_index=-1, reduction="sum") / labelled.clamp(min=1)
+
+    model.train()
+    return fit(step, optimizer, loader, steps=steps, schedule=lambda s: poly_factor(s, steps), progress=progress,
+               desc="segment train", hint="lower train.lr").losses
 
 
 @torch.no_grad()

@@ -18,8 +18,10 @@
   so a resumed run continues on the same curve with nothing else to restore.
 - The evaluators' schedules, also pure functions of the step: detection's
   (Detectron2's: linear warm-up from a fraction of the peak, then step decay
-  or a half cosine; :func:`warmup_decay_factors`) and segmentation's poly
-  decay (:func:`poly_factor`). ``set_lr(optimizer, *factors)`` applies them.
+  or a half cosine; :func:`warmup_decay_factors`), segmentation's poly
+  decay (:func:`poly_factor`) and the linear probe's cosine to 0
+  (:func:`cosine_factor`). ``set_lr(optimizer, *factors)`` applies them;
+  ``runtime.loop.fit`` calls it at every step.
 """
 from __future__ import annotations
 
@@ -97,6 +99,11 @@ def warmup_decay_factors(
 def poly_factor(step: int, total_steps: int, power: float = POLY_POWER) -> float:
     """Multiplier of the peak lr at ``step``: ``(1 - step / total_steps) ** power``, 0 from ``total_steps`` on."""
     return (1.0 - min(step, total_steps) / max(total_steps, 1)) ** power
+
+
+def cosine_factor(step: int, total_steps: int) -> float:
+    """Multiplier of the peak lr at ``step``: a half cosine from 1 at step 0 to 0 at ``total_steps`` (the linear probe's)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
 def _no_decay_names(model: nn.Module) -> list[str]:

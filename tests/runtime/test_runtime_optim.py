@@ -11,6 +11,7 @@ import torch
 from infoview.errors import ConfigError
 from infoview.runtime.optim import (
     build_optimizer,
+    cosine_factor,
     lr_factor,
     poly_factor,
     scaled_lr,
@@ -135,6 +136,14 @@ def test_poly_decay():
     f = [poly_factor(s, 10) for s in range(12)]
     assert f[0] == 1.0 and f[5] == pytest.approx(0.5 ** 0.9) and f[10] == f[11] == 0.0
     assert all(a > b for a, b in zip(f[:10], f[1:11]))
+
+
+def test_cosine_to_zero_is_the_linear_probes_lr_to_the_last_bit():
+    f = [cosine_factor(s, 10) for s in range(12)]
+    assert f[0] == 1.0 and f[5] == pytest.approx(0.5) and f[10] == f[11] == 0.0
+    for peak in (0.5, 0.1 * 256 / 256, 0.3 * 100 / 256, 1e-3):  # as the probe set it before runtime/loop.py
+        assert [peak * cosine_factor(s, 37) for s in range(40)] == [
+            0.5 * peak * (1.0 + math.cos(math.pi * min(s, 37) / 37)) for s in range(40)]
 
 
 # --------------------------------------------------------------------------- detection's optimiser
