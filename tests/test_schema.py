@@ -110,14 +110,13 @@ def test_every_key_of_every_command_has_one_line_of_help_and_a_default_it_accept
 def test_the_choices_copied_into_light_command_modules_are_the_work_modules_own():
     """Lists that live in modules importing torch (which `infoview --help` must not) are repeated in the
     command modules; the lists of the pretrain command and of the methods are the modules' own."""
-    from infoview.commands import _frozen, detect, prepare, segment
+    from infoview.commands import _frozen, prepare
     from infoview.data import beton, loader
-    from infoview.eval import detection, segmentation
+    from infoview.eval import choices
+    from infoview.runtime import optim
 
     assert _frozen.LOADER_BACKENDS == loader.BACKENDS and prepare.WRITE_MODES == beton.WRITE_MODES
-    assert (detect.TASKS, detect.SCHEDULES, detect.OPTIMIZERS, detect.PRECISIONS) == (
-        detection.TASKS, detection.SCHEDULES, detection.OPTIMIZERS, detection.PRECISIONS)
-    assert (segment.HEADS, segment.OPTIMIZERS) == (segmentation.HEADS, segmentation.OPTIMIZERS)
+    assert choices.SCHEDULES == optim.DECAYS  # detect's schedules are runtime's decays
 
 
 @pytest.mark.parametrize("args, message", [

@@ -40,12 +40,7 @@ from typing import Any
 from infoview.commands import Command
 from infoview.schema import Key
 
-#: infoview.eval.detection's TASKS, SCHEDULES, OPTIMIZERS and PRECISIONS, here without importing torch
-#: (tests/test_schema.py checks they agree)
-TASKS = ("segm", "bbox")
-SCHEDULES = ("step", "cosine")
-OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("fp32", "bf16")
+from infoview.eval.choices import OPTIMIZERS, PRECISIONS, SCHEDULES, TASKS  # noqa: E402 - imports nothing
 
 DEFAULTS: dict[str, Any] = {
     "out_dir": Key("", "where detect.json goes; '' = beside the backbone (runs/x/detect, detect_random)"),

@@ -39,10 +39,7 @@ from typing import Any
 from infoview.commands import Command
 from infoview.schema import Key
 
-#: infoview.eval.segmentation's HEADS and OPTIMIZERS, here without importing torch (tests/test_schema.py
-#: checks they agree)
-HEADS = ("fcn", "deeplabv3")
-OPTIMIZERS = ("sgd", "adamw")
+from infoview.eval.choices import HEADS, OPTIMIZERS  # noqa: E402 - imports nothing
 
 DEFAULTS: dict[str, Any] = {
     "out_dir": Key("", "where segment.json goes; '' = beside the backbone (runs/x/segment, segment_random)"),
