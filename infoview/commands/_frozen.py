@@ -1,5 +1,7 @@
-"""What `infoview linear` and `infoview knn` share: the data keys and their help."""
+"""What `infoview linear` and `infoview knn` share: their help on the backbone and data, and those keys."""
 from __future__ import annotations
+
+from typing import Any
 
 from infoview.schema import Key
 
@@ -32,3 +34,25 @@ FROZEN_DATA = {
     "num_workers": Key(2, "loader worker processes (ffcv: threads); 0 loads in the main process", min=0),
     "backend": Key("auto", "the loader; auto: ffcv for a .beton when ffcv is installed", choices=LOADER_BACKENDS),
 }
+
+
+def frozen_doc(doc: str, command: str, result: str) -> str:
+    """A command's docstring with the shared help in place of ``{frozen}``."""
+    return doc.replace("{frozen}", FROZEN_HELP.format(command=command, result=result))
+
+
+def frozen_keys(command: str, result: str, train: dict[str, Key], **own: Any) -> dict[str, Any]:
+    """The keys of a command that measures frozen features: where it writes, which backbone, the data
+    (:data:`FROZEN_DATA`), ``own`` sections, and ``train`` with the device and progress keys added."""
+    return {
+        "out_dir": Key("", f"where {result} and config.yaml go; '' = beside the backbone (see above)"),
+        "overwrite": Key(False, f"replace a finished {result} in out_dir"),
+        "backbone": Key("", "a checkpoint or run folder, an export folder, or random:<...> (see above)"),
+        **own,
+        "data": dict(FROZEN_DATA),
+        "train": {
+            **train,
+            "device": Key("auto", "auto (a GPU when there is one), cpu, cuda or cuda:<index>"),
+            "progress": Key(True, "show progress bars"),
+        },
+    }

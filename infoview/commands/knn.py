@@ -19,27 +19,20 @@ from __future__ import annotations
 from typing import Any
 
 from infoview.commands import Command
-from infoview.commands._frozen import FROZEN_DATA, FROZEN_HELP
+from infoview.commands._frozen import frozen_doc, frozen_keys
 from infoview.schema import Key
 
-__doc__ = __doc__.replace("{frozen}", FROZEN_HELP.format(command="knn", result="knn.json"))
+__doc__ = frozen_doc(__doc__, "knn", "knn.json")
 
-DEFAULTS: dict[str, Any] = {
-    "out_dir": Key("", "where knn.json and config.yaml go; '' = beside the backbone (see above)"),
-    "overwrite": Key(False, "replace a finished knn.json in out_dir"),
-    "backbone": Key("", "a checkpoint or run folder, an export folder, or random:<...> (see above)"),
-    "data": dict(FROZEN_DATA),
-    "knn": {
+DEFAULTS: dict[str, Any] = frozen_keys(
+    "knn", "knn.json",
+    knn={
         # unbounded here: the kNN's own check says it ("k must be a positive integer")
         "k": Key(200, "neighbours that vote (a positive integer)"),
         "temperature": Key(0.07, "the votes weigh exp(cosine similarity / temperature)", above=0),
     },
-    "train": {
-        "seed": Key(0, "seed of random:<arch> weights"),
-        "device": Key("auto", "auto (a GPU when there is one), cpu, cuda or cuda:<index>"),
-        "progress": Key(True, "show progress bars"),
-    },
-}
+    train={"seed": Key(0, "seed of random:<arch> weights")},
+)
 COMMAND = Command(help="Weighted kNN accuracy of a frozen encoder (k = 200, temperature 0.07 by default).")
 
 

@@ -19,27 +19,22 @@ from __future__ import annotations
 from typing import Any
 
 from infoview.commands import Command
-from infoview.commands._frozen import FROZEN_DATA, FROZEN_HELP
+from infoview.commands._frozen import frozen_doc, frozen_keys
 from infoview.schema import Key
 
-__doc__ = __doc__.replace("{frozen}", FROZEN_HELP.format(command="linear", result="linear.json"))
+__doc__ = frozen_doc(__doc__, "linear", "linear.json")
 
-DEFAULTS: dict[str, Any] = {
-    "out_dir": Key("", "where linear.json and config.yaml go; '' = beside the backbone (see above)"),
-    "overwrite": Key(False, "replace a finished linear.json in out_dir"),
-    "backbone": Key("", "a checkpoint or run folder, an export folder, or random:<...> (see above)"),
-    "augment": Key(False, "train on fresh crop + flip views every epoch, not cached features (slower)"),
-    "data": dict(FROZEN_DATA),
-    "train": {
+DEFAULTS: dict[str, Any] = frozen_keys(
+    "linear", "linear.json",
+    augment=Key(False, "train on fresh crop + flip views every epoch, not cached features (slower)"),
+    train={
         "epochs": Key(100, "epochs of the linear classifier", min=1),
         "lr": Key(0.1, "peak learning rate of its SGD (cosine to 0)", above=0),
         "batch_size": Key(256, "features per step of the classifier", min=1),
         "weight_decay": Key(0.0, "weight decay of the classifier", min=0),
         "seed": Key(0, "seed of the classifier's weights and order (and of random:<arch>)"),
-        "device": Key("auto", "auto (a GPU when there is one), cpu, cuda or cuda:<index>"),
-        "progress": Key(True, "show progress bars"),
     },
-}
+)
 COMMAND = Command(help="Linear probe of a frozen encoder (a checkpoint, or random:<...> for the baseline): top-1/top-5.")
 
 
