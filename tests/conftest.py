@@ -175,3 +175,28 @@ def cifar_checkpoint(tmp_path_factory) -> Path:
 def photo_checkpoint(tmp_path_factory) -> Path:
     """A narrow ResNet-18 with timm's standard stem (for photos: detection, segmentation), 2 steps."""
     return _pretrain(tmp_path_factory.mktemp("ckpt_photo"), "augment.size=32")
+
+
+# --- the worked examples of docs/architecture.md ("Adding a command", "Adding a method") as modules
+@pytest.fixture
+def doc_example_module(tmp_path, monkeypatch):
+    """``add(package, section, name)``: the first python block under ``## <section>`` of
+    docs/architecture.md, written as module ``name`` of ``package`` (a temp folder on its path);
+    removed from ``sys.modules`` afterwards."""
+    import re
+    import sys
+
+    added: list[str] = []
+
+    def add(package, section: str, name: str) -> str:
+        text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8").split(f"## {section}", 1)[1]
+        folder = tmp_path / f"doc_{name}"
+        folder.mkdir()
+        (folder / f"{name}.py").write_text(re.search(r"```python\n(.*?)```", text, re.S).group(1), encoding="utf-8")
+        monkeypatch.setattr(package, "__path__", [*package.__path__, str(folder)])
+        added.append(f"{package.__name__}.{name}")
+        return added[-1]
+
+    yield add
+    for module in added:
+        sys.modules.pop(module, None)

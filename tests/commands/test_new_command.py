@@ -2,33 +2,16 @@
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import pytest
 
 import infoview.commands as commands
 from infoview.cli import main
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
-
-
-def _example() -> str:
-    section = DOC.read_text(encoding="utf-8").split("## Adding a command", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
 @pytest.fixture
-def count_command(tmp_path, monkeypatch):
-    """The doc's ``count`` command as a module of infoview.commands (a temp folder on the package's path)."""
-    folder = tmp_path / "more_commands"
-    folder.mkdir()
-    (folder / "count.py").write_text(_example(), encoding="utf-8")
-    monkeypatch.setattr(commands, "__path__", [*commands.__path__, str(folder)])
-    yield
-    import sys
-
-    sys.modules.pop("infoview.commands.count", None)
+def count_command(doc_example_module):
+    """The doc's ``count`` command as a module of infoview.commands."""
+    doc_example_module(commands, "Adding a command", "count")
 
 
 def test_the_documented_command_is_listed_helped_and_run(count_command, capsys):

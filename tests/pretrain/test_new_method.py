@@ -4,8 +4,6 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,25 +11,11 @@ import infoview.pretrain.methods as methods
 from infoview.cli import main
 from infoview.pretrain.methods import base
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
-
-
-def _example() -> str:
-    section = DOC.read_text(encoding="utf-8").split("## Adding a method", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
 @pytest.fixture
-def oneway(tmp_path, monkeypatch):
-    """The doc's ``oneway`` method as a module of infoview.pretrain.methods (from a temp folder)."""
-    folder = tmp_path / "more_methods"
-    folder.mkdir()
-    (folder / "oneway.py").write_text(_example(), encoding="utf-8")
-    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(folder)])
-    monkeypatch.setattr(base._METHODS, "items", dict(base._METHODS.items))  # registered for this test only
-    importlib.import_module("infoview.pretrain.methods.oneway")
-    yield
-    sys.modules.pop("infoview.pretrain.methods.oneway", None)
+def oneway(doc_example_module, monkeypatch):
+    """The doc's ``oneway`` method as a module of infoview.pretrain.methods, registered for one test."""
+    monkeypatch.setattr(base._METHODS, "items", dict(base._METHODS.items))
+    importlib.import_module(doc_example_module(methods, "Adding a method", "oneway"))
 
 
 def test_the_documented_method_is_listed_with_its_keys(oneway, capsys):
