@@ -39,3 +39,19 @@ def test_its_view_count_and_other_methods_keys_are_checked_before_any_step(onewa
     err = capsys.readouterr().err
     assert "moco.queue_size=64 configures method=moco, and this run is method=oneway" in err
     assert not (tmp_path / "a" / "checkpoints").exists() and not (tmp_path / "b" / "checkpoints").exists()
+
+
+def test_a_method_without_a_bound_reports_none_instead_of_inventing_one(oneway, tiny, tmp_path, capsys):
+    """A BYOL-like method sets certifies = False: its mi is blank in metrics.csv and null in pretrain.json."""
+    import csv
+
+    from infoview.pretrain.methods import get_method, register_method
+
+    register_method("nobound")(type("NoBound", (get_method("oneway"),), {"certifies": False}))
+    assert main(["pretrain", *tiny, "method=nobound", "train.max_steps=2", "train.log_every=1",
+                 f"out_dir={tmp_path}"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 2 and result["mi"] is None and result["loss"] is not None
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "2"] and all(r["mi"] == "" and r["loss"] for r in rows)

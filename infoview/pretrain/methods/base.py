@@ -86,7 +86,7 @@ def predictor_from_config(model_cfg, dim: int) -> nn.Module | None:
 class StepOutput:
     loss: torch.Tensor  # what to backpropagate: the objective's loss plus the probe's
     ssl_loss: torch.Tensor  # detached
-    mi: torch.Tensor  # detached: the objective's certified bound on the cross-view matrix, nats
+    mi: torch.Tensor  # detached: the objective's certified bound on the cross-view matrix, nats (NaN: none)
     ceiling: float  # the most that bound can read (may be inf)
     mi_estimate: torch.Tensor  # detached: what the training rows read; not a bound
     probe_loss: torch.Tensor  # detached (0 without labels)
@@ -183,9 +183,9 @@ class Method(nn.Module):
             loss = loss + probe_loss
             correct = (logits.argmax(1) == labels)[known].sum().to(logits.dtype)
             probe_loss = probe_loss.detach()
-        if cert is None:  # a method that certifies no bound reports none (NaN: a blank in metrics.csv)
-            nan = out.loss.detach().new_full((), float("nan"))
-            cert = ObjectiveOutput(loss=nan, mi=nan, ceiling=float("nan"))
+        if cert is None or not self.certifies:  # no bound is reported, none invented (NaN: blank in metrics.csv)
+            mi, ceiling = out.loss.detach().new_full((), float("nan")), float("nan")
+        else:
+            mi, ceiling = cert.mi, cert.ceiling
         estimate = out.estimate if out.estimate is not None else out.mi
-        return StepOutput(loss, out.loss.detach(), cert.mi, cert.ceiling, estimate, probe_loss, correct.detach(),
-                          count.detach())
+        return StepOutput(loss, out.loss.detach(), mi, ceiling, estimate, probe_loss, correct.detach(), count.detach())
