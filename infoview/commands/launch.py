@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from infoview import schema
-from infoview.commands import Command, build_config, load_command
+from infoview.commands import Command, build_config, load_command, names, spec
 from infoview.config import did_you_mean, parse_overrides, resolve, save_config
 from infoview.errors import ConfigError, InfoviewError
 from infoview.schema import Key
@@ -100,10 +100,12 @@ def launch_config(overrides: Sequence[str], command: str = "", declared: Command
         asked = {k: lc[k] for k in ("nodes", "tasks_per_node", "gpus_per_node") if lc[k] > 1}
         if asked:
             given = ", ".join(f"launch.{k}={v}" for k, v in asked.items())
-            raise ConfigError(f"'{command}' runs as one process on one device, so {given} would run it "
-                              f"{'on several GPUs' if list(asked) == ['gpus_per_node'] else 'several times'} "
-                              "into one out_dir; launch it with launch.nodes=1, launch.tasks_per_node=1 and at "
-                              "most launch.gpus_per_node=1 (the distributed commands: pretrain, detect)")
+            what = ("hold GPUs it does not use" if list(asked) == ["gpus_per_node"]
+                    else "run it several times into one out_dir")
+            distributed = ", ".join(n for n in names() if spec(n).distributed)
+            raise ConfigError(f"'{command}' runs as one process on one device, so {given} would {what}; launch it "
+                              "with launch.nodes=1, launch.tasks_per_node=1 and at most launch.gpus_per_node=1 "
+                              f"(the distributed commands: {distributed})")
     return lc
 
 
