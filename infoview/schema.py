@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 import yaml
+from omegaconf import OmegaConf
 
 from infoview.errors import ConfigError
 
@@ -138,8 +139,8 @@ def check(cfg: Any, tree: Mapping) -> None:
         present, value = _get(cfg, dotted)
         if not present:
             continue
-        if hasattr(value, "_content") or hasattr(value, "_iter_ex"):  # an omegaconf ListConfig
-            value = list(value)
+        if OmegaConf.is_config(value):  # a list or section of a resolved config: plain values to check
+            value = OmegaConf.to_container(value)
         if key.violation(value):
             what = f" ({key.help})" if key.help else ""
             each = "a list, each item " if isinstance(key.default, (list, tuple)) and key.choices is None else ""

@@ -175,11 +175,9 @@ def _check_launch(cfg) -> None:
     """A requeued job resumes from its checkpoint: train.resume=never on a folder that holds one cannot work."""
     from pathlib import Path
 
-    from infoview.errors import InfoviewError
-    from infoview.runtime.checkpoint import find_resume
+    from infoview.pretrain.resume import refuse_a_finished_folder
 
-    if str(cfg.train.resume).lower() in ("never", "none", "", "false") and find_resume(Path(cfg.out_dir) / "checkpoints"):
-        raise InfoviewError(f"{cfg.out_dir} already holds a checkpoint and train.resume={cfg.train.resume}")
+    refuse_a_finished_folder(cfg, Path(cfg.out_dir) / "checkpoints")
 
 
 COMMAND = Command(

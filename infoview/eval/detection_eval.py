@@ -43,7 +43,6 @@ def coco_evaluate(gt, results: list[dict], iou_type: str, image_ids: Sequence[in
     """
     from pycocotools.cocoeval import COCOeval
 
-
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         if results:

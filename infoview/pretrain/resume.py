@@ -29,6 +29,20 @@ def config_changes(saved: dict, now: dict) -> list[str]:
     return out
 
 
+#: train.resume values that start afresh
+FRESH = ("never", "none", "", "false")
+
+
+def refuse_a_finished_folder(cfg, ckpt_dir: Path) -> None:
+    """train.resume=never (or another fresh start) on a folder that holds a checkpoint is an error, not an overwrite:
+    checked at start by the engine, and before submission by ``infoview launch`` (a requeued job must resume)."""
+    if str(cfg.train.resume).lower() in FRESH and find_resume(ckpt_dir) is not None:
+        raise InfoviewError(
+            f"{ckpt_dir} already holds a checkpoint and train.resume={cfg.train.resume}; continue it with "
+            "train.resume=auto, or choose another out_dir"
+        )
+
+
 def resume_state(cfg, ckpt_dir: Path) -> tuple[Path | None, dict | None, list[str]]:
     """``(checkpoint path, its state, the settings that changed)`` for ``train.resume``; (None, None, []) for a new run.
 
@@ -41,12 +55,8 @@ def resume_state(cfg, ckpt_dir: Path) -> tuple[Path | None, dict | None, list[st
     path = None
     if str(t.resume).lower() == "auto":
         path = find_resume(ckpt_dir)
-    elif str(t.resume).lower() in ("never", "none", "", "false"):
-        if find_resume(ckpt_dir) is not None:
-            raise InfoviewError(
-                f"{ckpt_dir} already holds a checkpoint and train.resume={t.resume}; continue it with "
-                "train.resume=auto, or choose another out_dir"
-            )
+    elif str(t.resume).lower() in FRESH:
+        refuse_a_finished_folder(cfg, ckpt_dir)
     else:
         path = Path(str(t.resume))
     state = load_checkpoint(path) if path is not None else None
