@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on this machine, for trying launches and for the tests.
+# A SLURM cluster of one node, or of several on this one machine, for trying launches and for the tests.
 #
-#   scripts/slurm-local.sh start    # munged, slurmctld, slurmd; prints the SLURM_CONF to export
-#   scripts/slurm-local.sh status   # daemons and the node, as sinfo sees them
+#   scripts/slurm-local.sh start    # munged, slurmctld, one slurmd per node; prints the SLURM_CONF to export
+#   scripts/slurm-local.sh status   # daemons and nodes, as sinfo sees them
 #   scripts/slurm-local.sh stop     # stops the daemons by their process ids
 #
 # Needs Debian's slurm-wlm and munge packages (apt-get install slurm-wlm munge).
 # Everything lives in $SLURM_LOCAL_DIR (default /tmp/infoview-slurm-$USER): the
-# generated slurm.conf, a fresh munge key, state, spool, logs and pid files. The
-# node has this machine's CPUs and memory, one partition `debug`, process
-# tracking by /proc (proctrack/linuxproc, task/none: no cgroups needed), and
-# accepts requeues. Ports: $SLURM_LOCAL_PORT (slurmctld) and the next (slurmd).
+# generated slurm.conf, a fresh munge key, state, spool, logs and pid files. One
+# partition `debug`, process tracking by /proc (proctrack/linuxproc, task/none:
+# no cgroups needed), requeues accepted. Ports: $SLURM_LOCAL_PORT (slurmctld)
+# and the next one per node (slurmd).
+#
+# SLURM_LOCAL_NODES=1 (the default): one node named after this host.
+# SLURM_LOCAL_NODES=2 (or more): that many nodes on this machine, each its own slurmd
+# (`slurmd -N <node>`, its own port, spool, log and pid file; Debian's build allows
+# several per host). Node i is named 127.0.0.<i> and reached there: the node list
+# of a job (SLURM_JOB_NODELIST) is then a list of loopback addresses, so the
+# rendezvous address a job derives from it (MASTER_ADDR = the first node, as
+# submitit sets it) resolves without an /etc/hosts entry, as a real cluster's
+# node names resolve through its DNS. Every node reports all of this machine's
+# CPUs and memory: the nodes share them.
 set -euo pipefail
 
 DIR=${SLURM_LOCAL_DIR:-/tmp/infoview-slurm-${USER:-$(id -un)}}
 PORT=${SLURM_LOCAL_PORT:-16817}
+NODES=${SLURM_LOCAL_NODES:-1}
 CONF=$DIR/slurm.conf
 export SLURM_CONF=$CONF
 
@@ -26,10 +37,18 @@ need() {
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# The node names: this host's for one node, 127.0.0.1 .. 127.0.0.N for N.
+node_names() {
+  if [ "$NODES" = 1 ]; then hostname -s; else for i in $(seq 1 "$NODES"); do echo "127.0.0.$i"; done; fi
+}
+
+# slurmd's pid files (one per node; SlurmdPidFile=slurmd-%n.pid), whatever the node count they were started with.
+slurmd_pid_files() { compgen -G "$DIR/slurmd-*.pid" || true; }
+
 # sched/builtin, not backfill: a job the backfill scheduler started was seen to get its --signal (USR2)
 # at once, before its task could install a handler, which killed it (the launch time-limit test).
 write_conf() {
-  local host cpus mem user
+  local host cpus mem user nodes i name
   host=$(hostname -s)
   cpus=$(nproc)
   mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
@@ -41,16 +60,15 @@ SlurmctldHost=$host
 SlurmUser=$user
 SlurmdUser=root
 SlurmctldPort=$PORT
-SlurmdPort=$((PORT + 1))
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$DIR/munge/munge.socket
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/slurmd-%n
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -72,13 +90,30 @@ MinJobAge=600
 Waittime=0
 MessageTimeout=20
 JobRequeue=1
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
+  i=0
+  nodes=""
+  for name in $(node_names); do
+    i=$((i + 1))
+    if [ "$NODES" = 1 ]; then
+      echo "NodeName=$name Port=$((PORT + 1)) CPUs=$cpus RealMemory=$mem State=UNKNOWN" >> "$CONF"
+    else
+      echo "NodeName=$name NodeHostname=$host NodeAddr=$name Port=$((PORT + i)) CPUs=$cpus RealMemory=$mem State=UNKNOWN" >> "$CONF"
+    fi
+    nodes="$nodes${nodes:+,}$name"
+  done
+  echo "PartitionName=debug Nodes=$nodes Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO" >> "$CONF"
+}
+
+start_slurmds() {
+  local name
+  if [ "$NODES" = 1 ]; then slurmd -f "$CONF"; return; fi
+  for name in $(node_names); do slurmd -f "$CONF" -N "$name" || return 1; done
 }
 
 start() {
   need munged slurmctld slurmd sinfo mungekey
+  case "$NODES" in ''|*[!0-9]*|0) echo "slurm-local: SLURM_LOCAL_NODES must be a number of nodes >= 1, got '$NODES'" >&2; exit 2 ;; esac
   if pid_alive "$DIR/slurmctld.pid"; then
     echo "slurm-local: already running in $DIR"; echo "export SLURM_CONF=$CONF"; return 0
   fi
@@ -89,34 +124,34 @@ start() {
   munged --key-file="$DIR/munge/munge.key" --socket="$DIR/munge/munge.socket" \
     --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/seed" --force
   write_conf
-  if ! slurmctld -f "$CONF" -i || ! slurmd -f "$CONF"; then
+  if ! slurmctld -f "$CONF" -i || ! start_slurmds; then
     echo "slurm-local: a daemon failed to start; logs in $DIR/log" >&2
     stop >/dev/null
     return 1
   fi
   for _ in $(seq 1 60); do
-    if sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
-      echo "slurm-local: up in $DIR (node $(hostname -s), $(nproc) CPUs, partition debug)"
+    if [ "$(sinfo -h -N -o '%T' 2>/dev/null | grep -cE '^(idle|mixed|allocated)$')" = "$NODES" ]; then
+      echo "slurm-local: up in $DIR ($NODES node(s): $(node_names | paste -sd, -), $(nproc) CPUs each, partition debug)"
       echo "export SLURM_CONF=$CONF"
       return 0
     fi
     sleep 0.5
   done
-  echo "slurm-local: the node did not come up; logs in $DIR/log" >&2
-  tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
+  echo "slurm-local: the node(s) did not come up; logs in $DIR/log" >&2
+  tail -n 20 "$DIR"/log/slurm*.log >&2 || true
   stop >/dev/null
   return 1
 }
 
 stop() {
-  local stopped=0
-  for pf in "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$DIR/munge/munged.pid"; do
+  local stopped=0 pf
+  for pf in $(slurmd_pid_files) "$DIR/slurmctld.pid" "$DIR/munge/munged.pid"; do
     if pid_alive "$pf"; then
       kill "$(cat "$pf")" 2>/dev/null || true
       stopped=1
     fi
   done
-  for pf in "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$DIR/munge/munged.pid"; do
+  for pf in $(slurmd_pid_files) "$DIR/slurmctld.pid" "$DIR/munge/munged.pid"; do
     for _ in $(seq 1 20); do pid_alive "$pf" || break; sleep 0.25; done
     if pid_alive "$pf"; then kill -9 "$(cat "$pf")" 2>/dev/null || true; fi
     rm -f "$pf"
@@ -125,11 +160,12 @@ stop() {
 }
 
 status() {
-  for d in slurmctld slurmd munged; do
-    pf="$DIR/$d.pid"; [ "$d" = munged ] && pf="$DIR/munge/munged.pid"
-    if pid_alive "$pf"; then echo "$d: running (pid $(cat "$pf"))"; else echo "$d: stopped"; fi
+  local pf name
+  for pf in "$DIR/slurmctld.pid" "$DIR/munge/munged.pid" $(slurmd_pid_files); do
+    name=$(basename "$pf" .pid)
+    if pid_alive "$pf"; then echo "$name: running (pid $(cat "$pf"))"; else echo "$name: stopped"; fi
   done
-  if pid_alive "$DIR/slurmctld.pid"; then sinfo; echo "export SLURM_CONF=$CONF"; fi
+  if pid_alive "$DIR/slurmctld.pid"; then sinfo -N; echo "export SLURM_CONF=$CONF"; fi
 }
 
 case "${1:-}" in

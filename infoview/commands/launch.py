@@ -16,6 +16,10 @@ What a job does follows what the command declares (infoview.commands.Command):
 - any other command runs as one process: launch.tasks_per_node defaults to 1,
   and more tasks, more nodes or more than one GPU are an error here, not eight
   copies writing into one folder;
+- across nodes (launch.nodes), the ranks meet at the job's first node; the
+  job's srun runs with --kill-on-bad-exit, so one rank that dies ends the
+  others at once, and launch.wait names the rank that ended first (srun's
+  report in the job's first log);
 - pre-emption and time-out (SLURM's USR2, launch.signal_delay_s before the
   limit): a command that can resume (pretrain) saves a checkpoint and is
   requeued, resuming from checkpoints/last.pt, up to launch.max_requeues
@@ -31,6 +35,7 @@ Example: infoview launch pretrain --config mocov2_infonce_imagenet launch.nodes=
 """
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -148,6 +153,8 @@ def build_executor(lc, command: str, folder: Path, distributed: bool = True):
                  "comment": lc.comment}
         params.update({f"slurm_{k}": v for k, v in slurm.items() if v})
         params["slurm_signal_delay_s"] = lc.signal_delay_s
+        if distributed:  # one dead rank ends the step at once, rather than leaving the others to their timeout
+            params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
         if lc.setup:
             params["slurm_setup"] = list(lc.setup)
     extra = {"slurm_max_num_timeout": lc.max_requeues} if lc.executor == "slurm" else {}
@@ -170,6 +177,65 @@ def _scontrol_state(job_id: str) -> str:
     return "UNKNOWN"
 
 
+# srun's line for each task that ended badly ("srun: error: node7: task 3: Killed", "tasks 0-1: Exited with
+# exit code 1"), and slurmstepd's for a run that SLURM ended and started again (requeue, time limit, pre-emption)
+_SRUN_TASK_ERROR = re.compile(r"^srun: error: (\S+): tasks? (\d+)[^:]*: (.+)$", re.M)
+_RUN_RESTARTED = re.compile(r"^.*\*\*\* .* DUE TO (JOB REQUEUE|TIME LIMIT|PREEMPTION) \*\*\*.*$", re.M)
+
+
+def first_failed_rank(stderr: Path) -> tuple[int, str, str] | None:
+    """(rank, node, how it ended) of the first task that srun saw end badly in the job's last run, or None.
+
+    The job's first log (``<id>_0_log.err``) is also the batch script's, where srun reports each task that
+    died or failed (``--kill-on-bad-exit`` then ends the others, which it reports after it). A requeued job
+    appends to it; the lines of its earlier runs end with slurmstepd's ``*** ... DUE TO JOB REQUEUE ***``.
+    """
+    try:
+        text = stderr.read_text(errors="replace")
+    except OSError:
+        return None
+    restarts = list(_RUN_RESTARTED.finditer(text))
+    match = _SRUN_TASK_ERROR.search(text, restarts[-1].end() if restarts else 0)
+    return (int(match.group(2)), match.group(1), match.group(3).strip()) if match else None
+
+
+def _failure(job, state: str, error: str | None) -> str | None:
+    """What a failed job says: the rank that ended first (srun's report) and, for rank 0, its own error."""
+    failed = first_failed_rank(Path(job.paths.stderr)) if state != "COMPLETED" or error else None
+    if failed is None:
+        return error
+    rank, node, how = failed
+    said = f": {error}" if rank == 0 and error else f"; its log: {_task_log(job, rank)}"
+    return f"rank {rank} on node {node} ended first ({how}) and the other ranks stopped with it{said}"
+
+
+def _task_log(job, rank: int) -> Path:
+    from submitit.core.utils import JobPaths
+
+    return JobPaths(job.paths.folder, job.job_id, rank).stderr
+
+
+def _outcome(job, executor_kind: str, state: str, grace_s: float = 10.0) -> tuple[Any, str | None]:
+    """Task 0's result, or its error as submitit reports it (last line), once the job has ended.
+
+    On SLURM only task 0 is asked. Of a job that did not complete, only once its result file is there (or
+    after ``grace_s``, for a shared file system's delay): a task killed before it could write one has none,
+    and submitit would wait for it by polling sacct, which a cluster without accounting lacks.
+    """
+    task = job
+    if executor_kind == "slurm":
+        task = job.task(0) if job.num_tasks > 1 else job
+        deadline = time.time() + grace_s
+        while state != "COMPLETED" and not task.paths.result_pickle.exists() and time.time() < deadline:
+            time.sleep(0.5)
+        if state != "COMPLETED" and not task.paths.result_pickle.exists():
+            return None, "task 0 left no result (killed before it could report)"
+    try:
+        return task.results()[0], None  # task 0 reports
+    except Exception as exc:  # the job's own error, as submitit reports it
+        return None, str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+
+
 def wait_for(jobs, executor_kind: str, poll_s: float = 2.0, log=print) -> list[dict]:
     """Wait until every job ends, printing state changes; returns ``[{id, state, result}]``."""
     states = {j.job_id: "" for j in jobs}
@@ -188,13 +254,11 @@ def wait_for(jobs, executor_kind: str, poll_s: float = 2.0, log=print) -> list[d
                 log(f"job {job.job_id}: {state}")
                 states[job.job_id] = state
             if done:
-                result, error = None, None
-                try:
-                    result = job.results()[0]  # task 0 reports
-                except Exception as exc:  # the job's own error, as submitit reports it
-                    error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                    if state == "COMPLETED":
-                        state = "FAILED"
+                result, error = _outcome(job, executor_kind, state)
+                if error and state == "COMPLETED":
+                    state = "FAILED"
+                if executor_kind == "slurm":
+                    error = _failure(job, state, error)
                 finished[job.job_id] = {"id": job.job_id, "state": state, "result": result, "error": error}
         if len(finished) < len(jobs):
             time.sleep(poll_s)

@@ -5,6 +5,7 @@ runs the loop: checkpoints, resume, the online monitors, signals that stop a run
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -398,17 +399,20 @@ class Trainer:
                     break
 
     def _end_of_epoch(self, report: "Report") -> None:
-        """Save, then (every train.eval_every epochs and at the end) the online monitors, then the plot."""
-        spe, final = self.steps_per_epoch, self.step >= self.total_steps
+        """Save, then (every train.eval_every epochs and at the end) the online monitors, then the plot.
+        Every rank decides alike, so all meet at the barrier where the others wait for rank 0's evaluation."""
+        spe, final, every = self.steps_per_epoch, self.step >= self.total_steps, self.cfg.train.eval_every
         self.save()  # before the monitors: an evaluation killed half-way loses nothing
-        if self.online_eval is not None and (final or (self.step // spe) % self.cfg.train.eval_every == 0):
+        if every <= 0 or not (final or (self.step // spe) % every == 0):
+            return
+        if self.online_eval is not None:  # rank 0
             online = self.online_eval(self.method)
             self.metrics.update(online)
             report.online(online)
-            D.barrier()
-            if final:
-                self.save()  # the final checkpoint carries the final figures too
-            report.plot()
+        D.barrier()
+        if final:
+            self.save()  # the final checkpoint carries the final figures too
+        report.plot()  # (rank 0's)
 
     def _result(self) -> dict:
         """The run's final figures (pretrain.json, written by rank 0)."""
@@ -426,15 +430,21 @@ class Trainer:
         return result
 
 
-def run(cfg) -> dict:
+def _fit(cfg) -> tuple[dict, bool]:
+    trainer = Trainer(cfg)
+    result = trainer.fit()
+    # no rank tears the group down while another still writes (rank 0: pretrain.json, curves.png); gloo
+    # aborted the process ("terminate called without an active exception") when one left early
+    D.barrier()
+    return result, trainer.info.is_main
+
+
+def run(cfg) -> dict | None:
     try:
-        trainer = Trainer(cfg)
-        result = trainer.fit()
-        # no rank tears the group down while another still writes (rank 0: pretrain.json, curves.png); gloo
-        # aborted the process ("terminate called without an active exception") when one left early
-        D.barrier()
-        return result if trainer.info.is_main else None  # one rank reports
+        result, is_main = _fit(cfg)
+        return result if is_main else None  # one rank reports
     finally:
+        # reference cycles (the report) kept the DDP wrapper, and the process group, past destroy_process_group;
+        # gloo's threads then ended at exit, where a finished rank sometimes aborted (SIGABRT). Collect first.
+        gc.collect()
         D.teardown()
-
-

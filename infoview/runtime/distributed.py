@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -70,11 +71,30 @@ def env_info() -> DistInfo:
     return DistInfo(rank, world, local)
 
 
-def setup(device: str = "auto", timeout_min: float = 30.0) -> tuple[DistInfo, torch.device]:
+TIMEOUT_ENV = "INFOVIEW_DIST_TIMEOUT_MIN"
+
+
+def timeout_minutes(default: float = 30.0) -> float:
+    """How long a collective waits for the other processes before the run fails: $INFOVIEW_DIST_TIMEOUT_MIN or 30."""
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not value:
+        return default
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes > 0:
+        raise InfoviewError(f"{TIMEOUT_ENV}={value!r}: expected a number of minutes > 0 (how long a collective "
+                            "waits for the other processes before the run fails)")
+    return minutes
+
+
+def setup(device: str = "auto", timeout_min: float | None = None) -> tuple[DistInfo, torch.device]:
     """Initialise the process group when the environment asks for one; pick this process's device.
 
     ``device=auto`` or ``cuda`` takes GPU ``LOCAL_RANK`` under DDP. Safe to call
-    when a group already exists (it is reused).
+    when a group already exists (it is reused). ``timeout_min``: the collectives'
+    timeout; None reads :func:`timeout_minutes`.
     """
     info = env_info()
     dev = resolve_device(device)
@@ -89,13 +109,31 @@ def setup(device: str = "auto", timeout_min: float = 30.0) -> tuple[DistInfo, to
                     f"WORLD_SIZE={info.world_size} but {var} is not set; launch with torchrun or "
                     "`infoview launch`, which set it"
                 )
+        _check_master_addr(os.environ["MASTER_ADDR"])
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(
             backend, rank=info.rank, world_size=info.world_size,
-            timeout=datetime.timedelta(minutes=timeout_min),
+            timeout=datetime.timedelta(minutes=timeout_min if timeout_min is not None else timeout_minutes()),
             device_id=dev if dev.type == "cuda" else None,
         )
     return info, dev
+
+
+def _check_master_addr(addr: str) -> None:
+    """A rendezvous host that does not resolve is an error now, not a hang until the process group's timeout.
+
+    torch retries an unknown MASTER_ADDR until ``timeout_min`` runs out (30 minutes). Under SLURM the
+    address is the job's first node's name (submitit takes it from SLURM_JOB_NODELIST), which every node
+    must resolve.
+    """
+    try:
+        socket.getaddrinfo(addr, None)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InfoviewError(
+            f"MASTER_ADDR={addr} does not resolve on {socket.gethostname()} ({getattr(exc, 'strerror', exc)}): "
+            "every process must reach the rendezvous host, under SLURM the job's first node by its name "
+            "(check the cluster's DNS or /etc/hosts)"
+        ) from None
 
 
 def teardown() -> None:

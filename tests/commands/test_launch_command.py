@@ -7,6 +7,7 @@ import pytest
 
 from infoview.cli import main
 from infoview.commands._launch_job import resumable
+from infoview.commands.launch import first_failed_rank
 
 
 def test_dry_run_prints_the_sbatch_script_for_2_nodes_of_8_gpus(tmp_path, capsys):
@@ -20,6 +21,33 @@ def test_dry_run_prints_the_sbatch_script_for_2_nodes_of_8_gpus(tmp_path, capsys
                  "#SBATCH --account=vision", "#SBATCH --signal=USR2@90", "srun"):
         assert line in script, line
     assert not any(tmp_path.iterdir())  # nothing submitted, nothing written
+
+
+def test_a_distributed_job_ends_when_one_rank_dies_and_a_one_process_job_is_left_alone(tmp_path, capsys):
+    assert main(["launch", "pretrain", "launch.nodes=2", "launch.tasks_per_node=2", "launch.dry_run=true",
+                 f"launch.folder={tmp_path}"]) == 0
+    srun = [line for line in capsys.readouterr().out.splitlines() if line.startswith("srun ")]
+    assert len(srun) == 1 and "--kill-on-bad-exit=1" in srun[0]
+    assert main(["launch", "linear", "launch.dry_run=true", f"launch.folder={tmp_path}"]) == 0
+    assert "--kill-on-bad-exit" not in capsys.readouterr().out
+
+
+def test_the_rank_that_ended_first_is_read_from_sruns_report_of_the_last_run(tmp_path):
+    log = tmp_path / "7_0_log.err"
+    earlier = ("srun: error: node1: tasks 0-1: Terminated\n"
+               "slurmstepd-node1: error: *** JOB 7 ON node1 CANCELLED AT 2026-01-01T00:00:00 DUE TO JOB REQUEUE ***\n")
+    last = ("submitit WARNING - Bypassing signal SIGTERM\n"
+            "srun: error: node2: task 3: Killed\n"
+            "srun: launch/slurm: _step_signal: Terminating StepId=7.0\n"
+            "[rank0]: RuntimeError: Connection closed by peer\n"
+            "srun: error: node1: tasks 0-1: Exited with exit code 1\n")
+    log.write_text(earlier + last)
+    assert first_failed_rank(log) == (3, "node2", "Killed")  # not task 0 of the run before the requeue
+    log.write_text(last.replace("srun: error: node2: task 3: Killed\n", ""))
+    assert first_failed_rank(log) == (0, "node1", "Exited with exit code 1")
+    log.write_text(earlier)  # a requeued run that has not failed (yet)
+    assert first_failed_rank(log) is None
+    assert first_failed_rank(tmp_path / "missing.err") is None
 
 
 def test_a_requeued_pretraining_job_resumes_and_others_rerun():

@@ -1,10 +1,8 @@
 """`infoview launch` against real SLURM daemons: DDP jobs, requeue, time limits, sweeps, bad input."""
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,104 +14,43 @@ from infoview.cli import main
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def launch(args: list[str], capsys) -> dict:
-    assert main(["launch", *args]) == 0, capsys.readouterr().err[-3000:]
-    out = capsys.readouterr().out
-    return json.loads(out[out.index("{"):])
-
-
-def job_fields(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=60).stdout
-    return dict(f.split("=", 1) for f in out.split() if "=" in f)
-
-
-def wait_for_state(job_id: str, state: str, timeout: float, on_requeued=None) -> dict[str, str]:
-    """Poll until the job reaches ``state``. SLURM holds a requeued job for two minutes before it may start
-    again; the test releases it at once (scontrol update StartTime=now) so as not to wait for nothing.
-    ``on_requeued(job_id)`` runs first, each time the job waits after a requeue."""
-    deadline = time.time() + timeout
-    fields: dict[str, str] = {}
-    while time.time() < deadline:
-        fields = job_fields(job_id)
-        if fields.get("JobState") == state:
-            return fields
-        if fields.get("JobState") in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-            break
-        if fields.get("JobState") == "PENDING" and int(fields.get("Restarts", "0")) > 0:
-            if on_requeued is not None:
-                on_requeued(job_id)
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=60)
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} did not reach {state}: {fields.get('JobState')} ({fields.get('Reason')})")
-
-
-def wait_until_idle(timeout: float = 180) -> None:
-    """No job left and the node idle: a job whose step must wait for the last job's clean-up ("completing")
-    would still be counting down its time limit, and its signal could reach a task that has not started."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        queue = subprocess.run(["squeue", "-h"], capture_output=True, text=True, timeout=60).stdout.strip()
-        nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=60).stdout.split()
-        if not queue and nodes and all(n == "idle" for n in nodes):
-            return
-        time.sleep(1)
-    raise AssertionError(f"the cluster did not come idle: queue {queue!r}, nodes {nodes}")
-
-
-def steps_logged(run: Path) -> list[int]:
-    with open(run / "metrics.csv", newline="") as f:
-        return [int(r["step"]) for r in csv.DictReader(f) if r["loss"]]
-
-
-def common(tmp_path: Path, tiny: list[str]) -> list[str]:
-    return [*tiny, f"out_dir={tmp_path / 'run'}", f"launch.folder={tmp_path / 'launch'}", "launch.partition=debug"]
-
-
-def test_a_two_task_job_trains_with_ddp_over_gloo(slurm_cluster, tiny, tmp_path, capsys):
-    result = launch(["pretrain", *common(tmp_path, tiny), "train.max_steps=4", "launch.tasks_per_node=2",
-                     "launch.timeout_min=5", "launch.wait=true"], capsys)
+def test_a_two_task_job_trains_with_ddp_over_gloo(slurm_cluster, slurm_jobs, tiny, tmp_path, capsys):
+    result = slurm_jobs.launch(["pretrain", *slurm_jobs.common(tmp_path, tiny), "train.max_steps=4",
+                                "launch.tasks_per_node=2", "launch.timeout_min=5", "launch.wait=true"], capsys)
     job = result["jobs"][0]
     assert job["state"] == "COMPLETED" and job["result"]["world_size"] == 2 and job["result"]["steps"] == 4
     run = tmp_path / "run"
-    assert steps_logged(run) == [4]  # logged at the last step
+    assert slurm_jobs.steps_logged(run) == [4]  # logged at the last step
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert Path(job["stdout"]).exists()
 
 
-def test_a_job_requeued_mid_run_resumes_from_its_checkpoint(slurm_cluster, tiny, tmp_path, capsys):
+def test_a_job_requeued_mid_run_resumes_from_its_checkpoint(slurm_cluster, slurm_jobs, tiny, tmp_path, capsys):
     total = 300
-    result = launch(["pretrain", *common(tmp_path, tiny), f"train.max_steps={total}", "train.ckpt_every_steps=5",
-                     "train.log_every=1", "launch.timeout_min=10"], capsys)
+    result = slurm_jobs.launch(["pretrain", *slurm_jobs.common(tmp_path, tiny), f"train.max_steps={total}",
+                                "train.ckpt_every_steps=5", "train.log_every=1", "launch.timeout_min=10"], capsys)
     job_id = result["jobs"][0]["id"]
-    last = tmp_path / "run" / "checkpoints" / "last.pt"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if torch.load(last, weights_only=True)["step"] >= 20:
-                break
-        except (FileNotFoundError, RuntimeError, EOFError):
-            pass
-        time.sleep(0.2)
+    slurm_jobs.wait_for_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", 20)
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
-    fields = wait_for_state(job_id, "COMPLETED", timeout=400)
+    fields = slurm_jobs.wait_for_state(job_id, "COMPLETED", timeout=400)
     assert int(fields["Restarts"]) >= 1
     run = tmp_path / "run"
     assert json.loads((run / "pretrain.json").read_text())["steps"] == total  # the step count of an uninterrupted run
-    assert steps_logged(run) == list(range(1, total + 1))  # every step once: nothing lost, nothing doubled
+    assert slurm_jobs.steps_logged(run) == list(range(1, total + 1))  # every step once: nothing lost, nothing doubled
     assert yaml.safe_load((run / "config.yaml").read_text())["_provenance"]["resumed_from"].endswith("last.pt")
 
 
-def test_a_job_past_its_time_limit_is_requeued_by_the_checkpoint_hook_and_finishes(slurm_cluster, tiny, tmp_path,
-                                                                                     capsys):
+def test_a_job_past_its_time_limit_is_requeued_by_the_checkpoint_hook_and_finishes(slurm_cluster, slurm_jobs, tiny,
+                                                                                     tmp_path, capsys):
     # A 2-minute limit with the signal 115 s before it: SLURM, which checks limits every 30 s, signals each run
     # 5-35 s in, long before 1500 tiny steps are done on any CPU. Once the hook has saved and requeued the job,
     # the test gives the job a longer limit, so that the resumed run can finish instead of being cut again.
-    wait_until_idle()
+    slurm_jobs.wait_until_idle()
     total = 1500
-    result = launch(["pretrain", *common(tmp_path, tiny), f"train.max_steps={total}", "train.ckpt_every_steps=100",
-                     "train.log_every=1", "launch.timeout_min=2", "launch.signal_delay_s=115",
-                     "launch.max_requeues=10"], capsys)
+    result = slurm_jobs.launch(["pretrain", *slurm_jobs.common(tmp_path, tiny), f"train.max_steps={total}",
+                                "train.ckpt_every_steps=100", "train.log_every=1", "launch.timeout_min=2",
+                                "launch.signal_delay_s=115", "launch.max_requeues=10"], capsys)
     job = result["jobs"][0]
     log = Path(job["stdout"])
 
@@ -121,19 +58,19 @@ def test_a_job_past_its_time_limit_is_requeued_by_the_checkpoint_hook_and_finish
         if "pre-empted or out of time at step" in log.read_text():
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=30"], capture_output=True, timeout=60)
 
-    fields = wait_for_state(job["id"], "COMPLETED", timeout=900, on_requeued=extend_once_saved)
+    fields = slurm_jobs.wait_for_state(job["id"], "COMPLETED", timeout=900, on_requeued=extend_once_saved)
     assert int(fields["Restarts"]) >= 1
     text = log.read_text()
     assert "this job is timed-out" in text and "pre-empted or out of time at step" in text  # saved between steps
     run = tmp_path / "run"
     assert json.loads((run / "pretrain.json").read_text())["steps"] == total
-    assert steps_logged(run) == list(range(1, total + 1))
+    assert slurm_jobs.steps_logged(run) == list(range(1, total + 1))
 
 
-def test_a_sweep_runs_one_job_per_config(slurm_cluster, tiny, tmp_path, capsys):
-    result = launch(["pretrain", *common(tmp_path, tiny), "train.max_steps=2", "launch.timeout_min=5",
-                     "launch.sweep=[objective.name=infonce, objective.name=ring objective.outer=0.5]",
-                     "launch.wait=true"], capsys)
+def test_a_sweep_runs_one_job_per_config(slurm_cluster, slurm_jobs, tiny, tmp_path, capsys):
+    sweep = "launch.sweep=[objective.name=infonce, objective.name=ring objective.outer=0.5]"
+    result = slurm_jobs.launch(["pretrain", *slurm_jobs.common(tmp_path, tiny), "train.max_steps=2",
+                                "launch.timeout_min=5", "launch.wait=true", sweep], capsys)
     assert [j["state"] for j in result["jobs"]] == ["COMPLETED", "COMPLETED"]
     names = []
     for i in range(2):

@@ -2,6 +2,7 @@
 and a two-process `infoview pretrain` under torchrun."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -82,6 +83,9 @@ def _worker(rank: int, init_file: str, views_file: str, out_file: str) -> None:
         if rank == 0:
             torch.save(results, out_file)
         dist.barrier()  # neither rank tears gloo down while the other may still use it (it aborted, now and then)
+        # nor does a DDP wrapper keep the group alive past destroy_process_group (as infoview.pretrain.engine.run)
+        del ddp, method, out
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
@@ -135,7 +139,9 @@ def test_torchrun_two_processes_train_with_the_global_batch_rule(tiny, tmp_path)
     common = [*tiny, "train.max_steps=3", "train.ckpt_every_steps=2", "objective.name=ml_cpc", "optim.lr=0.4",
               "optim.ref_batch=8", "optim.lr_scaling=sqrt"]
     two = tmp_path / "two"
-    proc = torchrun([*common, f"out_dir={two}"], env)
+    # with the online monitors at the end: rank 0 evaluates while the other rank waits (a barrier that only
+    # rank 0 reached once hung every DDP run that evaluated)
+    proc = torchrun([*common, "train.eval_every=1", f"out_dir={two}"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count('"world_size": 2') == 1  # one rank reports
     one = tmp_path / "one"
@@ -143,6 +149,7 @@ def test_torchrun_two_processes_train_with_the_global_batch_rule(tiny, tmp_path)
                    capture_output=True, env=env, timeout=600)
     r2, r1 = (json.loads((p / "pretrain.json").read_text()) for p in (two, one))
     assert r2["world_size"] == 2 and r1["world_size"] == 1
+    assert 0 <= r2["online_knn_top1"] <= 100 and "online_knn_top1" not in r1
     # same global batch -> same learning rate (sqrt(16 / 8) * 0.4) and the same candidates per row
     assert r2["global_batch"] == r1["global_batch"] == 16
     assert r2["peak_lr"] == r1["peak_lr"] == pytest.approx(0.4 * 2**0.5)
