@@ -10,7 +10,12 @@ then makes all V views on the accelerator in a few batched kernels.
 
 ``build_loader(source, batch_size, ...)`` returns a loader that yields
 ``(images, labels)``: images uint8 (B, 3, H, W) (memory may be channels-last)
-on the target device, labels int64 (B,). Two backends keep that contract:
+on the target device, labels int64 (B,). With ``with_indices=True`` it yields
+``(images, labels, indices)``: each image's index in the source (int64 (B,),
+on the device), what a memory bank keys its rows by. An index names one image
+of the split for good: it does not depend on the epoch, the rank, the backend
+or a resume, and an image that ``skip_bad`` replaced carries the index of the
+image that took its place. Two backends keep that contract:
 
 - ``ffcv``: reads a ``.beton`` (write one with ``infoview prepare``) with
   ffcv's compiled pipeline, ``os_cache`` on by default. ffcv fills a ring of
@@ -103,7 +108,8 @@ def shard_order(n: int, *, seed: int, epoch: int, shuffle: bool, rank: int = 0, 
 class _Base:
     backend = ""
 
-    def __init__(self, source: ImageSource, batch_size: int, *, seed, shuffle, drop_last, rank, world_size, device, resolution):
+    def __init__(self, source: ImageSource, batch_size: int, *, seed, shuffle, drop_last, rank, world_size, device,
+                 resolution, with_indices: bool = False):
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise InfoviewError(f"batch_size must be a positive integer, got {batch_size}")
         self.source = source
@@ -113,6 +119,7 @@ class _Base:
         self.device = resolve_device(device)
         self.resolution = int(resolution) if resolution else default_resolution(source)
         self.classes = source.classes
+        self.with_indices = bool(with_indices)
         self._next_epoch = 0
         self._start_batch = 0
 
@@ -167,9 +174,10 @@ class _Base:
 class _DecodeOnce(torch.utils.data.Dataset):
     """Decodes one image; with ``skip_bad`` an unreadable one is replaced by the next readable image.
 
-    Returns ``(image, label, bad)``, ``bad`` being the unreadable index that was
-    replaced (-1 when none), so that the loader can count and name them; the
-    batch keeps its size, which DDP and the schedules rely on.
+    Returns ``(image, label, bad, index)``, ``bad`` being the unreadable index that was
+    replaced (-1 when none), so that the loader can count and name them, and
+    ``index`` the one that was read; the batch keeps its size, which DDP and
+    the schedules rely on.
     """
 
     def __init__(self, source: ImageSource, resolution: int, skip_bad: bool = False):
@@ -187,7 +195,7 @@ class _DecodeOnce(torch.utils.data.Dataset):
                 if not self.skip_bad:
                     raise InfoviewError(f"{exc}; pass data.skip_bad=true to skip unreadable images") from None
                 continue
-            return fit_square(image, self.resolution), label, (index if step else -1)
+            return fit_square(image, self.resolution), label, (index if step else -1), (index + step) % n
         raise InfoviewError(f"{self.source.name}: no image could be read")
 
 
@@ -195,7 +203,8 @@ def _collate(batch):
     images = torch.from_numpy(np.stack([b[0] for b in batch]))  # (B, H, W, 3), contiguous
     labels = torch.tensor([b[1] for b in batch], dtype=torch.int64)
     bad = torch.tensor([b[2] for b in batch if b[2] >= 0], dtype=torch.int64)
-    return images, labels, bad
+    indices = torch.tensor([b[3] for b in batch], dtype=torch.int64)
+    return images, labels, bad, indices
 
 
 class _OrderSampler(torch.utils.data.Sampler):
@@ -241,7 +250,7 @@ class TorchLoader(_Base):
         batches = iter(self._loader)
         while True:
             try:
-                images, labels, bad = next(batches)
+                images, labels, bad, indices = next(batches)
             except StopIteration:
                 return
             except InfoviewError as exc:  # from a worker: its message, without the worker's traceback
@@ -252,7 +261,11 @@ class TorchLoader(_Base):
                     print(f"infoview: skipped unreadable image {self.source.describe(i)} (data.skip_bad=true; "
                           f"{len(self.skipped)} so far)", file=sys.stderr, flush=True)
             images = images.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2)
-            yield images, labels.to(self.device, non_blocking=non_blocking)
+            labels = labels.to(self.device, non_blocking=non_blocking)
+            if self.with_indices:
+                yield images, labels, indices.to(self.device, non_blocking=non_blocking)
+            else:
+                yield images, labels
 
 
 # --------------------------------------------------------------------------- ffcv
@@ -322,18 +335,25 @@ class FfcvLoader(_Base):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._loader.next_epoch = self._next_epoch
         self._order_start = self._take_start()
+        # ffcv reads this order batch by batch (OrderOption.SEQUENTIAL over our traversal order), so the
+        # images' indices are its consecutive slices: no index field is stored in the .beton
+        order = torch.from_numpy(self._order(self._next_epoch, len(self.source), self._order_start))
         self._next_epoch += 1
         threads = torch.get_num_threads()
         it = iter(self._loader)
         torch.set_num_threads(threads)  # ffcv sets torch's thread count to its own; put it back
         try:
-            for batch in it:
+            for b, batch in enumerate(it):
                 images = batch[0] if self.reuse_buffers else _copy(batch[0])
                 if self._has_labels:
                     labels = _copy(batch[1].reshape(-1))  # ffcv's buffer is reused
                 else:
                     labels = torch.full((images.shape[0],), -1, dtype=torch.int64, device=images.device)
-                yield images, labels
+                if self.with_indices:
+                    start = b * self.batch_size
+                    yield images, labels, order[start : start + images.shape[0]].to(images.device)
+                else:
+                    yield images, labels
         finally:
             it.close()
 
@@ -378,6 +398,7 @@ def build_loader(
     batches_ahead: int = 3,
     reuse_buffers: bool = False,
     skip_bad: bool = False,
+    with_indices: bool = False,
 ):
     """A loader of ``(uint8 images (B,3,H,W) on device, int64 labels)``; see the module docstring.
 
@@ -388,7 +409,8 @@ def build_loader(
     ``os_cache``, ``batches_ahead`` and ``reuse_buffers`` are ffcv's.
     ``skip_bad`` (PyTorch backend): an unreadable image is replaced by the next
     readable one, named on stderr and counted in ``loader.skipped``; a .beton
-    was checked when it was written.
+    was checked when it was written. ``with_indices``: yield each image's
+    index in the source as a third element.
     """
     if backend not in BACKENDS:
         raise InfoviewError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
@@ -403,7 +425,7 @@ def build_loader(
         drop_last = bool(shuffle)
     common = dict(
         seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size,
-        device=device, resolution=resolution,
+        device=device, resolution=resolution, with_indices=with_indices,
     )
     from infoview.data.beton import BetonSource, ffcv_import_error
 

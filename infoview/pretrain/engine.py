@@ -55,11 +55,11 @@ def build_objective(cfg):
         raise ConfigError(f"objective.{name}: {exc}") from None
 
 
-def build_method(cfg, encoder, num_classes: int):
-    """The method ``cfg.method`` names (a registered :class:`~infoview.pretrain.methods.Method`), built from cfg."""
+def build_method(cfg, encoder, num_classes: int, num_samples: int = 0):
+    """The registered method ``cfg.method`` names, built; ``num_samples``: the split's size (a bank's rows)."""
     cls = get_method(cfg.method)
     check_method_sections(cfg)
-    return cls.from_config(cfg, encoder, build_objective(cfg), num_classes)
+    return cls.from_config(cfg, encoder, build_objective(cfg), num_classes, num_samples=num_samples)
 
 
 def _precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -153,7 +153,7 @@ class Trainer:
             source if source is not None else cfg.data.source, self.local_batch, split=cfg.data.split, distributed=world > 1, rank=self.info.rank,
             world_size=world, seed=int(t.seed), device=self.device, num_workers=cfg.data.num_workers,
             shuffle=True, drop_last=True, backend=cfg.data.backend, resolution=cfg.data.resolution or None,
-            skip_bad=bool(cfg.data.skip_bad),
+            skip_bad=bool(cfg.data.skip_bad), with_indices=get_method(cfg.method).needs_indices,
         )
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
@@ -180,11 +180,11 @@ class Trainer:
         num_classes = self.loader.num_classes if cfg.monitor.probe else 0
         torch.manual_seed(int(t.seed))  # the same initial weights on every rank and in a resumed run
         self.encoder = build_encoder_from_config(cfg.model, a.size)
-        method = build_method(cfg, self.encoder, max(num_classes, 0))
+        method = build_method(cfg, self.encoder, max(num_classes, 0), self.loader.dataset_size)
         if method.num_views is not None and len(self.views.specs) != method.num_views:
             raise ConfigError(f"method={cfg.method} takes augment.num_views={method.num_views} and a "
                               f"{method.num_views}-view recipe")
-        if len(self.views.specs) < 2:
+        if method.num_views is None and len(self.views.specs) < 2:
             raise ConfigError(f"method={cfg.method} contrasts views of one image: augment.num_views must be at "
                               f"least 2, got {len(self.views.specs)}")
         method.check_run(self.local_batch, world)
@@ -305,7 +305,7 @@ class Trainer:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return views
 
-    def train_step(self, views: list[torch.Tensor], labels: torch.Tensor, stop: bool = False):
+    def train_step(self, views: list[torch.Tensor], labels: torch.Tensor, stop: bool = False, indices=None):
         """One optimisation step at ``self.step`` (which the caller advances).
 
         Returns ``(lr, [loss, mi, mi_estimate, probe_loss, probe_correct, probe_count, stop, nonfinite],
@@ -316,7 +316,7 @@ class Trainer:
         self.method.set_progress(self.step, self.total_steps, self.step / self.steps_per_epoch)
         lr = set_lr(self.optimizer, lr_factor(self.step, self.total_steps, self.warmup_steps, self.min_ratio))
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            out = self.model(views, labels)
+            out = self.model(views, labels) if indices is None else self.model(views, labels, indices)
         stats = torch.stack([
             out.ssl_loss.float(), out.mi.float(), out.mi_estimate.float(), out.probe_loss.float(),
             out.probe_correct.float(), out.probe_count.float(), out.loss.new_tensor(float(stop)).float(),
@@ -373,10 +373,10 @@ class Trainer:
         epoch, start = divmod(self.step, spe)
         self.loader.set_epoch(epoch, start_batch=start)
         self.method.train()
-        for images, labels in self.loader:
+        for images, labels, *index in self.loader:  # index: each image's, for a method that keys a bank by it
             with signals_deferred():  # a pre-emption hook runs between steps, never inside one
-                views_rng = self.views.get_rng_state()
-                lr, values, ceiling = self.train_step(self.make_views(images), labels, stop=stop["signal"] is not None)
+                views_rng, stopping = self.views.get_rng_state(), stop["signal"] is not None
+                lr, values, ceiling = self.train_step(self.make_views(images), labels, stopping, *index)
                 loss_v, mi_v, est_v, probe_loss_v, correct_v, count_v, stopping, bad = values
                 if bad:
                     self._stop_nonfinite(images, labels, loss_v, mi_v, views_rng)

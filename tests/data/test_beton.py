@@ -166,3 +166,28 @@ def test_a_beton_records_its_split_and_classes_and_refuses_another_split(tmp_pat
         open_source(f"beton:{out}", split="train")  # it used to serve the test images as any split
     (tmp_path / "test.beton.json").unlink()  # a .beton made elsewhere: no record, so no split to check here
     assert open_source(f"beton:{out}", split="train").split is None
+
+
+def test_indices_name_the_images_they_come_with_on_both_backends(tmp_path):
+    """with_indices: each image's index in the split, whatever the backend, rank, epoch or mid-epoch start."""
+    out = tmp_path / "digits.beton"
+    write_beton(open_source("digits", split="test"), out, write_mode="raw", num_workers=1)
+    src = BetonSource(out)
+    every = torch.from_numpy(np.stack([src.load(i)[0] for i in range(len(src))])).permute(0, 3, 1, 2)
+    seen = []
+    for rank in (0, 1):
+        kw = dict(batch_size=30, split="test", seed=4, rank=rank, world_size=2, distributed=True, with_indices=True)
+        for loader in (build_loader(f"beton:{out}", num_workers=1, **kw),
+                       build_loader(f"beton:{out}", backend="pytorch", num_workers=0, **kw)):
+            for epoch, start in ((0, 0), (3, 2)):
+                loader.set_epoch(epoch, start_batch=start)
+                batches = list(loader)
+                assert len(batches) == 6 - start
+                for images, labels, index in batches:
+                    assert index.dtype == torch.int64 and index.shape == labels.shape
+                    assert torch.equal(images, every[index]), (loader.backend, epoch)  # the index names the image
+                    assert torch.equal(labels, torch.from_numpy(src.labels())[index])
+                if epoch == 0:
+                    seen.append(torch.cat([b[2] for b in batches]))
+    assert torch.equal(seen[0], seen[1])  # the same indices on both backends
+    assert len(set(seen[0].tolist()) & set(seen[2].tolist())) == 0  # the ranks read disjoint images

@@ -120,3 +120,13 @@ def test_bad_backend_and_ffcv_on_a_folder_are_clear_errors(image_folder):
             build_loader("digits", batch_size=4, device="cuda")
     loader = build_loader(f"folder:{image_folder}", batch_size=4, num_workers=0)  # auto -> pytorch
     assert loader.backend == "pytorch" and loader.classes == ["cat", "dog", "emu"] and loader.num_classes == 3
+
+
+def test_an_image_that_replaces_an_unreadable_one_comes_with_its_own_index(image_folder):
+    bad = sorted(image_folder.rglob("*.png"))[1]
+    bad.write_bytes(b"not an image")
+    loader = build_loader(f"folder:{image_folder}", batch_size=12, shuffle=False, num_workers=0, skip_bad=True,
+                          with_indices=True)
+    images, labels, index = next(iter(loader))
+    assert index.tolist() == [0, 2, 2, *range(3, 12)]  # image 1 is unreadable: image 2 took its place, twice
+    assert torch.equal(images[1], images[2])

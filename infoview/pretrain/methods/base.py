@@ -101,11 +101,17 @@ class Method(nn.Module):
 
     - ``DEFAULTS``: its config section (``cfg.<name>``), every key with its default (an
       :class:`infoview.schema.Key`: with one line of help and its choices or bounds);
-    - ``num_views``: how many views of an image it takes (None: any number from 2 up);
+    - ``num_views``: how many views of an image it takes (None: any number from 2 up; 1 for a
+      method that contrasts a view with a memory bank);
+    - ``needs_indices``: True when ``forward`` takes each image's index in the training split as a
+      third argument (``forward(views, labels, indices)``, int64 (B,) on the device: the loader's
+      ``with_indices``), to key a memory bank by; such a method builds its bank with
+      ``num_samples`` rows;
     - ``certifies``: whether it reports an MI bound (a method with no contrastive
       objective, BYOL say, sets False and reports none, instead of inventing one);
-    - ``from_config(cfg, encoder, objective, num_classes)``: builds it from a
-      pretraining config (its own section, ``cfg.model`` for heads);
+    - ``from_config(cfg, encoder, objective, num_classes, num_samples=0)``: builds it from a
+      pretraining config (its own section, ``cfg.model`` for heads); ``num_samples`` is the
+      training split's size;
     - optionally ``check_run(local_batch, world)``: checks that need the built
       method and the run's shape (per-process batch, number of processes);
     - ``sync_bn``: True when it asks for SyncBatchNorm under DDP.
@@ -114,6 +120,7 @@ class Method(nn.Module):
     name: str = ""
     DEFAULTS: dict = {}
     num_views: int | None = None
+    needs_indices: bool = False
     certifies: bool = True
     sync_bn: bool = False
 
@@ -125,7 +132,8 @@ class Method(nn.Module):
         self.probe = nn.Linear(encoder.feature_dim, num_classes) if num_classes > 0 else None
 
     @classmethod
-    def from_config(cls, cfg, encoder: nn.Module, objective: Objective, num_classes: int) -> "Method":
+    def from_config(cls, cfg, encoder: nn.Module, objective: Objective, num_classes: int,
+                    num_samples: int = 0) -> "Method":
         raise NotImplementedError(f"method {cls.name} does not say how to build it from a config")
 
     def check_run(self, local_batch: int, world: int) -> None:

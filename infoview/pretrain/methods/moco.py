@@ -43,7 +43,7 @@ class MoCo(Method):
     num_views = 2
 
     @classmethod
-    def from_config(cls, cfg, encoder, objective, num_classes: int) -> "MoCo":
+    def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "MoCo":
         mc = cfg.moco
         proj = projector_from_config(cfg.model, encoder.feature_dim)
         return cls(

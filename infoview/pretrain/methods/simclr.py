@@ -18,7 +18,7 @@ class SimCLR(Method):
     DEFAULTS = {"temperature": Key(0.2, "the cosine similarities are divided by it (positive)")}
 
     @classmethod
-    def from_config(cls, cfg, encoder, objective, num_classes: int) -> "SimCLR":
+    def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "SimCLR":
         if cfg.model.pred_hidden:
             raise ConfigError("model.pred_hidden (a predictor) is used by method=moco only; set it to 0 for simclr")
         proj = projector_from_config(cfg.model, encoder.feature_dim)
