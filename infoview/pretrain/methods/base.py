@@ -19,7 +19,7 @@ from infoview import schema
 from infoview.config import flatten
 from infoview.errors import ConfigError
 from infoview.models import predictor as make_predictor, projector as make_projector
-from infoview.objectives import Objective, ObjectiveOutput, cross_view_pairs
+from infoview.objectives import Objective, ObjectiveOutput, bank_bound, cross_view_pairs
 from infoview.runtime import distributed as D
 from infoview.utils.registry import Registry
 
@@ -176,6 +176,13 @@ class Method(nn.Module):
         """The objective's bound on the cross-view matrix of the whole batch (a_i against every b_j)."""
         pos, neg = cross_view_pairs(a.detach(), b.detach(), self.temperature)
         return self.objective.bound(pos, neg)
+
+    @torch.no_grad()
+    def _certify_bank(self, q: torch.Tensor, bank: torch.Tensor, indices: torch.Tensor) -> ObjectiveOutput:
+        """A memory-bank method's bound: each view (embeddings ``q``, normalised here) against every row of
+        ``bank`` (one per image of the split, before this batch updates it), objectives.bank_bound: a bound
+        on I(view; image index), m = N, ceiling log N, whatever objective the method trains with."""
+        return bank_bound(F.normalize(q.detach().float(), dim=-1), bank, indices, self.temperature)
 
     def _finish(self, out: ObjectiveOutput, cert: ObjectiveOutput | None, first_feats: torch.Tensor,
                 labels: torch.Tensor | None) -> StepOutput:
