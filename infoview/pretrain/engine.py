@@ -277,18 +277,18 @@ class Trainer:
             )
             _seed_all(int(self.cfg.train.seed) + self.step)
 
-    def _dump_nonfinite(self, images, labels, stats, views_rng) -> Path:
-        """Everything needed to replay the step whose loss was not finite."""
+    def _dump_nonfinite(self, images, labels, stats, views_rng, index=None) -> Path:
+        """Everything needed to replay the step whose loss was not finite (a bank method's image indices too)."""
         path = self.ckpt_dir / f"nonfinite_step{self.step}_rank{self.info.rank}.pt"
         state = self._state(collective=False)
         state.update({"images": images.cpu(), "labels": labels.cpu(), "views_rng_before": views_rng,
-                      "stats": stats})
+                      "stats": stats, **({"indices": index.cpu()} if index is not None else {})})
         save_checkpoint(state, path, keep_previous=False)
         return path
 
-    def _stop_nonfinite(self, images, labels, loss_v, mi_v, views_rng):
+    def _stop_nonfinite(self, images, labels, loss_v, mi_v, views_rng, index=None):
         """Save what replays the step whose loss was not finite, and stop with a message that says so."""
-        path = self._dump_nonfinite(images, labels, [loss_v, mi_v], views_rng)
+        path = self._dump_nonfinite(images, labels, [loss_v, mi_v], views_rng, index)
         good = find_resume(self.ckpt_dir)
         where = f"the last good checkpoint is {good}" if good is not None else "no checkpoint had been written yet"
         raise InfoviewError(
@@ -379,7 +379,7 @@ class Trainer:
                 lr, values, ceiling = self.train_step(self.make_views(images), labels, stopping, *index)
                 loss_v, mi_v, est_v, probe_loss_v, correct_v, count_v, stopping, bad = values
                 if bad:
-                    self._stop_nonfinite(images, labels, loss_v, mi_v, views_rng)
+                    self._stop_nonfinite(images, labels, loss_v, mi_v, views_rng, *index)
                 self.step += 1
                 last = {"loss": loss_v, "mi": mi_v if math.isfinite(mi_v) else None,  # None: no bound
                         "mi_estimate": est_v, "lr": lr, "mi_ceiling": ceiling if math.isfinite(ceiling) else None}
