@@ -65,7 +65,8 @@ def __getattr__(name: str):
 
 
 OPEN_SECTIONS = ("objective", "student.kwargs", "augment.overrides")
-SECTION_RESETS = {"objective.name": "objective", "student.arch": "student.kwargs", "augment.recipe": "augment.overrides"}
+SECTION_RESETS = {"objective.name": "objective", "student.arch": "student.kwargs",
+                  "augment.recipe": "augment.overrides"}
 
 
 def pretrain_config(cfg):
@@ -92,6 +93,17 @@ def _absolute(spec: str) -> str:
 
 
 def _check_launch(cfg) -> None:
+    """Before a job is submitted: a teacher is named, and one that is a path exists; then pretrain's checks."""
+    from pathlib import Path
+
+    from infoview.errors import ConfigError
+
+    spec = str(cfg.teacher).strip()
+    if not spec:
+        raise ConfigError("teacher= is not set: give a pretraining run, checkpoint, export or random:<timm arch>")
+    target = spec[len("random:"):] if spec.startswith("random:") else spec
+    if ("/" in target or not spec.startswith("random:")) and not Path(target).exists():
+        raise ConfigError(f"teacher={spec}: no such run, checkpoint or export folder")
     _pretrain._check_launch(cfg)
 
 

@@ -98,3 +98,15 @@ def test_the_preset_resolves_to_a_crd_run_of_the_demo_encoder():
     assert pre.method == "crd" and pre.model.proj_layers == 1 and pre.model.proj_dim == pre.crd.dim == 128
     assert pre.crd.teacher.endswith("runs/demo") and pre.objective.name == "ml_cpc" and pre.augment.num_views == 1
     assert pre.data.batch_size == 128 and pre.optim.lr == 0.002  # the demo's budget, so that SSL alone compares
+
+
+def test_launch_distill_checks_the_teacher_and_runs_a_job(teacher, tmp_path, capsys):
+    assert main(["launch", "distill", *STUDENT, "teacher=/no/such/run", f"out_dir={tmp_path / 'x'}",
+                 "launch.dry_run=true", f"launch.folder={tmp_path / 'l0'}"]) == 2
+    assert "teacher=/no/such/run: no such run, checkpoint or export folder" in capsys.readouterr().err
+    assert main(["launch", "distill", *STUDENT, f"teacher={teacher}", f"out_dir={tmp_path / 'run'}",
+                 "train.max_steps=2", f"launch.folder={tmp_path / 'l'}", "launch.executor=local",
+                 "launch.wait=true", "launch.timeout_min=5"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{"):])
+    assert result["jobs"][0]["state"] == "COMPLETED" and result["jobs"][0]["result"]["steps"] == 2

@@ -11,7 +11,13 @@ from infoview.augment.recipes import normalization
 from infoview.errors import ConfigError, InfoviewError
 from infoview.models import MemoryBank
 from infoview.objectives import bank_logits
-from infoview.pretrain.methods.base import Method, StepOutput, method_temperature, projector_from_config, register_method
+from infoview.pretrain.methods.base import (
+    Method,
+    StepOutput,
+    method_temperature,
+    projector_from_config,
+    register_method,
+)
 from infoview.runtime import distributed as D
 from infoview.schema import Key
 
