@@ -35,6 +35,7 @@ EXPECTED_PEAK_LR = {
     "moco_ring_imagenet": 0.03,
     # MoCo v3 ViT recipe: AdamW 1.5e-4 x 4096 / 256
     "simclr_infonce_vit_small_imagenet": 1.5e-4 * 4096 / 256,
+    "mocov3_infonce_vit_small_imagenet": 1.5e-4 * 4096 / 256,
 }
 CIFAR = sorted(p for p in EXPECTED_PEAK_LR if p.endswith("_cifar10"))
 
@@ -84,7 +85,8 @@ def test_name_matches_method_and_objective(preset):
     if name == "demo":
         return
     method, objective = name.split("_")[:2]
-    assert cfg.method == ("moco" if method.startswith("moco") else method), (name, cfg.method)
+    method = {"mocov3": "moco_v3"}.get(method, "moco" if method.startswith("moco") else method)
+    assert cfg.method == method, (name, cfg.method)
     short = {"mlcpc": "ml_cpc", "hardneg": "hard_negative"}  # file-name spellings of objective names
     assert cfg.objective.name == short.get(objective, objective), (name, cfg.objective.name)
 
@@ -99,6 +101,8 @@ def test_objective_builds_and_runs_at_the_presets_scale(preset):
     assert objective.name == cfg.objective.name
     if cfg.method == "moco":
         k = int(cfg.moco.queue_size)
+    elif cfg.method == "moco_v3":  # the keys of every other image in the global batch
+        k = cfg.data.batch_size - 1
     else:  # SimCLR, 2 views: every view of every other image in the global batch
         k = cfg.augment.num_views * (cfg.data.batch_size - 1)
     gen = torch.Generator().manual_seed(0)
@@ -119,7 +123,7 @@ def test_views_resolve(preset):
     a = cfg.augment
     specs = resolve(a.recipe, int(a.size), int(a.num_views), overrides=OmegaConf.to_container(a.overrides) or None)
     normalization(a.normalize, None, None)
-    if cfg.method == "moco":
+    if cfg.method in ("moco", "moco_v3"):
         assert len(specs) == 2 and len({s.size for s in specs}) == 1, name
 
 

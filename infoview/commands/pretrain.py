@@ -3,8 +3,8 @@
 `infoview pretrain [--config FILE] [key=value ...]` runs on one CPU, one GPU,
 or many GPUs under DDP (launched by torchrun or `infoview launch`). The loader
 decodes each image once; `augment` makes the views on the device; the method
-(`simclr` or `moco`) turns embeddings into positive and negative critic scores;
-the objective (`objective.name`, any of `infoview.objectives.available()`, with
+(`simclr`, `moco` or `moco_v3`) turns embeddings into positive and negative
+critic scores; the objective (`objective.name`, any of `infoview.objectives.available()`, with
 its own keys as `objective.<key>`) gives the loss and the MI lower bound it
 certifies on the batch's cross-view matrix (`mi`), reported against that
 bound's own ceiling (`mi_ceiling`); what the training rows read, which is not
@@ -51,7 +51,7 @@ def _keys() -> dict[str, Any]:
     return {
         "out_dir": Key("runs/pretrain", "where config.yaml, checkpoints/, metrics.csv, tb/ and curves.png go"),
         # no choices: the registry's error names the nearest method ("did you mean 'simclr'?")
-        "method": Key("simclr", "simclr or moco (`infoview list methods`); its keys are the section of its name"),
+        "method": Key("simclr", "simclr, moco or moco_v3 (`infoview list methods`); its keys: the section of its name"),
         "data": {
             "source": Key("digits", "the training images: a source string (`infoview list sources`)"),
             "split": Key("train", "the split of data.source to train on"),
@@ -181,7 +181,7 @@ def _check_launch(cfg) -> None:
 
 
 COMMAND = Command(
-    help="Pretrain an encoder without labels (simclr or moco, any objective); checkpoints and resumes.",
+    help="Pretrain an encoder without labels (simclr, moco or moco_v3, any objective); checkpoints and resumes.",
     distributed=True,
     resume="train.resume=auto",
     save_on_preempt=_save_on_preempt,

@@ -15,8 +15,14 @@
   (``bn=split``, what MoCo's single-GPU CIFAR-10 demo does); ``bn=sync``
   converts BatchNorm to SyncBN. ``bn=auto`` (the default) picks shuffle under
   DDP and split on one process.
+- :class:`~infoview.pretrain.methods.moco_v3.MoCoV3` (``moco_v3``): MoCo v3
+  (Chen, Xie, He 2021): both views are queries (with a predictor), keys from a
+  momentum copy whose momentum rises from 0.99 to 1 on a cosine, no queue:
+  the negatives are the keys of the other images of the global batch
+  (gathered without gradients); symmetric loss; SyncBN under DDP on GPUs; a ViT's
+  patch projection can stay at its random init (``freeze_patch_embed``).
 
-Any registered objective works with either. Objectives whose loss is a mean of
+Any registered objective works with each of them. Objectives whose loss is a mean of
 per-row terms (InfoNCE, Ring, HCL, DCL, NWJ, JS) are computed on each rank's
 own rows; an objective that pools all rows into one normaliser (ML-CPC,
 ``Objective.pooled``) gets each row's few per-row terms gathered from every
