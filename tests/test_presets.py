@@ -29,6 +29,8 @@ EXPECTED_PEAK_LR = {
     "moco_ring_cifar10": 0.03,
     # MoCo CIFAR-10 demo: SGD 0.06 at batch 512
     "moco_hardneg_cifar10": 0.06,
+    # Local Aggregation code, imagenet_la.json: SGD 0.03 at batch 128
+    "la_cifar10": 0.03,
     # MoCo v2: SGD 0.03 at batch 256
     "mocov2_infonce_imagenet": 0.03,
     "moco_mlcpc_imagenet": 0.03,
@@ -85,6 +87,9 @@ def test_name_matches_method_and_objective(preset):
     if name == "demo":
         return
     method, objective = name.split("_")[:2]
+    if method == "la":  # Local Aggregation trains with its own loss: objective.* stays at its default
+        assert cfg.method == "la" and cfg.objective.name == "infonce", (name, cfg.objective.name)
+        return
     method = {"mocov3": "moco_v3"}.get(method, "moco" if method.startswith("moco") else method)
     assert cfg.method == method, (name, cfg.method)
     short = {"mlcpc": "ml_cpc", "hardneg": "hard_negative"}  # file-name spellings of objective names
@@ -143,5 +148,5 @@ def test_cifar_preset_builds_its_model(name):
         feats = encoder(torch.randn(2, 3, 32, 32))
     assert feats.shape == (2, encoder.feature_dim)
     assert torch.isfinite(feats).all()
-    method = build_method(cfg, encoder, num_classes=10)
+    method = build_method(cfg, encoder, num_classes=10, num_samples=50_000)  # CIFAR-10's train split
     assert method.projector.out_dim == cfg.model.proj_dim

@@ -51,7 +51,7 @@ def _keys() -> dict[str, Any]:
     return {
         "out_dir": Key("runs/pretrain", "where config.yaml, checkpoints/, metrics.csv, tb/ and curves.png go"),
         # no choices: the registry's error names the nearest method ("did you mean 'simclr'?")
-        "method": Key("simclr", "simclr, moco or moco_v3 (`infoview list methods`); its keys: the section of its name"),
+        "method": Key("simclr", "simclr, moco, moco_v3, la, ... (`infoview list methods`); its keys: its section"),
         "data": {
             "source": Key("digits", "the training images: a source string (`infoview list sources`)"),
             "split": Key("train", "the split of data.source to train on"),
@@ -181,7 +181,7 @@ def _check_launch(cfg) -> None:
 
 
 COMMAND = Command(
-    help="Pretrain an encoder without labels (simclr, moco or moco_v3, any objective); checkpoints and resumes.",
+    help="Pretrain an encoder without labels (simclr, moco, moco_v3, la, ...; any objective); checkpoints, resumes.",
     distributed=True,
     resume="train.resume=auto",
     save_on_preempt=_save_on_preempt,

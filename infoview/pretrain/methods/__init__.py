@@ -22,7 +22,15 @@
   (gathered without gradients); symmetric loss; SyncBN under DDP on GPUs; a ViT's
   patch projection can stay at its random init (``freeze_patch_embed``).
 
-Any registered objective works with each of them. Objectives whose loss is a mean of
+- :class:`LocalAggregation` (``la``, Zhuang, Zhai, Yamins 2019): one view
+  against a memory bank of one row per image (``needs_indices``), with its own
+  loss, not an objective's: -log P(C & B | v) / P(B | v), B the bank rows
+  nearest v, C the images that share v's cluster in any of several k-means
+  clusterings of the bank (made in torch at each epoch's start, kept in the
+  state). Not an MI bound; its ``mi`` is the bank bound
+  (``objectives.bank_bound``), and ``objective.*`` must stay at its default.
+
+Any registered objective works with simclr, moco and moco_v3. Objectives whose loss is a mean of
 per-row terms (InfoNCE, Ring, HCL, DCL, NWJ, JS) are computed on each rank's
 own rows; an objective that pools all rows into one normaliser (ML-CPC,
 ``Objective.pooled``) gets each row's few per-row terms gathered from every
