@@ -33,6 +33,8 @@ EXPECTED_PEAK_LR = {
     "mocov2_infonce_imagenet": 0.03,
     "moco_mlcpc_imagenet": 0.03,
     "moco_ring_imagenet": 0.03,
+    # CMC with the ring paper's CIFAR-10 settings: SGD 0.03 at batch 256
+    "cmc_infonce_cifar10": 0.03,
     # MoCo v3 ViT recipe: AdamW 1.5e-4 x 4096 / 256
     "simclr_infonce_vit_small_imagenet": 1.5e-4 * 4096 / 256,
 }
@@ -99,6 +101,8 @@ def test_objective_builds_and_runs_at_the_presets_scale(preset):
     assert objective.name == cfg.objective.name
     if cfg.method == "moco":
         k = int(cfg.moco.queue_size)
+    elif cfg.method == "cmc":
+        k = int(cfg.cmc.num_negatives) if cfg.cmc.negatives == "bank" else cfg.data.batch_size - 1
     else:  # SimCLR, 2 views: every view of every other image in the global batch
         k = cfg.augment.num_views * (cfg.data.batch_size - 1)
     gen = torch.Generator().manual_seed(0)
@@ -133,11 +137,11 @@ def test_cifar_preset_builds_its_model(name):
     assert cfg.augment.size == 32 and cfg.model.cifar_stem, name
     assert cfg.data.source.startswith("cifar10:"), name
     torch.manual_seed(0)
-    encoder = build_encoder_from_config(cfg.model, cfg.augment.size)
+    encoder = build_encoder_from_config(cfg.model, cfg.augment.size, cfg.augment.normalize)
     encoder.eval()
     with torch.no_grad():
         feats = encoder(torch.randn(2, 3, 32, 32))
     assert feats.shape == (2, encoder.feature_dim)
     assert torch.isfinite(feats).all()
-    method = build_method(cfg, encoder, num_classes=10)
+    method = build_method(cfg, encoder, num_classes=10, num_samples=50000)  # CIFAR-10's training split
     assert method.projector.out_dim == cfg.model.proj_dim
