@@ -35,6 +35,8 @@ EXPECTED_PEAK_LR = {
     "mocov2_infonce_imagenet": 0.03,
     "moco_mlcpc_imagenet": 0.03,
     "moco_ring_imagenet": 0.03,
+    # CMC with the ring paper's CIFAR-10 settings: SGD 0.03 at batch 256
+    "cmc_infonce_cifar10": 0.03,
     # MoCo v3 ViT recipe: AdamW 1.5e-4 x 4096 / 256
     "simclr_infonce_vit_small_imagenet": 1.5e-4 * 4096 / 256,
     "mocov3_infonce_vit_small_imagenet": 1.5e-4 * 4096 / 256,
@@ -108,6 +110,8 @@ def test_objective_builds_and_runs_at_the_presets_scale(preset):
         k = int(cfg.moco.queue_size)
     elif cfg.method == "moco_v3":  # the keys of every other image in the global batch
         k = cfg.data.batch_size - 1
+    elif cfg.method == "cmc":
+        k = int(cfg.cmc.num_negatives) if cfg.cmc.negatives == "bank" else cfg.data.batch_size - 1
     else:  # SimCLR, 2 views: every view of every other image in the global batch
         k = cfg.augment.num_views * (cfg.data.batch_size - 1)
     gen = torch.Generator().manual_seed(0)
@@ -142,7 +146,7 @@ def test_cifar_preset_builds_its_model(name):
     assert cfg.augment.size == 32 and cfg.model.cifar_stem, name
     assert cfg.data.source.startswith("cifar10:"), name
     torch.manual_seed(0)
-    encoder = build_encoder_from_config(cfg.model, cfg.augment.size)
+    encoder = build_encoder_from_config(cfg.model, cfg.augment.size, cfg.augment.normalize)
     encoder.eval()
     with torch.no_grad():
         feats = encoder(torch.randn(2, 3, 32, 32))

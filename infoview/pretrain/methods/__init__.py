@@ -30,7 +30,14 @@
   state). Not an MI bound; its ``mi`` is the bank bound
   (``objectives.bank_bound``), and ``objective.*`` must stay at its default.
 
-Any registered objective works with simclr, moco and moco_v3. Objectives whose loss is a mean of
+- :class:`CMC` (Tian et al. 2019, as Wu et al. 2020 use it): one view per
+  image, a ``model.streams=lab`` encoder (one network on the L channel of
+  CIELab, one on ab, features side by side), L's embedding against ab's of
+  the same image and ab's against L's; negatives from the other half's memory
+  bank (``cmc.negatives=bank``, CMC's) or the global batch (``batch``). Its
+  ``mi`` bounds I(L view; ab view) on the global batch's L-against-ab matrix.
+
+Any registered objective works with simclr, moco, moco_v3 and cmc. Objectives whose loss is a mean of
 per-row terms (InfoNCE, Ring, HCL, DCL, NWJ, JS) are computed on each rank's
 own rows; an objective that pools all rows into one normaliser (ML-CPC,
 ``Objective.pooled``) gets each row's few per-row terms gathered from every
