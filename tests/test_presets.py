@@ -27,6 +27,9 @@ EXPECTED_PEAK_LR = {
     "simclr_mlcpc_cifar10": 2.0,
     # Ring code, moco_ring.json: SGD 0.03 at batch 256
     "moco_ring_cifar10": 0.03,
+    # Ring code, nce.json and nce_ring.json (IR, IR-Ring): SGD 0.03 at batch 256
+    "ir_infonce_cifar10": 0.03,
+    "ir_ring_cifar10": 0.03,
     # MoCo CIFAR-10 demo: SGD 0.06 at batch 512
     "moco_hardneg_cifar10": 0.06,
     # Local Aggregation code, imagenet_la.json: SGD 0.03 at batch 128
@@ -112,6 +115,8 @@ def test_objective_builds_and_runs_at_the_presets_scale(preset):
         k = cfg.data.batch_size - 1
     elif cfg.method == "cmc":
         k = int(cfg.cmc.num_negatives) if cfg.cmc.negatives == "bank" else cfg.data.batch_size - 1
+    elif cfg.method == "ir":  # rows drawn from a bank of CIFAR-10's 50,000 images (0: all the others)
+        k = int(cfg.ir.num_negatives) or 50000 - 1
     else:  # SimCLR, 2 views: every view of every other image in the global batch
         k = cfg.augment.num_views * (cfg.data.batch_size - 1)
     gen = torch.Generator().manual_seed(0)

@@ -37,7 +37,15 @@
   bank (``cmc.negatives=bank``, CMC's) or the global batch (``batch``). Its
   ``mi`` bounds I(L view; ab view) on the global batch's L-against-ab matrix.
 
-Any registered objective works with simclr, moco, moco_v3 and cmc. Objectives whose loss is a mean of
+- :class:`InstanceRecognition` (``method=ir``, Wu et al. 2018): one view of
+  each image against a memory bank of one row per training image; the
+  positive is the image's own row, the negatives ``ir.num_negatives`` rows of
+  other images drawn at random (0: the whole bank); the batch's rows then
+  move to its embeddings, gathered from every rank. Its ``mi`` is the view
+  against the whole bank (``Method._certify_bank``, ceiling log N), not the
+  cross-view matrix below.
+
+Any registered objective works with simclr, moco, moco_v3, ir and cmc. Objectives whose loss is a mean of
 per-row terms (InfoNCE, Ring, HCL, DCL, NWJ, JS) are computed on each rank's
 own rows; an objective that pools all rows into one normaliser (ML-CPC,
 ``Objective.pooled``) gets each row's few per-row terms gathered from every
