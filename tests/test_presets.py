@@ -27,6 +27,7 @@ EXPECTED_PEAK_LR = {
     "simclr_mlcpc_cifar10": 2.0,
     # Ring code, moco_ring.json: SGD 0.03 at batch 256
     "moco_ring_cifar10": 0.03,
+    "moco_infonce_cifar10": 0.03,  # Ring code, moco.json: the same, without the ring
     # Ring code, nce.json and nce_ring.json (IR, IR-Ring): SGD 0.03 at batch 256
     "ir_infonce_cifar10": 0.03,
     "ir_ring_cifar10": 0.03,
