@@ -27,14 +27,23 @@ EXPECTED_PEAK_LR = {
     "simclr_mlcpc_cifar10": 2.0,
     # Ring code, moco_ring.json: SGD 0.03 at batch 256
     "moco_ring_cifar10": 0.03,
+    "moco_infonce_cifar10": 0.03,  # Ring code, moco.json: the same, without the ring
+    # Ring code, nce.json and nce_ring.json (IR, IR-Ring): SGD 0.03 at batch 256
+    "ir_infonce_cifar10": 0.03,
+    "ir_ring_cifar10": 0.03,
     # MoCo CIFAR-10 demo: SGD 0.06 at batch 512
     "moco_hardneg_cifar10": 0.06,
+    # Local Aggregation code, imagenet_la.json: SGD 0.03 at batch 128
+    "la_cifar10": 0.03,
     # MoCo v2: SGD 0.03 at batch 256
     "mocov2_infonce_imagenet": 0.03,
     "moco_mlcpc_imagenet": 0.03,
     "moco_ring_imagenet": 0.03,
+    # CMC with the ring paper's CIFAR-10 settings: SGD 0.03 at batch 256
+    "cmc_infonce_cifar10": 0.03,
     # MoCo v3 ViT recipe: AdamW 1.5e-4 x 4096 / 256
     "simclr_infonce_vit_small_imagenet": 1.5e-4 * 4096 / 256,
+    "mocov3_infonce_vit_small_imagenet": 1.5e-4 * 4096 / 256,
 }
 CIFAR = sorted(p for p in EXPECTED_PEAK_LR if p.endswith("_cifar10"))
 
@@ -84,7 +93,11 @@ def test_name_matches_method_and_objective(preset):
     if name == "demo":
         return
     method, objective = name.split("_")[:2]
-    assert cfg.method == ("moco" if method.startswith("moco") else method), (name, cfg.method)
+    if method == "la":  # Local Aggregation trains with its own loss: objective.* stays at its default
+        assert cfg.method == "la" and cfg.objective.name == "infonce", (name, cfg.objective.name)
+        return
+    method = {"mocov3": "moco_v3"}.get(method, "moco" if method.startswith("moco") else method)
+    assert cfg.method == method, (name, cfg.method)
     short = {"mlcpc": "ml_cpc", "hardneg": "hard_negative"}  # file-name spellings of objective names
     assert cfg.objective.name == short.get(objective, objective), (name, cfg.objective.name)
 
@@ -99,6 +112,12 @@ def test_objective_builds_and_runs_at_the_presets_scale(preset):
     assert objective.name == cfg.objective.name
     if cfg.method == "moco":
         k = int(cfg.moco.queue_size)
+    elif cfg.method == "moco_v3":  # the keys of every other image in the global batch
+        k = cfg.data.batch_size - 1
+    elif cfg.method == "cmc":
+        k = int(cfg.cmc.num_negatives) if cfg.cmc.negatives == "bank" else cfg.data.batch_size - 1
+    elif cfg.method == "ir":  # rows drawn from a bank of CIFAR-10's 50,000 images (0: all the others)
+        k = int(cfg.ir.num_negatives) or 50000 - 1
     else:  # SimCLR, 2 views: every view of every other image in the global batch
         k = cfg.augment.num_views * (cfg.data.batch_size - 1)
     gen = torch.Generator().manual_seed(0)
@@ -119,7 +138,7 @@ def test_views_resolve(preset):
     a = cfg.augment
     specs = resolve(a.recipe, int(a.size), int(a.num_views), overrides=OmegaConf.to_container(a.overrides) or None)
     normalization(a.normalize, None, None)
-    if cfg.method == "moco":
+    if cfg.method in ("moco", "moco_v3"):
         assert len(specs) == 2 and len({s.size for s in specs}) == 1, name
 
 
@@ -133,11 +152,11 @@ def test_cifar_preset_builds_its_model(name):
     assert cfg.augment.size == 32 and cfg.model.cifar_stem, name
     assert cfg.data.source.startswith("cifar10:"), name
     torch.manual_seed(0)
-    encoder = build_encoder_from_config(cfg.model, cfg.augment.size)
+    encoder = build_encoder_from_config(cfg.model, cfg.augment.size, cfg.augment.normalize)
     encoder.eval()
     with torch.no_grad():
         feats = encoder(torch.randn(2, 3, 32, 32))
     assert feats.shape == (2, encoder.feature_dim)
     assert torch.isfinite(feats).all()
-    method = build_method(cfg, encoder, num_classes=10)
+    method = build_method(cfg, encoder, num_classes=10, num_samples=50_000)  # CIFAR-10's train split
     assert method.projector.out_dim == cfg.model.proj_dim

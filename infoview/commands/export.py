@@ -24,7 +24,10 @@ standard stem, with plain timm:
                     pretrained_cfg_overlay=dict(file="OUT_DIR/model.safetensors"))
 A CIFAR stem (cifar_stem=true on a ResNet) is not something timm.create_model
 can rebuild: config.json says so (plain_timm_loadable: false) and
-load_backbone handles it.
+load_backbone handles it. Neither can it rebuild a model.streams=lab encoder
+(CMC's two networks, on L and on ab, behind an RGB -> Lab conversion; its
+weights are l.* and ab.*): config.json records streams: lab, and
+load_backbone and backbone=OUT_DIR rebuild it; format=torchvision refuses it.
 
 Example: infoview export runs/demo runs/demo/export
 """

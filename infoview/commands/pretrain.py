@@ -3,8 +3,8 @@
 `infoview pretrain [--config FILE] [key=value ...]` runs on one CPU, one GPU,
 or many GPUs under DDP (launched by torchrun or `infoview launch`). The loader
 decodes each image once; `augment` makes the views on the device; the method
-(`simclr` or `moco`) turns embeddings into positive and negative critic scores;
-the objective (`objective.name`, any of `infoview.objectives.available()`, with
+(`simclr`, `moco`, `moco_v3`, `cmc`, `la`, ...) turns embeddings into positive and negative
+critic scores; the objective (`objective.name`, any of `infoview.objectives.available()`, with
 its own keys as `objective.<key>`) gives the loss and the MI lower bound it
 certifies on the batch's cross-view matrix (`mi`), reported against that
 bound's own ceiling (`mi_ceiling`); what the training rows read, which is not
@@ -45,13 +45,14 @@ def _keys() -> dict[str, Any]:
     from infoview.augment.recipes import NORMALIZATION, RECIPES
     from infoview.augment.views import BACKENDS as VIEW_BACKENDS
     from infoview.data.loader import BACKENDS as LOADER_BACKENDS
+    from infoview.models.encoder import STREAMS
     from infoview.pretrain.engine import PRECISIONS
     from infoview.runtime.optim import SCALING_RULES
 
     return {
         "out_dir": Key("runs/pretrain", "where config.yaml, checkpoints/, metrics.csv, tb/ and curves.png go"),
         # no choices: the registry's error names the nearest method ("did you mean 'simclr'?")
-        "method": Key("simclr", "simclr or moco (`infoview list methods`); its keys are the section of its name"),
+        "method": Key("simclr", "simclr, moco, moco_v3, cmc, la, ... (`infoview list methods`); its keys: its section"),
         "data": {
             "source": Key("digits", "the training images: a source string (`infoview list sources`)"),
             "split": Key("train", "the split of data.source to train on"),
@@ -80,6 +81,8 @@ def _keys() -> dict[str, Any]:
             "arch": Key("resnet18", "any timm model name (`infoview list archs`)"),
             "cifar_stem": Key(False, "a ResNet's 3x3 stride-1 stem without max-pool, for 32 px images"),
             "kwargs": Key({}, "keyword arguments of timm.create_model; a new model.arch starts them afresh"),
+            "streams": Key("rgb", "rgb: one network on the image; lab: one on L and one on ab of CIELab (cmc)",
+                           choices=STREAMS),
             "proj_hidden": Key(2048, "hidden width of the projection head", min=1),
             "proj_dim": Key(128, "output width of the projection head (the embedding)", min=1),
             "proj_layers": Key(2, "Linear layers of the projection head; 0 = no head (identity)", min=0),
@@ -181,7 +184,7 @@ def _check_launch(cfg) -> None:
 
 
 COMMAND = Command(
-    help="Pretrain an encoder without labels (simclr or moco, any objective); checkpoints and resumes.",
+    help="Pretrain an encoder without labels (simclr, moco, moco_v3, cmc, la; any objective); checkpoints, resumes.",
     distributed=True,
     resume="train.resume=auto",
     save_on_preempt=_save_on_preempt,

@@ -240,6 +240,9 @@ class TorchLoader(_Base):
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
             drop_last=self.drop_last,
+            # its own generator: each iter() draws the workers' base seed from it, not from torch's global
+            # one, which a resumed run (one more iter() mid-epoch) would otherwise find moved
+            generator=torch.Generator().manual_seed(self.seed),
             **extra,
         )
 

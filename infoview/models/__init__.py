@@ -1,7 +1,8 @@
 """Models: timm encoders, projector / predictor heads, the momentum encoder, negative stores.
 
 ``build_encoder(arch, cifar_stem=False, ...)`` wraps any timm model as a
-feature extractor with ``.feature_dim``; the heads, the momentum encoder and
+feature extractor with ``.feature_dim`` (``streams="lab"``: one on the L and
+one on the ab channels of CIELab, :mod:`infoview.models.lab`); the heads, the momentum encoder and
 the queue / memory bank are separate parts so that each can be tested alone.
 Importing this package builds nothing and does not import timm (timm is
 imported by the first ``build_encoder`` call).

@@ -18,6 +18,12 @@ stride-2 7x7 conv and a stride-2 max-pool leave 8x8), so for CIFAR-sized data
   pixels instead of 16 (unless ``patch_size`` is given), at ``img_size`` 32
   unless another size is given.
 
+``streams="lab"`` builds CMC's pair instead (infoview.models.lab): one copy of
+``arch`` on the L channel of CIELab and one on ab (``in_chans`` 1 and 2), as one
+module that takes the same normalised RGB batch (``input_mean`` and
+``input_std`` undo that normalisation) and returns both halves' features side
+by side.
+
 ``encoder.config`` is a plain dict from which ``build_encoder`` rebuilds the
 same architecture; it is what an export's ``config.json`` records.
 """
@@ -26,7 +32,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -55,6 +61,8 @@ CIFAR_STEM_FAMILIES = (
 )
 #: input size a ViT gets with cifar_stem=True when no img_size is given
 CIFAR_IMG_SIZE = 32
+#: what the encoder sees: rgb (one network on the image), lab (one network on L, one on ab: CMC)
+STREAMS = ("rgb", "lab")
 
 
 class Encoder(nn.Module):
@@ -71,6 +79,9 @@ class Encoder(nn.Module):
         cifar_stem: bool = False,
         img_size: int | None = None,
         kwargs: dict[str, Any] | None = None,
+        streams: str = "rgb",
+        input_mean: tuple[float, ...] | None = None,
+        input_std: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -78,6 +89,9 @@ class Encoder(nn.Module):
         self.cifar_stem = bool(cifar_stem)
         self.img_size = img_size
         self.kwargs = dict(kwargs or {})
+        self.streams = streams
+        self.input_mean = None if input_mean is None else tuple(float(v) for v in input_mean)
+        self.input_std = None if input_std is None else tuple(float(v) for v in input_std)
         self.feature_dim = int(backbone.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,22 +103,28 @@ class Encoder(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """``{"arch", "cifar_stem", "img_size", "kwargs", "feature_dim"}``, JSON-able.
+        """``{"arch", "cifar_stem", "img_size", "kwargs", "feature_dim"}``, JSON-able; a ``streams="lab"``
+        encoder adds ``streams``, ``input_mean`` and ``input_std``.
 
         ``build_encoder(**{k: v for k, v in config.items() if k != "feature_dim"})``
         builds the same architecture (tuples in kwargs come back as lists, which
         timm accepts).
         """
-        return {
+        config = {
             "arch": self.arch,
             "cifar_stem": self.cifar_stem,
             "img_size": self.img_size,
             "kwargs": {key: _jsonable(value, f"{self.arch} kwarg '{key}'") for key, value in self.kwargs.items()},
             "feature_dim": self.feature_dim,
         }
+        if self.streams != "rgb":
+            config.update(streams=self.streams, input_mean=list(self.input_mean), input_std=list(self.input_std))
+        return config
 
     def extra_repr(self) -> str:
-        return f"arch={self.arch!r}, cifar_stem={self.cifar_stem}, img_size={self.img_size}, feature_dim={self.feature_dim}"
+        streams = "" if self.streams == "rgb" else f", streams={self.streams!r}"
+        return (f"arch={self.arch!r}, cifar_stem={self.cifar_stem}, img_size={self.img_size}, "
+                f"feature_dim={self.feature_dim}{streams}")
 
 
 def build_encoder(
@@ -112,6 +132,9 @@ def build_encoder(
     cifar_stem: bool = False,
     img_size: int | None = None,
     pretrained: bool = False,
+    streams: str = "rgb",
+    input_mean: Sequence[float] | None = None,
+    input_std: Sequence[float] | None = None,
     **kwargs: Any,
 ) -> Encoder:
     """Build ``arch`` (any timm model name) as an :class:`Encoder`.
@@ -126,6 +149,11 @@ def build_encoder(
 
     A ``kwargs={...}`` dict (as in ``encoder.config``) is the same as passing
     its items as keyword arguments, so ``build_encoder(**config)`` works.
+
+    ``streams="lab"`` builds ``arch`` twice, on L (``in_chans=1``) and on ab
+    (``in_chans=2``), as one :class:`infoview.models.lab.LabStreams` backbone;
+    ``input_mean`` / ``input_std`` are the normalisation of its RGB input
+    (they are undone before the Lab conversion).
     """
     import timm
 
@@ -146,6 +174,28 @@ def build_encoder(
             f"encoder kwarg 'num_classes' is not allowed: the {arch} encoder is built with num_classes=0 "
             "to return pooled features (put a head on top instead)"
         )
+    if streams not in STREAMS:
+        raise ConfigError(f"model.streams must be one of {', '.join(STREAMS)}, got {streams!r}")
+    if streams == "rgb":
+        backbone, img_size = _backbone(timm, arch, cifar_stem, img_size, pretrained, kwargs)
+        return Encoder(backbone, arch, cifar_stem=cifar_stem, img_size=img_size, kwargs=kwargs)
+    from infoview.models.lab import LAB_CHANNELS, LabStreams
+
+    if "in_chans" in kwargs:
+        raise ConfigError("model.kwargs.in_chans is set by model.streams=lab (1 for L, 2 for ab): remove it")
+    if input_mean is None or input_std is None or len(input_mean) != 3 or len(input_std) != 3:
+        raise ConfigError(f"model.streams=lab needs the RGB input's mean and std (3 values each) to undo them, "
+                          f"got input_mean={input_mean!r}, input_std={input_std!r}")
+    halves = [_backbone(timm, arch, cifar_stem, img_size, pretrained, {**kwargs, "in_chans": c})
+              for c in LAB_CHANNELS.values()]
+    backbone = LabStreams(halves[0][0], halves[1][0], input_mean, input_std)
+    return Encoder(backbone, arch, cifar_stem=cifar_stem, img_size=halves[0][1], kwargs=kwargs, streams=streams,
+                   input_mean=input_mean, input_std=input_std)
+
+
+def _backbone(timm, arch: str, cifar_stem: bool, img_size: int | None, pretrained: bool,
+              kwargs: dict[str, Any]) -> tuple[nn.Module, int | None]:
+    """One timm model (num_classes=0) with the CIFAR stem if asked, and the img_size it records."""
     entry_module = timm.models.model_entrypoint(arch).__module__
     is_vit = is_vit_arch(arch)
 
@@ -169,7 +219,7 @@ def build_encoder(
                 f"cifar_stem=True is not supported for encoder arch '{arch}' "
                 f"({type(backbone).__name__}); it is supported for {CIFAR_STEM_FAMILIES}"
             )
-    return Encoder(backbone, arch, cifar_stem=cifar_stem, img_size=img_size, kwargs=kwargs)
+    return backbone, img_size
 
 
 # --------------------------------------------------------------------------- helpers

@@ -179,7 +179,7 @@ class Trainer:
         cfg, t, a, world = self.cfg, self.cfg.train, self.cfg.augment, self.info.world_size
         num_classes = self.loader.num_classes if cfg.monitor.probe else 0
         torch.manual_seed(int(t.seed))  # the same initial weights on every rank and in a resumed run
-        self.encoder = build_encoder_from_config(cfg.model, a.size)
+        self.encoder = build_encoder_from_config(cfg.model, a.size, a.normalize)
         method = build_method(cfg, self.encoder, max(num_classes, 0), self.loader.dataset_size)
         if method.num_views is not None and len(self.views.specs) != method.num_views:
             raise ConfigError(f"method={cfg.method} takes augment.num_views={method.num_views} and a "

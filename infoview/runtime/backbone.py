@@ -70,7 +70,8 @@ def _from_export(folder: Path, trained: bool, seed: int) -> Backbone:
         pretrain = config.get("pretrain_config") or {}
         torch.manual_seed(int(pretrain.get("train", {}).get("seed", seed)))  # what the run started from
         if pretrain.get("model") and pretrain.get("augment"):
-            encoder = build_encoder_from_config(pretrain["model"], int(pretrain["augment"]["size"]))
+            encoder = build_encoder_from_config(pretrain["model"], int(pretrain["augment"]["size"]),
+                                                pretrain["augment"].get("normalize"))
         else:
             encoder = build_export_encoder(config)
     source = config.get("source") or {}

@@ -6,14 +6,26 @@ from pathlib import Path
 
 import torch
 
-from infoview.errors import InfoviewError
+from infoview.augment.recipes import normalization
+from infoview.errors import ConfigError, InfoviewError
 from infoview.models import build_encoder
 from infoview.runtime.checkpoint import load_checkpoint
 
 
-def build_encoder_from_config(model_cfg, size: int):
-    """The encoder a config's ``model`` section describes at input size ``size``."""
+def build_encoder_from_config(model_cfg, size: int, normalize: str | None = None):
+    """The encoder a config's ``model`` section describes at input size ``size``.
+
+    ``normalize``: the ``augment.normalize`` preset its input is normalised with. Only a
+    ``model.streams=lab`` encoder (CMC's L and ab halves) needs it, to undo it before the Lab conversion;
+    a config written before ``model.streams`` existed is ``rgb``.
+    """
     kwargs = dict(model_cfg.get("kwargs") or {})
+    streams = str(model_cfg.get("streams") or "rgb")
+    if streams != "rgb":
+        if not normalize:
+            raise ConfigError(f"model.streams={streams} undoes the input's normalisation: give augment.normalize")
+        mean, std = normalization(normalize, None, None)
+        kwargs.update(streams=streams, input_mean=mean, input_std=std)
     return build_encoder(model_cfg["arch"], cifar_stem=bool(model_cfg["cifar_stem"]), img_size=int(size), **kwargs)
 
 
@@ -40,7 +52,7 @@ def encoder_from_checkpoint(path: str | os.PathLike, trained: bool = True, state
         state = load_checkpoint(path)
     cfg = state["config"]
     torch.manual_seed(int(cfg["train"]["seed"]))  # what the pretraining run started from
-    encoder = build_encoder_from_config(cfg["model"], int(cfg["augment"]["size"]))
+    encoder = build_encoder_from_config(cfg["model"], int(cfg["augment"]["size"]), cfg["augment"].get("normalize"))
     if trained:
         prefix = "encoder."
         weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}

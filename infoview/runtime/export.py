@@ -31,6 +31,10 @@ TORCHVISION_RESNETS = (
 )
 #: keys of torchvision's ResNet that a backbone (num_classes=0) has no counterpart for
 TORCHVISION_HEAD = ("fc.weight", "fc.bias")
+LAB_NOTE = (
+    "model.streams=lab: two timm models, one on the L channel of CIELab (l.*, in_chans=1) and one on ab (ab.*, "
+    "in_chans=2), behind an RGB -> Lab conversion; load it with infoview.runtime.export.load_backbone(dir)"
+)
 CIFAR_STEM_NOTE = (
     "cifar_stem=true replaced the ResNet stem (conv1: one 3x3 stride-1 conv, max-pool: identity), which "
     "timm.create_model cannot rebuild from kwargs; load it with infoview.runtime.export.load_backbone(dir)"
@@ -117,6 +121,7 @@ def _export_config(encoder, pretrain_cfg: dict, format: str, weights: dict) -> t
         "cifar_stem": encoder.cifar_stem,
         "img_size": encoder.img_size,
         "kwargs": encoder.config["kwargs"],
+        "streams": getattr(encoder, "streams", "rgb"),
         "timm_kwargs": timm_kwargs,
         "feature_dim": encoder.feature_dim,
         "input_size": [3, size, size],
@@ -193,6 +198,8 @@ def _plain_timm(encoder, weights: dict) -> tuple[dict, bool, str]:
     import timm
 
     kwargs = dict(encoder.config["kwargs"])
+    if getattr(encoder, "streams", "rgb") != "rgb":
+        return kwargs, False, LAB_NOTE
     is_vit = is_vit_arch(encoder.arch)
     if is_vit and encoder.cifar_stem:
         kwargs.setdefault("patch_size", 4)
@@ -277,6 +284,9 @@ def to_torchvision(encoder, weights: dict) -> tuple[str, dict]:
     that every tensor exists in torchvision's model with the same shape, fc.*
     aside. Other archs, the CIFAR stem and non-standard widths are errors.
     """
+    if getattr(encoder, "streams", "rgb") != "rgb":
+        raise InfoviewError(f"format=torchvision: a model.streams={encoder.streams} encoder is two {encoder.arch}s "
+                            "(L and ab) with no torchvision twin: export it with format=timm")
     name = _torchvision_name(encoder.arch, encoder.cifar_stem)
     _check_torchvision_fit(encoder.arch, name, weights, encoder.config["kwargs"])
     return name, dict(weights)
@@ -359,10 +369,15 @@ def load_export(export_dir: str | os.PathLike, verify: bool = True):
 
 
 def build_export_encoder(config: dict):
-    """The architecture an export's config describes, at random init (the global RNG draws the weights)."""
+    """The architecture an export's config describes, at random init (the global RNG draws the weights).
 
+    A ``streams=lab`` export (CMC's L and ab halves) takes the RGB input the config's mean and std describe."""
+    kwargs = dict(config.get("kwargs") or {})
+    streams = config.get("streams") or "rgb"  # exports written before model.streams are rgb
+    if streams != "rgb":
+        kwargs.update(streams=streams, input_mean=config["mean"], input_std=config["std"])
     return build_encoder(config["arch"], cifar_stem=bool(config["cifar_stem"]), img_size=config.get("img_size"),
-                         **dict(config.get("kwargs") or {}))
+                         **kwargs)
 
 
 def load_backbone(export_dir: str | os.PathLike):

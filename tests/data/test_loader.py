@@ -97,6 +97,16 @@ def test_an_epoch_can_start_mid_way_for_a_resumed_run():
         a.set_epoch(0, start_batch=6)
 
 
+def test_reading_leaves_the_global_random_stream_alone():
+    """A resumed run starts one more iteration mid-epoch: it must not move what the steps draw from."""
+    loader = build_loader(numbered(20), batch_size=5, seed=0, num_workers=0)
+    before = torch.get_rng_state()
+    read_all(loader)
+    loader.set_epoch(0, start_batch=2)
+    read_all(loader)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_resolution_resizes_once_to_a_fixed_square():
     loader = build_loader("shapes", batch_size=4, resolution=32, split="test", num_workers=0)
     images, labels = next(iter(loader))

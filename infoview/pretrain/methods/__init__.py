@@ -15,8 +15,37 @@
   (``bn=split``, what MoCo's single-GPU CIFAR-10 demo does); ``bn=sync``
   converts BatchNorm to SyncBN. ``bn=auto`` (the default) picks shuffle under
   DDP and split on one process.
+- :class:`~infoview.pretrain.methods.moco_v3.MoCoV3` (``moco_v3``): MoCo v3
+  (Chen, Xie, He 2021): both views are queries (with a predictor), keys from a
+  momentum copy whose momentum rises from 0.99 to 1 on a cosine, no queue:
+  the negatives are the keys of the other images of the global batch
+  (gathered without gradients); symmetric loss; SyncBN under DDP on GPUs; a ViT's
+  patch projection can stay at its random init (``freeze_patch_embed``).
 
-Any registered objective works with either. Objectives whose loss is a mean of
+- :class:`LocalAggregation` (``la``, Zhuang, Zhai, Yamins 2019): one view
+  against a memory bank of one row per image (``needs_indices``), with its own
+  loss, not an objective's: -log P(C & B | v) / P(B | v), B the bank rows
+  nearest v, C the images that share v's cluster in any of several k-means
+  clusterings of the bank (made in torch at each epoch's start, kept in the
+  state). Not an MI bound; its ``mi`` is the bank bound
+  (``objectives.bank_bound``), and ``objective.*`` must stay at its default.
+
+- :class:`CMC` (Tian et al. 2019, as Wu et al. 2020 use it): one view per
+  image, a ``model.streams=lab`` encoder (one network on the L channel of
+  CIELab, one on ab, features side by side), L's embedding against ab's of
+  the same image and ab's against L's; negatives from the other half's memory
+  bank (``cmc.negatives=bank``, CMC's) or the global batch (``batch``). Its
+  ``mi`` bounds I(L view; ab view) on the global batch's L-against-ab matrix.
+
+- :class:`InstanceRecognition` (``method=ir``, Wu et al. 2018): one view of
+  each image against a memory bank of one row per training image; the
+  positive is the image's own row, the negatives ``ir.num_negatives`` rows of
+  other images drawn at random (0: the whole bank); the batch's rows then
+  move to its embeddings, gathered from every rank. Its ``mi`` is the view
+  against the whole bank (``Method._certify_bank``, ceiling log N), not the
+  cross-view matrix below.
+
+Any registered objective works with simclr, moco, moco_v3, ir and cmc. Objectives whose loss is a mean of
 per-row terms (InfoNCE, Ring, HCL, DCL, NWJ, JS) are computed on each rank's
 own rows; an objective that pools all rows into one normaliser (ML-CPC,
 ``Objective.pooled``) gets each row's few per-row terms gathered from every
