@@ -6,7 +6,7 @@ Runs, on scikit-learn's digits (no download), in --out:
 - crd_infonce, crd_ml_cpc: `infoview distill --config distill_digits` (a half-width student of the teacher,
   the teacher frozen) with objective.name=infonce (CRD) and ml_cpc (alpha 0.1), 20 epochs;
 - ssl: the same student architecture pretrained by `infoview pretrain --config demo` alone, 20 epochs:
-  the same budget of steps, batch, optimiser and views' count of images;
+  the same budget of steps and batch, each with its own recipe's optimiser (CRD's SGD, the demo's AdamW);
 - and `infoview linear` on each (digits' test split, the default probe), plus the student at its random init.
 
 Each run's folder is kept and a finished one is read, not redone. Writes results.jsonl and table.md
