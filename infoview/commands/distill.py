@@ -49,8 +49,8 @@ def _keys() -> dict[str, Any]:
     out["student"]["arch"] = Key("resnet10t", "the student: any timm model name (`infoview list archs`)")
     out.update(keys)
     out["crd"] = crd
-    out["augment"]["num_views"] = Key(1, "CRD takes one view per image (the teacher sees the same pixels)",
-                                      min=1, max=1)
+    # (method=crd refuses any other count, naming it)
+    out["augment"]["num_views"] = Key(1, "CRD takes one view per image (the teacher sees the same pixels)", min=1)
     out["augment"]["overrides"] = Key(VIEW_OVERRIDES, "edits to the recipe: CRD's views change no colour")
     out["optim"]["lr"] = Key(0.05, "peak learning rate at optim.ref_batch images per step (CRD's 0.05 at 64)",
                              above=0)

@@ -81,7 +81,7 @@ def test_ml_cpc_and_labels_train_too(teacher, tmp_path, capsys):
     ("student.arch=resnet1888", "unknown encoder arch 'resnet1888'; did you mean 'resnet18'?"),
     ("augment.size=32", "takes 16 px images and augment.size=32: set augment.size=16"),
     ("crd.num_negatives=5000", "crd.num_negatives=5000 draws from the other images of the split, which has 1437"),
-    ("augment.num_views=2", "augment.num_views=2"),
+    ("augment.num_views=2", "method=crd takes augment.num_views=1"),
 ])
 def test_bad_input_is_a_one_line_error_before_anything_is_written(teacher, tmp_path, capsys, override, message):
     out = tmp_path / "run"
