@@ -11,7 +11,7 @@ from infoview.commands import Command, load_command, names
 def test_help_lists_every_command_with_one_line(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert len(names()) == 10
+    assert len(names()) == 11
     for name in names():
         assert f"  {name}" in out and load_command(name).COMMAND.help in out
 

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
 SHORT = {
     "pretrain": ["train.max_steps=2", "train.eval_every=0", "data.batch_size=16", "data.num_workers=0",
                  "train.progress=false", "train.threads=1"],
+    "distill": ["train.max_steps=2", "train.eval_every=0", "data.batch_size=16", "data.num_workers=0",
+                "train.progress=false", "train.threads=1", "crd.num_negatives=64"],
     "linear": ["train.epochs=2", "data.num_workers=0", "train.progress=false"],
     "knn": ["data.num_workers=0", "train.progress=false"],
     "detect": ["train.max_steps=2", "model.min_size=64", "model.max_size=96", "data.num_workers=0",
@@ -80,7 +82,7 @@ def test_every_tour_command_runs(tmp_path):
         proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{command}\n-> {' '.join(argv)}\n{proc.stderr[-3000:]}"
         ran.append(name)
-    assert "export" in ran and ran.count("linear") == 2 and "mi-bench" in ran
+    assert "export" in ran and "distill" in ran and ran.count("linear") == 2 and "mi-bench" in ran
     assert (work / "runs" / "mine" / "linear" / "linear.json").is_file()  # the two probes did not overwrite
     assert (work / "runs" / "mine" / "linear_random" / "linear.json").is_file()  # each other
     if skipped:

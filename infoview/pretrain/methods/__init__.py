@@ -45,7 +45,14 @@
   against the whole bank (``Method._certify_bank``, ceiling log N), not the
   cross-view matrix below.
 
-Any registered objective works with simclr, moco, moco_v3, ir and cmc. Objectives whose loss is a mean of
+- :class:`~infoview.pretrain.methods.crd.CRD` (``crd``, Tian et al. 2020; what
+  ``infoview distill`` runs): a frozen teacher (any ``backbone=`` spec) and a
+  student; the student's embedding of an image against a bank of teacher
+  embeddings and the teacher's against a bank of student embeddings, any
+  objective, summed. Its ``mi`` bounds I(student embedding; teacher
+  embedding) on the global batch's student-against-teacher matrix.
+
+Any registered objective works with simclr, moco, moco_v3, ir, cmc and crd. Objectives whose loss is a mean of
 per-row terms (InfoNCE, Ring, HCL, DCL, NWJ, JS) are computed on each rank's
 own rows; an objective that pools all rows into one normaliser (ML-CPC,
 ``Objective.pooled``) gets each row's few per-row terms gathered from every

@@ -1,0 +1,166 @@
+"""CRD: a student encoder learns to identify a frozen teacher's embedding of the same image, with any objective."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infoview.augment.recipes import normalization
+from infoview.errors import ConfigError, InfoviewError
+from infoview.models import MemoryBank
+from infoview.objectives import bank_logits
+from infoview.pretrain.methods.base import (
+    Method,
+    StepOutput,
+    method_temperature,
+    projector_from_config,
+    register_method,
+)
+from infoview.runtime import distributed as D
+from infoview.schema import Key
+
+
+@register_method("crd")
+class CRD(Method):
+    r"""Contrastive representation distillation (Tian, Krishnan, Isola, ICLR 2020), with any objective.
+
+    The teacher (``crd.teacher``: any ``backbone=`` spec the evaluators take: a pretraining run or
+    checkpoint, an export, ``random:<timm arch>``) is frozen: no gradient, always in eval mode, its
+    weights never change. Each image gets one view; the student encodes it, the teacher encodes the same
+    pixels (normalised as the teacher was trained). A linear head on each side maps the features to
+    ``crd.dim`` (128) and L2-normalises them (the student's is ``model.proj_*``, which
+    ``infoview distill`` sets to one Linear layer; the teacher's is this method's and trains too).
+
+    Two memory banks of ``crd.dim`` rows, one per image of the split (image indices from the loader):
+    the teachers' and the students' embeddings, updated with momentum ``crd.bank_momentum`` (0.5) from
+    the batch gathered from every rank. The objective is applied twice and the two losses are summed,
+    as CRD does: the student's embedding of image i against the teacher bank (positive: row i; negatives:
+    ``crd.num_negatives`` rows of other images, 16384 as CRD), and the teacher's embedding against the
+    student bank. Scores are divided by ``crd.temperature`` (0.07). ``objective.name=infonce`` is CRD
+    with InfoNCE's softmax in place of its NCE loss; ``ml_cpc`` is what the ML-CPC paper puts in its place.
+
+    With labels, ``crd.ce_weight`` > 0 adds the cross-entropy of a classifier on the student's
+    features (the online probe's head, trained through the encoder rather than on detached features),
+    the CRD setting without its KD term.
+
+    What ``.mi`` bounds: the objective's bound on the cross-view matrix of the global batch, each
+    student embedding against every teacher embedding of the batch (fresh, not the bank's):
+    I(student embedding; teacher embedding) with m = the global batch, against its ceiling. The bank
+    rows' value is ``mi_estimate``.
+
+    Departures from the authors' code (HobbitLong/RepDistiller, and jiamings/ml-cpc's ``crd/``): the
+    negatives are drawn uniformly from the other images (theirs: from all rows by an alias sampler, so
+    a row's own image can come up as a negative); a row's positive is its bank entry as theirs, but the
+    objective is InfoNCE's softmax (or any registered one) rather than NCE with a normalising constant
+    fixed at the first batch; no KD term, since infoview's teachers are feature encoders without class
+    logits; the student's head is ``model.proj_*`` (one Linear by default).
+    """
+
+    DEFAULTS = {
+        "teacher": Key("", "the frozen teacher: a run, checkpoint, export or random:<timm arch> (backbone= spec)"),
+        "temperature": Key(0.07, "the scores are divided by it", above=0),
+        "dim": Key(128, "width of the embedding both heads map to", min=1),
+        "num_negatives": Key(16384, "bank rows of other images each embedding is contrasted with", min=1),
+        "bank_momentum": Key(0.5, "a bank row's momentum when the batch updates it", min=0, max=1),
+        "ce_weight": Key(0.0, "weight of the student's cross-entropy on labels (0: none, self-supervised)", min=0),
+    }
+    num_views = 1
+    needs_indices = True
+
+    @classmethod
+    def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "CRD":
+        from infoview.runtime.backbone import load_backbone_spec
+
+        c = cfg.crd
+        if not str(c.teacher).strip():
+            raise ConfigError("crd.teacher (teacher=) is not set: give a pretraining run, checkpoint, export "
+                              "folder or random:<timm arch>")
+        try:
+            teacher = load_backbone_spec(str(c.teacher), seed=int(cfg.train.seed))
+        except InfoviewError as exc:
+            raise ConfigError(f"teacher={c.teacher}: {exc}") from None
+        spec = str(c.teacher)
+        fixed_size = not (spec.startswith("random:") and not Path(spec[len("random:"):]).exists())
+        size = int(cfg.augment.size)
+        if fixed_size and teacher.size != size:
+            raise ConfigError(f"the teacher {spec} takes {teacher.size} px images and augment.size={size}: "
+                              f"set augment.size={teacher.size}")
+        if cfg.model.proj_dim != c.dim:
+            raise ConfigError(f"model.proj_dim={cfg.model.proj_dim} is the student's embedding and crd.dim={c.dim} "
+                              f"the teacher's: set both to one width")
+        if c.ce_weight > 0 and num_classes <= 0:
+            raise ConfigError(f"crd.ce_weight={c.ce_weight} trains a classifier on labels: it needs a labelled "
+                              "data.source and monitor.probe=true (the classifier is the probe's head)")
+        if num_samples < 2 or c.num_negatives >= num_samples:
+            raise ConfigError(f"crd.num_negatives={c.num_negatives} draws from the other images of the split, "
+                              f"which has {num_samples}: set it below {num_samples}")
+        proj = projector_from_config(cfg.model, encoder.feature_dim)
+        return cls(encoder, proj, objective, num_classes, teacher=teacher.encoder,
+                   renorm=(cfg.augment.normalize, teacher.normalize), num_samples=num_samples,
+                   temperature=method_temperature(cfg), dim=c.dim, num_negatives=c.num_negatives,
+                   bank_momentum=c.bank_momentum, ce_weight=c.ce_weight, seed=int(cfg.train.seed))
+
+    def __init__(self, encoder, projector, objective, num_classes: int = 0, *, teacher: nn.Module,
+                 renorm: tuple[str, str] = ("imagenet", "imagenet"), num_samples: int, temperature: float = 0.07,
+                 dim: int = 128, num_negatives: int = 16384, bank_momentum: float = 0.5, ce_weight: float = 0.0,
+                 seed: int = 0):
+        super().__init__(encoder, projector, objective, num_classes)
+        self.temperature = float(temperature)
+        self.teacher = teacher.eval()
+        self.teacher.requires_grad_(False)
+        self.teacher_head = nn.Linear(teacher.feature_dim, dim)
+        # the student's views, normalised with its statistics, re-normalised as the teacher was trained
+        (ms, ss), (mt, st) = (torch.tensor(normalization(n, None, None)) for n in renorm)
+        self.register_buffer("renorm_scale", (ss / st).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("renorm_shift", ((ms - mt) / st).view(1, 3, 1, 1), persistent=False)
+        self.teacher_bank = MemoryBank(num_samples, dim, momentum=bank_momentum, seed=seed)
+        self.student_bank = MemoryBank(num_samples, dim, momentum=bank_momentum, seed=seed + 1)
+        self.num_negatives = int(num_negatives)
+        self.ce_weight = float(ce_weight)
+
+    def train(self, mode: bool = True) -> "CRD":
+        super().train(mode)
+        self.teacher.eval()  # frozen: its BatchNorm statistics never move
+        return self
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None,
+                indices: torch.Tensor | None = None) -> StepOutput:
+        if indices is None:
+            raise InfoviewError("crd keys its memory banks by image index: call it with the loader's indices")
+        x = views[0]
+        first = self.encoder(x)
+        s = F.normalize(self.projector(first).float(), dim=-1)
+        with torch.no_grad():
+            t_feats = self.teacher(x * self.renorm_scale + self.renorm_shift)
+        t = F.normalize(self.teacher_head(t_feats).float(), dim=-1)
+        k = self.num_negatives
+        neg_idx = self.teacher_bank.sample(indices, k)  # the same draws index both banks, as CRD's
+        pos_s, neg_s = bank_logits(s, self.teacher_bank.bank[indices], self.teacher_bank.bank[neg_idx],
+                                   self.temperature)
+        pos_t, neg_t = bank_logits(t, self.student_bank.bank[indices], self.student_bank.bank[neg_idx],
+                                   self.temperature)
+        out_s, out_t = self._objective(pos_s, neg_s), self._objective(pos_t, neg_t)
+        out_s.loss = out_s.loss + out_t.loss
+        cert = self._certify(D.gather_no_grad(s.detach()), D.gather_no_grad(t.detach()))
+        with torch.no_grad():
+            all_idx = D.gather_no_grad(indices)
+            self.teacher_bank.update(all_idx, D.gather_no_grad(t.detach()))
+            self.student_bank.update(all_idx, D.gather_no_grad(s.detach()))
+        if self.ce_weight > 0 and labels is not None and self.probe is not None:
+            return self._with_cross_entropy(out_s, cert, first, labels)
+        return self._finish(out_s, cert, first, labels)
+
+    def _with_cross_entropy(self, out, cert, first: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        """The student's classifier (the probe's head) trained through the encoder, weighted by crd.ce_weight."""
+        step = self._finish(out, cert, first, None)
+        logits = self.probe(first.float())
+        known = labels >= 0
+        count = known.sum().to(logits.dtype)
+        ce = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")[known].sum() / count.clamp(min=1)
+        step.loss = step.loss + self.ce_weight * ce
+        step.probe_loss = ce.detach()
+        step.probe_correct = (logits.argmax(1) == labels)[known].sum().to(logits.dtype).detach()
+        step.probe_count = count.detach()
+        return step

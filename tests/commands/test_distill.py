@@ -1,0 +1,114 @@
+"""`infoview distill`: a frozen teacher distilled into a student with CRD and any objective."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from infoview.cli import main
+from infoview.commands import build_config
+
+pytestmark = pytest.mark.slow
+
+TEACHER = ["data.source=digits", "data.batch_size=64", "optim.name=adamw", "optim.lr=0.002", "optim.ref_batch=128",
+           "data.num_workers=0", "augment.size=16", "model.cifar_stem=true", "model.kwargs.channels=[8,16,32,64]",
+           "model.proj_hidden=32", "model.proj_dim=16", "optim.warmup_epochs=0", "train.progress=false",
+           "train.eval_every=0", "train.threads=1"]
+STUDENT = ["student.arch=resnet18", "student.cifar_stem=true", "student.kwargs.channels=[4,8,16,32]",
+           "augment.size=16", "data.batch_size=64", "data.num_workers=0", "crd.num_negatives=512",
+           "optim.warmup_epochs=0", "train.progress=false", "train.eval_every=0", "train.threads=1",
+           "train.log_every=1", "optim.name=sgd", "optim.lr=0.05", "optim.ref_batch=64",
+           "crd.bank_momentum=0"]  # CRD's SGD; banks of the latest embeddings: a signal from the first epoch on
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("teacher")
+    assert main(["pretrain", *TEACHER, f"out_dir={out}", "train.max_steps=60"]) == 0
+    return out
+
+
+def _losses(run: Path) -> list[float]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def student(teacher, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("student")
+    assert main(["distill", *STUDENT, f"teacher={teacher}", f"out_dir={out}", "train.max_steps=60"]) == 0
+    return out
+
+
+def test_the_student_learns_and_the_teacher_never_changes(teacher, student, capsys):
+    losses = _losses(student)
+    assert len(losses) == 60 and sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 0.3  # CRD's loss falls
+    result = json.loads((student / "pretrain.json").read_text())
+    assert result["mi"] is not None and result["mi"] <= result["mi_ceiling"]  # the bound, under its ceiling
+    state = torch.load(student / "checkpoints" / "last.pt", weights_only=False)
+    taught = torch.load(teacher / "checkpoints" / "last.pt", weights_only=False)["model"]
+    frozen = {k[len("teacher."):]: v for k, v in state["model"].items() if k.startswith("teacher.")}
+    assert frozen and all(torch.equal(v, taught[f"encoder.{k}"]) for k, v in frozen.items())  # buffers too
+    assert state["config"]["method"] == "crd" and state["config"]["crd"]["teacher"] == str(teacher.resolve())
+
+
+def test_the_students_probe_beats_its_random_init_and_it_exports(student, tmp_path, capsys):
+    tops = {}
+    for name, spec in (("trained", str(student)), ("random", f"random:{student}")):
+        assert main(["linear", f"backbone={spec}", f"out_dir={tmp_path / name}", "train.epochs=10",
+                     "train.progress=false", "data.num_workers=0"]) == 0
+        tops[name] = json.loads(capsys.readouterr().out)["top1"]
+    assert tops["trained"] > tops["random"] + 5, tops
+    assert main(["export", str(student), str(tmp_path / "export")]) == 0
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["arch"] == "resnet18" and config["kwargs"]["channels"] == [4, 8, 16, 32]  # the student
+
+
+def test_ml_cpc_and_labels_train_too(teacher, tmp_path, capsys):
+    assert main(["distill", *STUDENT, f"teacher={teacher}", f"out_dir={tmp_path / 'a'}", "train.max_steps=3",
+                 "objective.name=ml_cpc", "objective.alpha=0.1", "crd.ce_weight=1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 3 and result["mi"] <= result["mi_ceiling"]
+    with open(tmp_path / "a" / "metrics.csv", newline="") as f:
+        assert all(float(r["online_probe_loss"]) > 0 for r in csv.DictReader(f))  # the student's cross-entropy
+
+
+@pytest.mark.parametrize("override, message", [
+    ("teacher=/no/such/run", "teacher=/no/such/run: backbone /no/such/run: no such checkpoint file or export folder"),
+    ("student.arch=resnet1888", "unknown encoder arch 'resnet1888'; did you mean 'resnet18'?"),
+    ("augment.size=32", "takes 16 px images and augment.size=32: set augment.size=16"),
+    ("crd.num_negatives=5000", "crd.num_negatives=5000 draws from the other images of the split, which has 1437"),
+    ("augment.num_views=2", "method=crd takes augment.num_views=1"),
+])
+def test_bad_input_is_a_one_line_error_before_anything_is_written(teacher, tmp_path, capsys, override, message):
+    out = tmp_path / "run"
+    assert main(["distill", *STUDENT, f"teacher={teacher}", f"out_dir={out}", "train.max_steps=1", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_the_preset_resolves_to_a_crd_run_of_the_demo_encoder():
+    from infoview.commands.distill import pretrain_config
+
+    _, cfg = build_config("distill", ["--config", "distill_digits"])
+    pre = pretrain_config(cfg)
+    assert pre.method == "crd" and pre.model.proj_layers == 1 and pre.model.proj_dim == pre.crd.dim == 128
+    assert pre.crd.teacher.endswith("runs/demo") and pre.objective.name == "ml_cpc" and pre.augment.num_views == 1
+    assert pre.data.batch_size == 128 and pre.train.epochs == 20  # the demo's budget, so that SSL alone compares
+    assert pre.optim.name == "sgd" and pre.optim.lr == 0.05 and pre.optim.ref_batch == 64  # CRD's
+
+
+def test_launch_distill_checks_the_teacher_and_runs_a_job(teacher, tmp_path, capsys):
+    assert main(["launch", "distill", *STUDENT, "teacher=/no/such/run", f"out_dir={tmp_path / 'x'}",
+                 "launch.dry_run=true", f"launch.folder={tmp_path / 'l0'}"]) == 2
+    assert "teacher=/no/such/run: no such run, checkpoint or export folder" in capsys.readouterr().err
+    assert main(["launch", "distill", *STUDENT, f"teacher={teacher}", f"out_dir={tmp_path / 'run'}",
+                 "train.max_steps=2", f"launch.folder={tmp_path / 'l'}", "launch.executor=local",
+                 "launch.wait=true", "launch.timeout_min=5"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{"):])
+    assert result["jobs"][0]["state"] == "COMPLETED" and result["jobs"][0]["result"]["steps"] == 2
