@@ -11,6 +11,7 @@ from torch import nn
 
 from infoview.errors import InfoviewError
 from infoview.models.encoder import is_vit
+from infoview.models.lab import refuse_two_streams
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 PYRAMID_STRIDES = (4, 8, 16, 32)
@@ -183,6 +184,7 @@ def build_detector(encoder: nn.Module, task: str, num_classes: int, mean, std, m
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
+    refuse_two_streams(encoder, "detection")
     backbone = build_fpn_backbone(encoder, int(m.fpn_channels), int(m.frozen_stages), train_bn)
     c = backbone.out_channels
     rep = int(m.box_head_dim)
@@ -196,3 +198,4 @@ def build_detector(encoder: nn.Module, task: str, num_classes: int, mean, std, m
     md = int(m.mask_head_dim)
     return MaskRCNN(backbone, num_classes=None, mask_head=MaskRCNNHeads(c, (md,) * 4, 1),
                     mask_predictor=MaskRCNNPredictor(md, md, num_classes), **kw)
+

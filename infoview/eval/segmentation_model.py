@@ -18,6 +18,9 @@ DEEPLAB_RATES_AT_STRIDE_8 = (12, 24, 36)
 
 
 def _timm_model(encoder: nn.Module) -> nn.Module:
+    from infoview.models.lab import refuse_two_streams
+
+    refuse_two_streams(encoder, "segmentation")
     model = getattr(encoder, "backbone", encoder)
     if not callable(getattr(model, "forward_features", None)):
         raise InfoviewError(

@@ -25,6 +25,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from infoview.errors import InfoviewError
+
 #: CMC's Lab normalisation (train_CMC.py, ``args.view == 'Lab'``): the centre and half-range of L, a, b over sRGB
 LAB_CENTRE = (50.0, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2)
 LAB_HALF_RANGE = (50.0, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2)
@@ -76,3 +78,10 @@ class LabStreams(nn.Module):
 
     def extra_repr(self) -> str:
         return f"l_features={self.l_features}, ab_features={self.ab_features}"
+
+
+def refuse_two_streams(encoder: nn.Module, task: str) -> None:
+    """An error for a task that takes one network's stages (detection, segmentation) given CMC's two."""
+    if isinstance(getattr(encoder, "backbone", encoder), LabStreams):
+        raise InfoviewError(f"{task} takes one timm network's stages, and this backbone is CMC's two "
+                            "(model.streams=lab, on L and on ab): score it with `infoview linear` or `infoview knn`")

@@ -206,3 +206,21 @@ def test_two_ranks_give_the_single_process_gradient(tmp_path):
         assert len(banks) == len(ddp[name + ":banks"]) == (2 if negatives == "bank" else 0)
         for mine, theirs in zip(banks, ddp[name + ":banks"]):  # updated from the gathered batch on every rank
             torch.testing.assert_close(theirs, mine)
+
+
+def test_detection_and_segmentation_refuse_the_two_streams_naming_what_scores_them():
+    from omegaconf import OmegaConf
+
+    from infoview.errors import InfoviewError
+    from infoview.eval.detection_model import build_detector
+    from infoview.eval.segmentation_model import _timm_model
+    from infoview.runtime.encoder import build_encoder_from_config
+
+    model = OmegaConf.create({"arch": "resnet18", "cifar_stem": True, "kwargs": {"channels": [8, 16, 32, 64]},
+                              "streams": "lab"})
+    encoder = build_encoder_from_config(model, 16, "imagenet")
+    for call, task in ((lambda: build_detector(encoder, "bbox", 2, IMAGENET[0], IMAGENET[1], None, False),
+                        "detection"), (lambda: _timm_model(encoder), "segmentation")):
+        with pytest.raises(InfoviewError, match=rf"^{task} takes one timm network's stages, and this backbone is "
+                                                r"CMC's two .*`infoview linear` or `infoview knn`"):
+            call()

@@ -119,6 +119,8 @@ class CRD(Method):
         self.student_bank = MemoryBank(num_samples, dim, momentum=bank_momentum, seed=seed + 1)
         self.num_negatives = int(num_negatives)
         self.ce_weight = float(ce_weight)
+        # every rank builds the banks from one seed and updates them alike: DDP need not broadcast them each step
+        self._ddp_params_and_buffers_to_ignore = ["teacher_bank.bank", "student_bank.bank"]
 
     def train(self, mode: bool = True) -> "CRD":
         super().train(mode)
@@ -135,8 +137,11 @@ class CRD(Method):
         with torch.no_grad():
             t_feats = self.teacher(x * self.renorm_scale + self.renorm_shift)
         t = F.normalize(self.teacher_head(t_feats).float(), dim=-1)
-        k = self.num_negatives
-        neg_idx = self.teacher_bank.sample(indices, k)  # the same draws index both banks, as CRD's
+        # the draws of the whole global batch, the same on every rank (the engine seeds them alike), and this
+        # rank's rows of them: two processes draw what one does. The same draws index both banks, as CRD's.
+        all_idx = D.gather_no_grad(indices)
+        start = torch.distributed.get_rank() * x.shape[0] if D.is_distributed() else 0
+        neg_idx = self.teacher_bank.sample(all_idx, self.num_negatives)[start : start + x.shape[0]]
         pos_s, neg_s = bank_logits(s, self.teacher_bank.bank[indices], self.teacher_bank.bank[neg_idx],
                                    self.temperature)
         pos_t, neg_t = bank_logits(t, self.student_bank.bank[indices], self.student_bank.bank[neg_idx],
@@ -145,7 +150,6 @@ class CRD(Method):
         out_s.loss = out_s.loss + out_t.loss
         cert = self._certify(D.gather_no_grad(s.detach()), D.gather_no_grad(t.detach()))
         with torch.no_grad():
-            all_idx = D.gather_no_grad(indices)
             self.teacher_bank.update(all_idx, D.gather_no_grad(t.detach()))
             self.student_bank.update(all_idx, D.gather_no_grad(s.detach()))
         if self.ce_weight > 0 and labels is not None and self.probe is not None:
