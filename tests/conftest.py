@@ -200,3 +200,40 @@ def doc_example_module(tmp_path, monkeypatch):
     yield add
     for module in added:
         sys.modules.pop(module, None)
+
+
+# --------------------------------------------------------------------------- DDP on CPU (gloo)
+
+
+def _gloo_rank(rank: int, world: int, init_file: str, out_file: str, fn, args: tuple) -> None:
+    """One process of ``gloo_ranks``: join the group, run ``fn(rank, *args)``, save what it returns."""
+    import gc
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.save(fn(rank, *args), f"{out_file}.{rank}")
+        dist.barrier()  # neither rank tears gloo down while the other may still use it (it aborted, now and then)
+        gc.collect()  # nor does a DDP wrapper keep the group alive past destroy_process_group (engine.run's order)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def gloo_ranks(tmp_path):
+    """``gloo_ranks(fn, *args, world=2)``: ``fn(rank, *args)`` in ``world`` processes joined in one gloo group
+    (``fn`` a module-level function, so that the processes can import it); what each returned, in rank order."""
+    import torch
+    import torch.multiprocessing as mp
+
+    def run(fn, *args, world: int = 2) -> list:
+        folder = tmp_path / "gloo"
+        folder.mkdir(exist_ok=True)
+        out = str(folder / "out")
+        mp.spawn(_gloo_rank, args=(world, str(folder / "init"), out, fn, args), nprocs=world, join=True)
+        return [torch.load(f"{out}.{r}") for r in range(world)]
+
+    return run

@@ -11,8 +11,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from infoview.cli import main
 from infoview.objectives import build
@@ -21,24 +19,6 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 COLOUR = ["model.streams=lab", "method=cmc", "augment.num_views=1", "augment.recipe=mocov2",
           "augment.overrides.jitter.p=0", "augment.overrides.grayscale.p=0", "data.batch_size=32",
           "optim.lr=0.3", "train.log_every=2"]
-
-
-@pytest.fixture(scope="module")
-def colour_folder(tmp_path_factory):
-    """64 images of 16 px in two classes: a square of a random colour on a background of another."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("colour")
-    rng = np.random.default_rng(0)
-    for i in range(64):
-        (root / "ab"[i % 2]).mkdir(exist_ok=True)
-        img = np.empty((16, 16, 3), np.uint8)
-        img[:] = rng.integers(0, 256, 3)
-        s = int(rng.integers(4, 9))
-        y, x = rng.integers(0, 16 - s, 2)
-        img[y:y + s, x:x + s] = rng.integers(0, 256, 3)
-        Image.fromarray(img).save(root / "ab"[i % 2] / f"{i}.png")
-    return root
 
 
 def run(tiny, folder, out, *extra) -> list[dict]:
@@ -156,39 +136,30 @@ def _grads(method) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, init_file: str, data_file: str, out_file: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        x, idx = torch.load(data_file)
-        b = BATCH // WORLD
-        results = {}
-        for negatives, objective in CASES:
-            method = make_cmc(objective, negatives)
-            ddp = torch.nn.parallel.DistributedDataParallel(method)
-            out = ddp([x[rank * b:(rank + 1) * b]], None, idx[rank * b:(rank + 1) * b])
-            out.loss.backward()
-            name = f"{negatives}:{objective}"
-            results[name] = _grads(method)
-            results[name + ":figures"] = [out.mi.item(), out.ceiling, out.mi_estimate.item()]
-            results[name + ":banks"] = [getattr(method, k).bank.clone() for k in ("bank_l", "bank_ab")
-                                        if hasattr(method, k)]
-            del ddp
-        if rank == 0:
-            torch.save(results, out_file)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, data_file: str) -> dict:
+    x, idx = torch.load(data_file)
+    b = BATCH // WORLD
+    results = {}
+    for negatives, objective in CASES:
+        method = make_cmc(objective, negatives)
+        ddp = torch.nn.parallel.DistributedDataParallel(method)
+        out = ddp([x[rank * b:(rank + 1) * b]], None, idx[rank * b:(rank + 1) * b])
+        out.loss.backward()
+        name = f"{negatives}:{objective}"
+        results[name] = _grads(method)
+        results[name + ":figures"] = [out.mi.item(), out.ceiling, out.mi_estimate.item()]
+        results[name + ":banks"] = [getattr(method, k).bank.clone() for k in ("bank_l", "bank_ab")
+                                    if hasattr(method, k)]
+        del ddp
+    return results
 
 
 @pytest.mark.slow
-def test_two_ranks_give_the_single_process_gradient(tmp_path):
+def test_two_ranks_give_the_single_process_gradient(tmp_path, gloo_ranks):
     torch.manual_seed(1)
     data = (torch.randn(BATCH, 3, 16, 16), torch.randperm(32)[:BATCH])
     torch.save(data, tmp_path / "data.pt")
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path / "data.pt"), str(tmp_path / "grads.pt")),
-             nprocs=WORLD, join=True)
-    ddp = torch.load(tmp_path / "grads.pt")
+    ddp = gloo_ranks(_on_rank, str(tmp_path / "data.pt"), world=WORLD)[0]
     for negatives, objective in CASES:
         name = f"{negatives}:{objective}"
         method = make_cmc(objective, negatives)

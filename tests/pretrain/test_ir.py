@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import gc
 import json
 import math
 import os
@@ -14,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -224,31 +221,19 @@ def _run(name: str, views, idx, ddp: bool):
     return method, out
 
 
-def _worker(rank: int, init_file: str, out_file: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        views, idx = batch()
-        b = B // WORLD
-        mine = slice(rank * b, (rank + 1) * b)
-        results = {}
-        for name in CASES:
-            method, out = _run(name, [views[0][mine]], idx[mine], ddp=True)
-            results[name] = [_grads(method), method.bank.bank.clone(), out.mi.item(), out.mi_estimate.item()]
-        gathered = [None] * WORLD
-        dist.all_gather_object(gathered, results)
-        if rank == 0:
-            torch.save(gathered, out_file)
-        dist.barrier()
-        del method, out
-        gc.collect()
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int) -> dict:
+    views, idx = batch()
+    b = B // WORLD
+    mine = slice(rank * b, (rank + 1) * b)
+    results = {}
+    for name in CASES:
+        method, out = _run(name, [views[0][mine]], idx[mine], ddp=True)
+        results[name] = [_grads(method), method.bank.bank.clone(), out.mi.item(), out.mi_estimate.item()]
+    return results
 
 
-def test_two_ranks_give_the_single_process_gradient_and_identical_banks(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=WORLD, join=True)
-    ranks = torch.load(tmp_path / "out.pt")
+def test_two_ranks_give_the_single_process_gradient_and_identical_banks(gloo_ranks):
+    ranks = gloo_ranks(_on_rank, world=WORLD)
     views, idx = batch()
     for name in CASES:
         method, out = _run(name, views, idx, ddp=False)

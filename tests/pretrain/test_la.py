@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import csv
-import gc
 import math
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -196,34 +193,24 @@ def make_ddp_method():
     return la
 
 
-def _worker(rank: int, init_file: str, data_file: str, out_file: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        views, idx = torch.load(data_file)
-        b = BATCH // WORLD
-        method = make_ddp_method()
-        ddp = torch.nn.parallel.DistributedDataParallel(method)
-        out = ddp([views[rank * b : (rank + 1) * b]], None, idx[rank * b : (rank + 1) * b])
-        out.loss.backward()
-        grads = {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}
-        torch.save({"grads": grads, "bank": method.bank.bank.clone(), "labels": method.cluster_labels.clone(),
-                    "mi": out.mi.item(), "loss": out.ssl_loss.item()}, f"{out_file}.{rank}")
-        dist.barrier()
-        del ddp, method, out
-        gc.collect()
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, data_file: str) -> dict:
+    views, idx = torch.load(data_file)
+    b = BATCH // WORLD
+    method = make_ddp_method()
+    ddp = torch.nn.parallel.DistributedDataParallel(method)
+    out = ddp([views[rank * b : (rank + 1) * b]], None, idx[rank * b : (rank + 1) * b])
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}
+    return {"grads": grads, "bank": method.bank.bank.clone(), "labels": method.cluster_labels.clone(),
+            "mi": out.mi.item(), "loss": out.ssl_loss.item()}
 
 
-def test_two_ranks_give_the_single_process_gradient_and_identical_banks(tmp_path):
+def test_two_ranks_give_the_single_process_gradient_and_identical_banks(tmp_path, gloo_ranks):
     torch.manual_seed(1)
     views = torch.randn(BATCH, 3, 16, 16)
     idx = torch.randperm(N)[:BATCH]
     torch.save((views, idx), tmp_path / "data.pt")
-    out_file = str(tmp_path / "out.pt")
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path / "data.pt"), out_file), nprocs=WORLD, join=True)
-    ranks = [torch.load(f"{out_file}.{r}") for r in range(WORLD)]
+    ranks = gloo_ranks(_on_rank, str(tmp_path / "data.pt"), world=WORLD)
     method = make_ddp_method()
     out = method([views], None, idx)  # one process, the whole batch
     out.loss.backward()

@@ -3,7 +3,6 @@ its keys, training, EMA, frozen patch projection, certified bound, DDP gradient 
 from __future__ import annotations
 
 import csv
-import gc
 import json
 import math
 import os
@@ -12,8 +11,6 @@ import signal
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from infoview.cli import main
@@ -214,38 +211,27 @@ def test_a_vit_run_keeps_its_random_patch_projection(tiny, tmp_path, capsys):
 BATCH, WORLD = 8, 2
 
 
-def _worker(rank: int, init_file: str, views_file: str, out_file: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        x = torch.load(views_file)
-        b = BATCH // WORLD
-        mine = [v[rank * b:(rank + 1) * b] for v in x]
-        results = {}
-        for name in OBJECTIVES:
-            method = make(name)
-            ddp = torch.nn.parallel.DistributedDataParallel(method)
-            out = ddp(mine)
-            out.loss.backward()
-            results[name] = grads(method)
-            results[name + ":figures"] = [out.mi.item(), out.ceiling, out.ssl_loss.item()]
-        if rank == 0:
-            torch.save(results, out_file)
-        dist.barrier()
-        del ddp, method, out
-        gc.collect()
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, views_file: str) -> dict:
+    x = torch.load(views_file)
+    b = BATCH // WORLD
+    mine = [v[rank * b:(rank + 1) * b] for v in x]
+    results = {}
+    for name in OBJECTIVES:
+        method = make(name)
+        ddp = torch.nn.parallel.DistributedDataParallel(method)
+        out = ddp(mine)
+        out.loss.backward()
+        results[name] = grads(method)
+        results[name + ":figures"] = [out.mi.item(), out.ceiling, out.ssl_loss.item()]
+    return results
 
 
 @pytest.mark.slow
-def test_two_ranks_give_the_single_process_gradient(tmp_path):
+def test_two_ranks_give_the_single_process_gradient(tmp_path, gloo_ranks):
     torch.manual_seed(1)
     x = [torch.randn(BATCH, 3, 16, 16) for _ in range(2)]
     torch.save(x, tmp_path / "views.pt")
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path / "views.pt"), str(tmp_path / "grads.pt")),
-             nprocs=WORLD, join=True)
-    ddp = torch.load(tmp_path / "grads.pt")
+    ddp = gloo_ranks(_on_rank, str(tmp_path / "views.pt"), world=WORLD)[0]
     for name in OBJECTIVES:
         method = make(name)
         out = method(x)  # one process, the whole batch

@@ -2,7 +2,6 @@
 and a two-process `infoview pretrain` under torchrun."""
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from infoview.objectives import available, build
 from infoview.runtime import distributed as D
@@ -49,55 +47,43 @@ def _naive_gather(x):
     return torch.cat(parts)
 
 
-def _worker(rank: int, init_file: str, views_file: str, out_file: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        views = torch.load(views_file)
-        b = BATCH // WORLD
-        mine = [v[rank * b : (rank + 1) * b] for v in views]
-        results = {}
-        real = D.gather_with_grad
-        for name in [*OBJECTIVES, "infonce_naive"]:
-            method = make_method(name.replace("_naive", ""))
-            ddp = torch.nn.parallel.DistributedDataParallel(method)
-            gathered = []
+def _on_rank(rank: int, views_file: str) -> dict:
+    views = torch.load(views_file)
+    b = BATCH // WORLD
+    mine = [v[rank * b : (rank + 1) * b] for v in views]
+    results = {}
+    real = D.gather_with_grad
+    for name in [*OBJECTIVES, "infonce_naive"]:
+        method = make_method(name.replace("_naive", ""))
+        ddp = torch.nn.parallel.DistributedDataParallel(method)
+        gathered = []
 
-            def recording(x, gathered=gathered):
-                gathered.append(tuple(x.shape))
-                return real(x)
+        def recording(x, gathered=gathered):
+            gathered.append(tuple(x.shape))
+            return real(x)
 
-            D.gather_with_grad = _naive_gather if name.endswith("_naive") else recording
-            try:
-                out = ddp(mine)
-                out.loss.backward()
-            finally:
-                D.gather_with_grad = real
-            results[name] = grads(method)
-            results[name + ":figures"] = [out.mi.item(), out.ceiling, out.mi_estimate.item()]
-            results[name + ":gathered"] = gathered
-        # MoCo's shuffled BN: each rank gets a random slice of the global batch, and unshuffling undoes it
-        x = torch.arange(b * 3, dtype=torch.float32).view(b, 3) + 100 * rank
-        shuffled, undo = D.shuffle_across_ranks(x)
-        results["shuffle"] = [D.gather_no_grad(shuffled), torch.equal(D.unshuffle_across_ranks(shuffled, undo), x)]
-        if rank == 0:
-            torch.save(results, out_file)
-        dist.barrier()  # neither rank tears gloo down while the other may still use it (it aborted, now and then)
-        # nor does a DDP wrapper keep the group alive past destroy_process_group (as infoview.pretrain.engine.run)
-        del ddp, method, out
-        gc.collect()
-    finally:
-        dist.destroy_process_group()
+        D.gather_with_grad = _naive_gather if name.endswith("_naive") else recording
+        try:
+            out = ddp(mine)
+            out.loss.backward()
+        finally:
+            D.gather_with_grad = real
+        results[name] = grads(method)
+        results[name + ":figures"] = [out.mi.item(), out.ceiling, out.mi_estimate.item()]
+        results[name + ":gathered"] = gathered
+    # MoCo's shuffled BN: each rank gets a random slice of the global batch, and unshuffling undoes it
+    x = torch.arange(b * 3, dtype=torch.float32).view(b, 3) + 100 * rank
+    shuffled, undo = D.shuffle_across_ranks(x)
+    results["shuffle"] = [D.gather_no_grad(shuffled), torch.equal(D.unshuffle_across_ranks(shuffled, undo), x)]
+    return results
 
 
-def test_two_ranks_give_the_single_process_gradient_for_every_objective(tmp_path):
+def test_two_ranks_give_the_single_process_gradient_for_every_objective(tmp_path, gloo_ranks):
     assert set(OBJECTIVES) == set(available())
     torch.manual_seed(1)
     views = [torch.randn(BATCH, 3, 16, 16) for _ in range(2)]
     torch.save(views, tmp_path / "views.pt")
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path / "views.pt"), str(tmp_path / "grads.pt")),
-             nprocs=WORLD, join=True)
-    ddp = torch.load(tmp_path / "grads.pt")
+    ddp = gloo_ranks(_on_rank, str(tmp_path / "views.pt"), world=WORLD)[0]
     for name in OBJECTIVES:
         method = make_method(name)
         out = method(views)  # one process, the whole batch

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from infoview.cli import main
@@ -27,20 +26,9 @@ PRESETS = {
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(tmp_path_factory, colour_images):
     """48 colour images of 32 px in three classes (CMC needs colour, so not digits)."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("folder")
-    rng = np.random.default_rng(0)
-    for i in range(48):
-        (root / "abc"[i % 3]).mkdir(exist_ok=True)
-        img = np.empty((32, 32, 3), np.uint8)
-        img[:] = rng.integers(0, 256, 3)
-        y, x = rng.integers(0, 20, 2)
-        img[y:y + 12, x:x + 12] = rng.integers(0, 256, 3)
-        Image.fromarray(img).save(root / "abc"[i % 3] / f"{i}.png")
-    return root
+    return colour_images(tmp_path_factory.mktemp("folder"), 48, 32, "abc")
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
