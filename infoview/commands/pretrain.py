@@ -3,9 +3,9 @@
 `infoview pretrain [--config FILE] [key=value ...]` runs on one CPU, one GPU,
 or many GPUs under DDP (launched by torchrun or `infoview launch`). The loader
 decodes each image once; `augment` makes the views on the device; the method
-(`simclr`, `moco`, `moco_v3`, `cmc`, `la`, ...) turns embeddings into positive and negative
-critic scores; the objective (`objective.name`, any of `infoview.objectives.available()`, with
-its own keys as `objective.<key>`) gives the loss and the MI lower bound it
+(`simclr`, `moco`, `moco_v3`, `ir`, `cmc`, `la`, ...) turns embeddings into positive
+and negative critic scores; the objective (`objective.name`, any of
+`infoview.objectives.available()`, with its own keys as `objective.<key>`) gives the loss and the MI lower bound it
 certifies on the batch's cross-view matrix (`mi`), reported against that
 bound's own ceiling (`mi_ceiling`); what the training rows read, which is not
 a bound, is `mi_estimate` (infoview.pretrain.methods says why they differ).
@@ -52,7 +52,7 @@ def _keys() -> dict[str, Any]:
     return {
         "out_dir": Key("runs/pretrain", "where config.yaml, checkpoints/, metrics.csv, tb/ and curves.png go"),
         # no choices: the registry's error names the nearest method ("did you mean 'simclr'?")
-        "method": Key("simclr", "simclr, moco, moco_v3, cmc, la, ... (`infoview list methods`); its keys: its section"),
+        "method": Key("simclr", "simclr, moco, moco_v3, ir, cmc, la, ... (`infoview list methods`); keys: its section"),
         "data": {
             "source": Key("digits", "the training images: a source string (`infoview list sources`)"),
             "split": Key("train", "the split of data.source to train on"),
@@ -184,7 +184,7 @@ def _check_launch(cfg) -> None:
 
 
 COMMAND = Command(
-    help="Pretrain an encoder without labels (simclr, moco, moco_v3, cmc, la; any objective); checkpoints, resumes.",
+    help="Pretrain an encoder without labels (simclr, moco, moco_v3, ir, cmc, la; any objective); resumes.",
     distributed=True,
     resume="train.resume=auto",
     save_on_preempt=_save_on_preempt,
