@@ -145,6 +145,11 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def row_offset(local_rows: int) -> int:
+    """Where this rank's ``local_rows`` rows start in a batch gathered from every rank (0 on one process)."""
+    return dist.get_rank() * local_rows if is_distributed() else 0
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather forward; backward: sum the gradient over ranks, keep this rank's slice."""
 

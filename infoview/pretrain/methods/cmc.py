@@ -160,7 +160,7 @@ class CMC(Method):
     def _batch_negatives(self, q: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         """(B, B_total - 1): this rank's rows against the other images of the global batch."""
         b, total = q.shape[0], cands.shape[0]
-        offset = torch.distributed.get_rank() * b if D.is_distributed() else 0
+        offset = D.row_offset(b)
         scores = q @ cands.t() / self.temperature
         others = torch.ones_like(scores, dtype=torch.bool)
         others[torch.arange(b, device=q.device), torch.arange(b, device=q.device) + offset] = False
@@ -173,7 +173,7 @@ class CMC(Method):
         gen = torch.Generator(device=self.bank_l.bank.device)
         gen.manual_seed(self.seed * 1_000_003 + self.step)
         b = z_l.shape[0]
-        start = torch.distributed.get_rank() * b if D.is_distributed() else 0
+        start = D.row_offset(b)
         mine = slice(start, start + b)
         own = all_idx[mine, None]
         scores = []

@@ -140,7 +140,7 @@ class CRD(Method):
         # the draws of the whole global batch, the same on every rank (the engine seeds them alike), and this
         # rank's rows of them: two processes draw what one does. The same draws index both banks, as CRD's.
         all_idx = D.gather_no_grad(indices)
-        start = torch.distributed.get_rank() * x.shape[0] if D.is_distributed() else 0
+        start = D.row_offset(x.shape[0])
         neg_idx = self.teacher_bank.sample(all_idx, self.num_negatives)[start : start + x.shape[0]]
         pos_s, neg_s = bank_logits(s, self.teacher_bank.bank[indices], self.teacher_bank.bank[neg_idx],
                                    self.temperature)

@@ -124,7 +124,7 @@ class InstanceRecognition(Method):
             neg, k = scores.scatter(1, indices[:, None], -math.inf), self.bank.num_samples - 1
         else:  # the draws of the whole global batch, the same on every rank; this rank's rows
             b = indices.shape[0]
-            start = torch.distributed.get_rank() * b if D.is_distributed() else 0
+            start = D.row_offset(b)
             drawn = self.bank.sample(everyone, self.num_negatives)[start : start + b]
             neg, k = scores.gather(1, drawn), None
         out = self._objective(pos, neg, k)

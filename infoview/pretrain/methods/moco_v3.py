@@ -183,7 +183,7 @@ class MoCoV3(Method):
             self.key.update(nn.Sequential(self.encoder, self.projector), self.momentum)
             k1, k2 = (D.gather_no_grad(self.key(x)) for x in views)  # (B_total, D): the global batch's keys
         b = q1.shape[0]
-        offset = torch.distributed.get_rank() * b if D.is_distributed() else 0
+        offset = D.row_offset(b)
         pos1, neg1 = key_logits(q1, k2, offset, self.temperature)
         pos2, neg2 = key_logits(q2, k1, offset, self.temperature)
         out = self._objective(torch.cat([pos1, pos2]), torch.cat([neg1, neg2]), k2.shape[0] - 1)

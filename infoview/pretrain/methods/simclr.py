@@ -33,7 +33,7 @@ class SimCLR(Method):
         v, b, d = z.shape
         if D.is_distributed():
             all_z = D.gather_with_grad(z.transpose(0, 1).contiguous()).transpose(0, 1)  # (V, B_total, D)
-            offset = torch.distributed.get_rank() * b
+            offset = D.row_offset(b)
             pos, neg, k = in_batch_pairs(z, self.temperature, all_views=all_z, offset=offset, masked=True)
         else:
             all_z = z
