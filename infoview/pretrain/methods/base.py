@@ -18,7 +18,7 @@ from torch import nn
 from infoview import schema
 from infoview.config import flatten
 from infoview.errors import ConfigError
-from infoview.models import predictor as make_predictor, projector as make_projector
+from infoview.models import MemoryBank, predictor as make_predictor, projector as make_projector
 from infoview.objectives import Objective, ObjectiveOutput, bank_bound, cross_view_pairs
 from infoview.runtime import distributed as D
 from infoview.utils.registry import Registry
@@ -123,6 +123,8 @@ class Method(nn.Module):
     needs_indices: bool = False
     certifies: bool = True
     sync_bn: bool = False
+    #: buffers besides its memory banks that every rank keeps alike by construction (LA's clusterings)
+    same_on_every_rank: tuple[str, ...] = ()
 
     def __init__(self, encoder: nn.Module, projector: nn.Module, objective: Objective, num_classes: int = 0):
         super().__init__()
@@ -138,6 +140,14 @@ class Method(nn.Module):
 
     def check_run(self, local_batch: int, world: int) -> None:
         """Checks that need the built method and the run's shape; nothing by default."""
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """What DDP leaves out of its broadcast of rank 0's buffers at every step: each memory bank (every rank
+        builds it from one seed and updates it alike from the gathered batch; 655 MB on ImageNet) and
+        ``same_on_every_rank``."""
+        banks = [f"{name}.bank" for name, module in self.named_modules() if isinstance(module, MemoryBank)]
+        return banks + list(self.same_on_every_rank)
 
     def set_progress(self, step: int, total_steps: int, epoch: float) -> None:
         """Schedules that follow training progress: the objective's (Ring's outer threshold, ML-CPC's alpha)."""

@@ -119,8 +119,6 @@ class CRD(Method):
         self.student_bank = MemoryBank(num_samples, dim, momentum=bank_momentum, seed=seed + 1)
         self.num_negatives = int(num_negatives)
         self.ce_weight = float(ce_weight)
-        # every rank builds the banks from one seed and updates them alike: DDP need not broadcast them each step
-        self._ddp_params_and_buffers_to_ignore = ["teacher_bank.bank", "student_bank.bank"]
 
     def train(self, mode: bool = True) -> "CRD":
         super().train(mode)

@@ -99,10 +99,7 @@ class InstanceRecognition(Method):
             raise ConfigError(f"ir.temperature divides the scores: it must be a positive number, got {temperature}")
         self.temperature = float(temperature)
         self.num_negatives = k
-        self.bank = MemoryBank(n, projector.out_dim, momentum=float(m), seed=seed)
-        # DDP would broadcast rank 0's buffers every step, the bank's N x D floats among them (655 MB on
-        # ImageNet): every rank builds it from one seed and updates it alike, so it is left out
-        self._ddp_params_and_buffers_to_ignore = ["bank.bank"]
+        self.bank = MemoryBank(n, projector.out_dim, momentum=float(m), seed=seed)  # not broadcast by DDP (Method)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None,
                 indices: torch.Tensor | None = None) -> StepOutput:

@@ -128,6 +128,9 @@ class LocalAggregation(Method):
         "ring_inner": Key(0.0, "ring variant: drop this fraction of the nearest background rows", min=0, below=1),
     }
     num_views = 1
+    # the same on every rank by construction (the bank's gathered updates, a deterministic k-means): DDP need not
+    # broadcast them from rank 0 every step (the bank itself is left out by Method)
+    same_on_every_rank = ("cluster_labels", "cluster_epoch")
     needs_indices = True
 
     @classmethod
@@ -172,9 +175,6 @@ class LocalAggregation(Method):
         # labels on ImageNet are 51 MB, not 102
         self.register_buffer("cluster_labels", torch.arange(n, dtype=torch.int32).repeat(self.num_kmeans, 1))
         self.register_buffer("cluster_epoch", torch.tensor(-1, dtype=torch.long))  # the epoch they were made at
-        # the bank and the labels are the same on every rank by construction (same seed, same gathered updates,
-        # deterministic k-means): DDP need not broadcast them from rank 0 every step (655 MB on ImageNet)
-        self._ddp_params_and_buffers_to_ignore = ["bank.bank", "cluster_labels", "cluster_epoch"]
 
     def set_progress(self, step: int, total_steps: int, epoch: float) -> None:
         super().set_progress(step, total_steps, epoch)
