@@ -16,7 +16,7 @@ from infoview.objectives.base import (
 # importing a family registers it
 from infoview.objectives import infonce, ml_cpc, ring, hard_negative, variational  # noqa: E402,F401
 from infoview.objectives import lse  # noqa: E402,F401
-from infoview.objectives.bank import bank_bound  # noqa: E402
+from infoview.objectives.bank import bank_bound, bank_bound_of_scores  # noqa: E402
 from infoview.objectives.ml_cpc import alpha_floor  # noqa: E402
 from infoview.objectives.pairs import (  # noqa: E402
     bank_logits,
@@ -32,6 +32,7 @@ __all__ = [
     "Terms",
     "alpha_floor",
     "bank_bound",
+    "bank_bound_of_scores",
     "available",
     "build",
     "objective_params",

@@ -59,10 +59,25 @@ def bank_bound(q: torch.Tensor, bank: torch.Tensor, indices: torch.Tensor, tempe
         raise ValueError(f"indices must be ({q.shape[0]},), one per row of q, got {tuple(indices.shape)}")
     if not float(temperature) > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    n = bank.shape[0]
     dtype = torch.float64 if torch.float64 in (q.dtype, bank.dtype) else torch.float32
     with _no_autocast(q):
         q, bank = q.detach().to(dtype), bank.detach().to(dtype)
         pos = (q * bank[indices.long()]).sum(dim=1) / temperature
-        mi = (pos - bank_scores_lse(q, bank, float(temperature))).mean() + math.log(n)
+        return _bound(pos, bank_scores_lse(q, bank, float(temperature)), bank.shape[0])
+
+
+@torch.no_grad()
+def bank_bound_of_scores(scores: torch.Tensor, indices: torch.Tensor) -> ObjectiveOutput:
+    """:func:`bank_bound` from the (B, N) scores of the views against every bank row, already divided by the
+    temperature, for a method that computes them anyway (instance recognition, Local Aggregation)."""
+    if scores.dim() != 2 or indices.shape != (scores.shape[0],):
+        raise ValueError(f"scores (B, N) and indices (B,) must agree, got {tuple(scores.shape)} and "
+                         f"{tuple(indices.shape)}")
+    scores = scores.detach()
+    return _bound(scores.gather(1, indices.long()[:, None])[:, 0], torch.logsumexp(scores, dim=1), scores.shape[1])
+
+
+def _bound(pos: torch.Tensor, lse: torch.Tensor, n: int) -> ObjectiveOutput:
+    """log N + mean_i [pos_i - lse_i]: the bound from each view's own score and its log-sum-exp over the bank."""
+    mi = (pos - lse).mean() + math.log(n)
     return ObjectiveOutput(loss=-mi, mi=mi, ceiling=math.log(n), log_m=math.log(n))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from infoview.objectives import bank as bank_mod
-from infoview.objectives.bank import bank_bound
+from infoview.objectives.bank import bank_bound, bank_bound_of_scores
 
 N, D, R, S = 64, 8, 1.0, 0.45  # images, width, the mean's norm, the noise
 
@@ -52,6 +52,17 @@ def test_chunks_of_the_bank_give_the_whole_sum(monkeypatch):
     logits = x @ mu.T / 0.3
     direct = math.log(N) + (logits.gather(1, i[:, None])[:, 0] - torch.logsumexp(logits, 1)).mean()
     assert torch.allclose(whole, direct, rtol=0, atol=1e-12)
+
+
+def test_the_bound_of_a_methods_own_scores_is_the_bank_bound():
+    """IR and LA certify from the (B, N) scores they train on, not from a second product."""
+    mu, i, x = _gaussian_views(50, seed=6)
+    q = F.normalize(x, dim=1)
+    out = bank_bound_of_scores(q @ mu.T / 0.3, i)
+    assert torch.allclose(out.mi, bank_bound(q, mu, i, 0.3).mi, rtol=0, atol=1e-12)
+    assert out.ceiling == pytest.approx(math.log(N))
+    with pytest.raises(ValueError, match=r"scores \(B, N\) and indices \(B,\) must agree"):
+        bank_bound_of_scores(q @ mu.T, i[:4])
 
 
 def test_bad_shapes_are_named():

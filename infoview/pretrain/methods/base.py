@@ -19,7 +19,7 @@ from infoview import schema
 from infoview.config import flatten
 from infoview.errors import ConfigError
 from infoview.models import MemoryBank, predictor as make_predictor, projector as make_projector
-from infoview.objectives import Objective, ObjectiveOutput, bank_bound, cross_view_pairs
+from infoview.objectives import Objective, ObjectiveOutput, bank_bound_of_scores, cross_view_pairs
 from infoview.runtime import distributed as D
 from infoview.utils.registry import Registry
 
@@ -188,11 +188,12 @@ class Method(nn.Module):
         return self.objective.bound(pos, neg)
 
     @torch.no_grad()
-    def _certify_bank(self, q: torch.Tensor, bank: torch.Tensor, indices: torch.Tensor) -> ObjectiveOutput:
-        """A memory-bank method's bound: each view (embeddings ``q``, normalised here) against every row of
-        ``bank`` (one per image of the split, before this batch updates it), objectives.bank_bound: a bound
-        on I(view; image index), m = N, ceiling log N, whatever objective the method trains with."""
-        return bank_bound(F.normalize(q.detach().float(), dim=-1), bank, indices, self.temperature)
+    def _certify_bank(self, scores: torch.Tensor, indices: torch.Tensor) -> ObjectiveOutput:
+        """A memory-bank method's bound, from the (B, N) scores (over the temperature) it already has of its
+        normalised views against every row of the bank, taken before this batch updates it
+        (objectives.bank_bound_of_scores): a bound on I(view; image index), m = N, ceiling log N, whatever
+        objective the method trains with."""
+        return bank_bound_of_scores(scores, indices)
 
     def _finish(self, out: ObjectiveOutput, cert: ObjectiveOutput | None, first_feats: torch.Tensor,
                 labels: torch.Tensor | None) -> StepOutput:

@@ -125,7 +125,7 @@ class InstanceRecognition(Method):
             drawn = self.bank.sample(everyone, self.num_negatives)[start : start + b]
             neg, k = scores.gather(1, drawn), None
         out = self._objective(pos, neg, k)
-        cert = self._certify_bank(q, bank, indices)  # before the bank takes this batch
+        cert = self._certify_bank(scores, indices)  # before the bank takes this batch
         self.bank.update(everyone, D.gather_no_grad(q.detach()))
         return self._finish(out, cert, first, labels)
 

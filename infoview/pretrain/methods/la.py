@@ -198,10 +198,11 @@ class LocalAggregation(Method):
             raise ValueError("la keys its memory bank by image index: forward(views, labels, indices)")
         first, z = self.embed(views)
         bank = self.bank.bank.detach().clone()  # the update below must not touch what backward reads
-        cert = self._certify_bank(z[0], bank, indices)  # before the bank takes this batch
         with torch.autocast(z.device.type, enabled=False):
             v = F.normalize(z[0].float(), dim=1)
-            top, _, close = neighbours(v @ bank.T / self.temperature, self.cluster_labels, indices,
+            scores = v @ bank.T / self.temperature
+            cert = self._certify_bank(scores, indices)  # before the bank takes this batch
+            top, _, close = neighbours(scores, self.cluster_labels, indices,
                                        self.background_k, self.skip)
             loss = la_loss(top, close)
         self.bank.update(D.gather_no_grad(indices), D.gather_no_grad(v.detach()))
