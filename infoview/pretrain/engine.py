@@ -375,8 +375,8 @@ class Trainer:
         self.method.train()
         for images, labels, *index in self.loader:  # index: each image's, for a method that keys a bank by it
             with signals_deferred():  # a pre-emption hook runs between steps, never inside one
-                views_rng, stopping = self.views.get_rng_state(), stop["signal"] is not None
-                lr, values, ceiling = self.train_step(self.make_views(images), labels, stopping, *index)
+                views_rng, asked = self.views.get_rng_state(), stop["signal"] is not None
+                lr, values, ceiling = self.train_step(self.make_views(images), labels, asked, *index)
                 loss_v, mi_v, est_v, probe_loss_v, correct_v, count_v, stopping, bad = values
                 if bad:
                     self._stop_nonfinite(images, labels, loss_v, mi_v, views_rng, *index)
