@@ -21,7 +21,7 @@ runs/x/{command}_random for random:); a folder that already holds {result}
 is an error unless overwrite=true. Both are checked before any work."""
 
 #: infoview.data.loader.BACKENDS, here without importing torch (tests/test_schema.py checks they agree)
-LOADER_BACKENDS = ("auto", "ffcv", "pytorch")
+LOADER_BACKENDS = ("auto", "ffcv", "pytorch", "resident")
 
 #: the data keys of the commands that measure frozen features (linear, knn); an empty source is
 #: the data the backbone was pretrained on, an empty test_source is source
@@ -32,7 +32,8 @@ FROZEN_DATA = {
     "test_split": Key("test", "the held-out split it is scored on"),
     "batch_size": Key(256, "images per batch of the frozen encoder", min=1),
     "num_workers": Key(2, "loader worker processes (ffcv: threads); 0 loads in the main process", min=0),
-    "backend": Key("auto", "the loader; auto: ffcv for a .beton when ffcv is installed", choices=LOADER_BACKENDS),
+    "backend": Key("auto", "loader; auto: ffcv for a .beton; resident: each split held on the device",
+                   choices=LOADER_BACKENDS),
 }
 
 

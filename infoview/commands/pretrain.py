@@ -44,7 +44,7 @@ def _keys() -> dict[str, Any]:
     built on first use, as the method sections are."""
     from infoview.augment.recipes import NORMALIZATION, RECIPES
     from infoview.augment.views import BACKENDS as VIEW_BACKENDS
-    from infoview.data.loader import BACKENDS as LOADER_BACKENDS
+    from infoview.data.loader import BACKENDS as LOADER_BACKENDS, DECODES
     from infoview.models.encoder import STREAMS
     from infoview.pretrain.engine import PRECISIONS
     from infoview.runtime.optim import SCALING_RULES
@@ -62,8 +62,12 @@ def _keys() -> dict[str, Any]:
             "batch_size": Key(256, "the global batch, split evenly over the processes", min=2),
             # unbounded here: the loader's check says it ("num_workers must be 0 (load in this process) or ...")
             "num_workers": Key(2, "loader worker processes (ffcv: threads); 0 loads in the main process"),
-            "backend": Key("auto", "the loader; auto: ffcv for a .beton when ffcv is installed",
+            "backend": Key("auto", "loader; auto: ffcv for a .beton; resident: the split held on the device",
                            choices=LOADER_BACKENDS),
+            "decode": Key("workers", "pytorch loader: decode in workers, or device: JPEGs decoded on the device",
+                          choices=DECODES),
+            "resident_cap_gb": Key(0.0, "most GB a resident split may take; 0 = 1/3 of a GPU (1/4 of RAM on CPU)",
+                                   min=0),
             "resolution": Key(0, "side in px the images are decoded to, once; 0 = the source's own size",
                               min=0),
         },

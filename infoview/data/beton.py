@@ -183,11 +183,19 @@ class BetonSource(ImageSource):
             self._pid = os.getpid()
         return self._mmap
 
-    def load(self, index: int) -> tuple[np.ndarray, int]:
+    def _sample(self, index: int):
         meta = self.file.image_meta[index]
         ptr = int(meta["data_ptr"])
         size = int(self.file.sizes[np.searchsorted(self.file.ptrs, ptr)])
-        raw = self._data()[ptr : ptr + size]
+        return meta, self._data()[ptr : ptr + size]
+
+    def read_bytes(self, index: int) -> tuple[bytes | None, int]:
+        """A JPEG sample's bytes; None for one stored as raw pixels (``load`` copies those)."""
+        meta, raw = self._sample(index)
+        return (None if int(meta["mode"]) == MODE_RAW else raw.tobytes()), int(self._labels[index])
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        meta, raw = self._sample(index)
         h, w = int(meta["height"]), int(meta["width"])
         if int(meta["mode"]) == MODE_RAW:
             image = np.array(raw[: h * w * 3]).reshape(h, w, 3)

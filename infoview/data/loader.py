@@ -24,7 +24,12 @@ image that took its place. Two backends keep that contract:
   before the next few arrive, as in a training step).
 - ``pytorch``: a ``DataLoader`` whose workers decode and resize, pinned memory
   when the device is CUDA; reads every source, ``.beton`` included (through
-  ``BetonSource``, no ffcv needed).
+  ``BetonSource``, no ffcv needed). With ``decode="device"`` the workers only
+  read each file's bytes and the batch's JPEGs are decoded on the training
+  device (``infoview.data.device_decode``: nvJPEG on a GPU).
+- ``resident``: the whole split decoded once into one uint8 tensor on the
+  training device; a batch is an index gather (``infoview.data.resident``),
+  for splits of small images (CIFAR, STL-10, 64 px folders) that fit under a cap.
 
 ``backend="auto"`` picks ffcv for a ``beton:`` source when ffcv imports, else
 pytorch. Both backends order samples with the same ``DistributedSampler``
@@ -55,7 +60,8 @@ from infoview.data.sources import ImageSource, open_source
 from infoview.errors import InfoviewError
 from infoview.utils.device import resolve_device
 
-BACKENDS = ("auto", "ffcv", "pytorch")
+BACKENDS = ("auto", "ffcv", "pytorch", "resident")
+DECODES = ("workers", "device")
 
 
 def fit_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -226,18 +232,26 @@ class TorchLoader(_Base):
     backend = "pytorch"
 
     def __init__(self, source: ImageSource, batch_size: int, *, num_workers: int, prefetch_factor: int = 4,
-                 skip_bad: bool = False, **kw):
+                 skip_bad: bool = False, decode: str = "workers", **kw):
         super().__init__(source, batch_size, **kw)
         self.sampler = _OrderSampler(self, len(source))
         self.num_workers = int(num_workers)
         self.skipped: set[int] = set()  # indices of unreadable images met so far (with skip_bad)
+        self.decoder = None
+        dataset, collate = _DecodeOnce(source, self.resolution, skip_bad), _collate
+        if decode == "device":
+            from infoview.data import device_decode as dd
+
+            dd.check_source(source)
+            self.decoder = dd.DeviceDecoder(source, self.resolution, self.device, skip_bad)
+            dataset, collate = dd.ReadBytes(source, self.resolution, skip_bad), dd.collate_bytes
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if self.num_workers > 0 else {}
         self._loader = DataLoader(
-            _DecodeOnce(source, self.resolution, skip_bad),
+            dataset,
             batch_size=self.batch_size,
             sampler=self.sampler,
             num_workers=self.num_workers,
-            collate_fn=_collate,
+            collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             drop_last=self.drop_last,
             # its own generator: each iter() draws the workers' base seed from it, not from torch's global
@@ -253,130 +267,28 @@ class TorchLoader(_Base):
         batches = iter(self._loader)
         while True:
             try:
-                images, labels, bad, indices = next(batches)
+                batch = next(batches)
             except StopIteration:
                 return
             except InfoviewError as exc:  # from a worker: its message, without the worker's traceback
                 raise InfoviewError(str(exc).strip().splitlines()[-1].split("InfoviewError: ", 1)[-1]) from None
+            bad = batch[-2]
             for i in bad.tolist():
                 if i not in self.skipped:
                     self.skipped.add(i)
                     print(f"infoview: skipped unreadable image {self.source.describe(i)} (data.skip_bad=true; "
                           f"{len(self.skipped)} so far)", file=sys.stderr, flush=True)
-            images = images.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2)
+            if self.decoder is None:
+                images, labels, _, indices = batch
+                images = images.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2)
+            else:  # bytes from the workers, decoded here on the device
+                payloads, kinds, labels, _, indices = batch
+                images, labels, indices = self.decoder(payloads, kinds, labels, indices)
             labels = labels.to(self.device, non_blocking=non_blocking)
             if self.with_indices:
                 yield images, labels, indices.to(self.device, non_blocking=non_blocking)
             else:
                 yield images, labels
-
-
-# --------------------------------------------------------------------------- ffcv
-
-
-class FfcvLoader(_Base):
-    """ffcv backend over a checked ``.beton``."""
-
-    backend = "ffcv"
-
-    def __init__(
-        self, source, batch_size: int, *, num_workers: int, os_cache: bool = True, batches_ahead: int = 3,
-        reuse_buffers: bool = False, **kw,
-    ):
-        from infoview.data.beton import BetonSource, require_ffcv
-
-        if not isinstance(source, BetonSource):
-            raise InfoviewError(
-                f"the ffcv backend reads .beton files, not {source.name}; write one with "
-                f"`infoview prepare {source.name} OUT.beton`, or use backend=pytorch"
-            )
-        require_ffcv("backend=ffcv")
-        super().__init__(source, batch_size, **kw)
-        from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, SimpleRGBImageDecoder
-        from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
-
-        r = self.resolution
-        if source.file.image_size == (r, r):
-            decoder = SimpleRGBImageDecoder()
-        else:
-            decoder = CenterCropRGBImageDecoder((r, r), ratio=1.0)
-        image_pipe, label_pipe = [decoder, ToTensor()], [IntDecoder(), ToTensor()]
-        if self.device.type != "cpu":
-            image_pipe.append(ToDevice(self.device, non_blocking=True))
-            label_pipe.append(ToDevice(self.device, non_blocking=True))
-        image_pipe.append(ToTorchImage(channels_last=True))
-        names = source.file.field_names
-        pipelines = {names[source.file.image_field]: image_pipe}
-        if source.file.label_field is not None:
-            pipelines[names[source.file.label_field]] = label_pipe
-        for i, name in enumerate(names):
-            pipelines.setdefault(name, None)  # other fields: not decoded
-        self.num_workers = int(num_workers) if num_workers else (os.cpu_count() or 1)
-        threads = torch.get_num_threads()
-        self._loader = Loader(
-            str(source.path),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            os_cache=os_cache,
-            order=OrderOption.SEQUENTIAL,
-            distributed=False,
-            seed=self.seed,
-            pipelines=pipelines,
-            drop_last=self.drop_last,
-            batches_ahead=batches_ahead,
-        )
-        torch.set_num_threads(threads)  # ffcv's Loader sets it to num_workers
-        # ffcv's own distributed order needs torch.distributed initialised; ours
-        # takes rank and world size as given and matches the PyTorch backend.
-        self._order_start = 0
-        self._loader.traversal_order = _make_ffcv_order(self._loader, self)
-        self._loader.first_traversal_order = self._loader.next_traversal_order()
-        self._has_labels = source.file.label_field is not None
-        self.reuse_buffers = bool(reuse_buffers)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._loader.next_epoch = self._next_epoch
-        self._order_start = self._take_start()
-        # ffcv reads this order batch by batch (OrderOption.SEQUENTIAL over our traversal order), so the
-        # images' indices are its consecutive slices: no index field is stored in the .beton
-        order = torch.from_numpy(self._order(self._next_epoch, len(self.source), self._order_start))
-        self._next_epoch += 1
-        threads = torch.get_num_threads()
-        it = iter(self._loader)
-        torch.set_num_threads(threads)  # ffcv sets torch's thread count to its own; put it back
-        try:
-            for b, batch in enumerate(it):
-                images = batch[0] if self.reuse_buffers else _copy(batch[0])
-                if self._has_labels:
-                    labels = _copy(batch[1].reshape(-1))  # ffcv's buffer is reused
-                else:
-                    labels = torch.full((images.shape[0],), -1, dtype=torch.int64, device=images.device)
-                if self.with_indices:
-                    start = b * self.batch_size
-                    yield images, labels, order[start : start + images.shape[0]].to(images.device)
-                else:
-                    yield images, labels
-        finally:
-            it.close()
-
-
-def _copy(t: torch.Tensor) -> torch.Tensor:
-    """A copy with the same layout. On CPU through numpy: one single-threaded
-    memcpy, where torch's threaded copy can wait milliseconds for a busy core."""
-    if t.device.type != "cpu":
-        return t.clone()
-    return torch.from_numpy(t.numpy().copy(order="K"))
-
-
-def _make_ffcv_order(ffcv_loader, ours: _Base):
-    from ffcv.traversal_order.base import TraversalOrder
-
-    class ShardOrder(TraversalOrder):
-        def sample_order(self, epoch: int):
-            return self.indices[ours._order(epoch, len(self.indices), ours._order_start)]
-
-    return ShardOrder(ffcv_loader)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -402,6 +314,8 @@ def build_loader(
     reuse_buffers: bool = False,
     skip_bad: bool = False,
     with_indices: bool = False,
+    decode: str = "workers",
+    resident_cap: int | None = None,
 ):
     """A loader of ``(uint8 images (B,3,H,W) on device, int64 labels)``; see the module docstring.
 
@@ -413,10 +327,19 @@ def build_loader(
     ``skip_bad`` (PyTorch backend): an unreadable image is replaced by the next
     readable one, named on stderr and counted in ``loader.skipped``; a .beton
     was checked when it was written. ``with_indices``: yield each image's
-    index in the source as a third element.
+    index in the source as a third element. ``decode`` (PyTorch backend):
+    ``workers`` decode, or ``device``: they read bytes and the batch is decoded
+    on ``device`` (``infoview.data.device_decode``). ``resident_cap``
+    (resident backend): the most bytes the split may take on the device
+    (None: ``infoview.data.resident.default_cap``).
     """
     if backend not in BACKENDS:
         raise InfoviewError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    if decode not in DECODES:
+        raise InfoviewError(f"decode must be one of {', '.join(DECODES)}, got '{decode}'")
+    if decode == "device" and backend in ("ffcv", "resident"):
+        raise InfoviewError(f"decode=device is the pytorch backend's (its workers read bytes); backend={backend} "
+                            "decodes on its own: use backend=pytorch, or decode=workers")
     if num_workers is not None and (isinstance(num_workers, bool) or int(num_workers) != num_workers
                                     or num_workers < 0):
         raise InfoviewError(f"num_workers must be 0 (load in this process) or a positive count, got {num_workers}")
@@ -433,12 +356,20 @@ def build_loader(
     from infoview.data.beton import BetonSource, ffcv_import_error
 
     if backend == "auto":
-        backend = "ffcv" if isinstance(src, BetonSource) and ffcv_import_error() is None else "pytorch"
+        backend = ("ffcv" if isinstance(src, BetonSource) and ffcv_import_error() is None and decode == "workers"
+                   else "pytorch")
     if backend == "ffcv":
+        from infoview.data.ffcv_loader import FfcvLoader
+
         return FfcvLoader(
             src, batch_size, num_workers=num_workers or 0, os_cache=os_cache,
             batches_ahead=batches_ahead, reuse_buffers=reuse_buffers, **common,
         )
     if num_workers is None:
         num_workers = min(os.cpu_count() or 1, 8)
-    return TorchLoader(src, batch_size, num_workers=num_workers, skip_bad=skip_bad, **common)
+    if backend == "resident":
+        from infoview.data.resident import ResidentLoader
+
+        return ResidentLoader(src, batch_size, num_workers=num_workers, skip_bad=skip_bad, cap=resident_cap,
+                              **common)
+    return TorchLoader(src, batch_size, num_workers=num_workers, skip_bad=skip_bad, decode=decode, **common)

@@ -41,6 +41,14 @@ class ImageSource:
     def describe(self, index: int) -> str:
         return f"{self.name}[{index}]"
 
+    def read_bytes(self, index: int) -> tuple[bytes | None, int]:
+        """``(the encoded file's bytes, label)`` without decoding, for sources of files (decode on the device).
+
+        Sources of decoded arrays do not override it; ``bytes`` may be None for
+        an item stored decoded (a .beton's raw pixels), which ``load`` then reads.
+        """
+        raise NotImplementedError(f"{type(self).__name__} holds no encoded files")
+
     def labels(self) -> np.ndarray:
         """All labels (int64), without decoding images where the source allows."""
         return np.array([self.load(i)[1] for i in range(len(self))], dtype=np.int64)
@@ -98,6 +106,13 @@ class FileListSource(ImageSource):
 
     def load(self, index: int) -> tuple[np.ndarray, int]:
         return read_image(self.files[index]), int(self._labels[index])
+
+    def read_bytes(self, index: int) -> tuple[bytes, int]:
+        try:
+            with open(self.files[index], "rb") as f:
+                return f.read(), int(self._labels[index])
+        except OSError as exc:
+            raise InfoviewError(f"cannot read image {self.files[index]}: {exc.strerror or exc}") from None
 
     def describe(self, index: int) -> str:
         return self.files[index]

@@ -20,6 +20,7 @@ from infoview.augment import build_views
 from infoview.augment.recipes import normalization
 from infoview.config import save_config
 from infoview.data import build_loader
+from infoview.data.resident import cap_bytes
 from infoview.errors import ConfigError, InfoviewError, Interrupted
 from infoview.objectives import build, objective_params
 from infoview.pretrain.methods import check_method_sections, get_method, method_temperature
@@ -154,6 +155,7 @@ class Trainer:
             world_size=world, seed=int(t.seed), device=self.device, num_workers=cfg.data.num_workers,
             shuffle=True, drop_last=True, backend=cfg.data.backend, resolution=cfg.data.resolution or None,
             skip_bad=bool(cfg.data.skip_bad), with_indices=get_method(cfg.method).needs_indices,
+            decode=cfg.data.decode, resident_cap=cap_bytes(cfg.data.resident_cap_gb),
         )
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:

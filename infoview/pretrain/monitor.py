@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from infoview.data import build_loader, check_held_out, open_source
+from infoview.data.resident import cap_bytes
 from infoview.errors import ConfigError, InfoviewError
 from infoview.runtime.features import extract_features
 from infoview.runtime.knn import knn_accuracy
@@ -46,9 +47,11 @@ class OnlineEval:
 
     def __init__(self, source: str, train_split: str, eval_split: str, size: int, batch_size: int, device,
                  mean, std, num_workers: int = 0, k: int = 200, temperature: float = 0.07, max_images: int = 0,
-                 backend: str = "auto", eval_source: str | None = None, progress: bool = False):
+                 backend: str = "auto", eval_source: str | None = None, progress: bool = False,
+                 decode: str = "workers", resident_cap: int | None = None):
         kw = dict(batch_size=batch_size, shuffle=bool(max_images), seed=0, drop_last=False, device=device,
-                  num_workers=num_workers, resolution=size, backend=backend)
+                  num_workers=num_workers, resolution=size, backend=backend, decode=decode,
+                  resident_cap=resident_cap)
         self.train_loader = build_loader(source, split=train_split, **kw)
         self.eval_loader = build_loader(eval_source or source, split=eval_split, **kw)
         self.mean, self.std = mean, std
@@ -152,6 +155,7 @@ class OnlineEvalFactory:
                 c.data.source, c.data.split, c.data.eval_split, c.augment.size, max(c.data.batch_size, 256),
                 self.device, self.mean, self.std, num_workers=c.data.num_workers, k=c.monitor.knn_k,
                 temperature=c.monitor.knn_t, max_images=c.monitor.max_images, backend=c.data.backend,
+                decode=c.data.decode, resident_cap=cap_bytes(c.data.resident_cap_gb),
                 eval_source=self.eval_source, progress=bool(c.train.progress),
             )
         return self._eval(method)
