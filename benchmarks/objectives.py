@@ -31,6 +31,11 @@ value check against NT-Xent, and only the checks against infonce.
     python benchmarks/objectives.py                  # CPU, N = 4096 and 16384
     python benchmarks/objectives.py --device cuda
     python benchmarks/objectives.py --device cuda --no-peer   # without lightly
+    python benchmarks/objectives.py --lse-path softmax        # one row log-sum-exp path for all
+
+``--lse-path`` forces one of ``infoview.objectives.lse``'s paths (chunked,
+softmax, plain) where the objectives would pick by device and size (auto):
+what shows which path wins on a device.
 """
 from __future__ import annotations
 
@@ -64,6 +69,14 @@ OURS = {
 CONTENDERS = ["lightly_ntxent", *OURS, "infonce_copied"]
 TIME_TARGET_VS_LIGHTLY = 1.0
 OTHERS_VS_INFONCE = 1.3
+
+
+def force_lse_path(path: str) -> None:
+    """Make every row log-sum-exp take ``path`` (``auto``: the objectives' own choice)."""
+    if path != "auto":
+        from infoview.objectives import lse
+
+        lse.choose_path = lambda x, scales: path
 
 
 def make_loss(name: str, temperature: float):
@@ -123,7 +136,7 @@ def peak_memory_child(name: str, b: int, d: int, temperature: float) -> None:
     print(json.dumps({"peak_mib": (_status_kib("VmHWM") - base) / 1024}))
 
 
-def peak_memory(name: str, b: int, d: int, temperature: float, device: str) -> float:
+def peak_memory(name: str, b: int, d: int, temperature: float, device: str, lse_path: str = "auto") -> float:
     if device == "cuda":
         fn = make_loss(name, temperature)
         z0, z1 = inputs(b, d, device)
@@ -135,7 +148,7 @@ def peak_memory(name: str, b: int, d: int, temperature: float, device: str) -> f
         one_pass(fn, z0, z1, device)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     out = subprocess.run(
-        [sys.executable, __file__, "--child", name, str(b), str(d), str(temperature)],
+        [sys.executable, __file__, "--child", name, str(b), str(d), str(temperature), "--lse-path", lse_path],
         capture_output=True, text=True, env=dict(os.environ),
     )
     if out.returncode != 0:
@@ -173,6 +186,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="default: all (without lightly_ntxent under --no-peer)")
     ap.add_argument("--no-peer", action="store_true",
                     help="without lightly: ours only, no NT-Xent value check (lightly: null in the output)")
+    ap.add_argument("--lse-path", default="auto", choices=["auto", "chunked", "softmax", "plain"],
+                    help="the row log-sum-exp path of every objective (default auto: by device and size)")
     ap.add_argument("--no-env-tuning", action="store_true")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -215,7 +230,7 @@ def measure(n: int, args: argparse.Namespace) -> dict:
     for c in args.contenders:
         print(f"N = {n}: peak memory of {c}", file=sys.stderr, flush=True)
         row[c] = {"ms": 1000 * statistics.median(times[c]),
-                  "peak_mib": peak_memory(c, b, args.dim, args.temperature, args.device)}
+                  "peak_mib": peak_memory(c, b, args.dim, args.temperature, args.device, args.lse_path)}
     return row
 
 
@@ -245,6 +260,7 @@ def target_checks(results: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    force_lse_path(args.lse_path)
     if args.child:
         name, b, d, t = args.child
         peak_memory_child(name, int(b), int(d), float(t))
@@ -263,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({
         "benchmark": "objectives", "device": args.device, "device_name": device, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "lightly": lightly.__version__ if lightly else None, "dim": args.dim,
-        "temperature": args.temperature, "repeats": args.repeats,
+        "lse_path": args.lse_path, "temperature": args.temperature, "repeats": args.repeats,
         "env": {k: os.environ.get(k) for k in TUNED_ENV}, "values": values, "results": results,
         "checks": checks, "all_met": all(c["met"] for c in checks.values()),
     }))

@@ -1,19 +1,30 @@
-"""Row log-sum-exp of large score matrices, in row chunks, with a lean backward.
+"""Row log-sum-exp of large score matrices: the path that is fastest on each device.
 
 ``row_lse(x, scales)`` returns, for each scale c, LSE_j(c x_ij) over each row
 (an (N,) tensor per scale). Entries of -inf are no candidates and add nothing,
-whatever the sign of c.
+whatever the sign of c. Three paths give the same values and gradients
+(tests/objectives/test_objectives_lse.py checks each against
+``torch.logsumexp``); ``row_lse`` picks one by device and size, ``path=`` forces one:
 
-Why not ``torch.logsumexp``: on an (N, M) matrix it allocates a full-size
-``exp(x - max)`` in the forward pass and its backward allocates three more
-((x - lse), its exp, the product with the gradient), each a fresh N M block
-that the CPU must page in. HCL needs two scales, which doubles all of it. Here
-the forward works on row chunks of about a million entries (a few MiB, warm
-in cache) and the backward writes the gradient, summed over the scales, into
-one output block, also a chunk at a time. benchmarks/objectives.py measures
-the whole pass (docs/results.md, "The objectives' own cost"). Small inputs
-(and batched ones under ``torch.func.vmap``, which the exact-critic tests
-use) take ``torch.logsumexp`` itself: same values.
+- ``chunked`` (a CPU, large matrices): ``torch.logsumexp`` on an (N, M)
+  matrix allocates a full-size ``exp(x - max)`` in the forward pass and its
+  backward three more ((x - lse), its exp, the product with the gradient),
+  each a fresh N M block that the CPU must page in; HCL needs two scales,
+  which doubles all of it. Here the forward works on row chunks of about a
+  million entries (a few MiB, warm in cache) and the backward writes the
+  gradient, summed over the scales, into one output block, a chunk at a time.
+- ``softmax`` (a GPU): one fused ``log_softmax`` kernel per scale, the row
+  maxima from one ``max``; the LSE is read off at each row's largest entry
+  (lse = c x_max - log_softmax(c x)_max, exact there), and the backward is
+  c exp(log_softmax) times the gradient, two kernels. The chunk loop above
+  launches dozens of small kernels and ``torch.logsumexp`` six, each a pass
+  over the matrix; this is the pass lightly's NT-Xent (a cross-entropy)
+  makes. It keeps one (N, M) block per scale for the backward.
+- ``plain``: ``torch.logsumexp`` itself, for small matrices, scales <= 0,
+  and batched inputs under ``torch.func.vmap`` (the exact-critic tests).
+
+benchmarks/objectives.py measures the paths (docs/results.md, "The objectives'
+own cost"; docs/gpu/ for the GPU).
 """
 from __future__ import annotations
 
@@ -111,9 +122,60 @@ class _ChunkedLSE(torch.autograd.Function):
         return grad_x, None
 
 
-def row_lse(x: torch.Tensor, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
-    """(N, S): LSE_j(c_s x_ij) for each row i and scale c_s; -inf entries add nothing."""
+class _SoftmaxLSE(torch.autograd.Function):
+    """LSE per scale from fused ``log_softmax`` kernels; the backward from the saved log-softmax."""
+
+    @staticmethod
+    def forward(ctx, x, scales):
+        top, at = x.max(dim=1, keepdim=True)  # one pass: each row's largest entry and where it is
+        empty = top == -math.inf  # rows of no candidate: log_softmax gives NaN there, their gradient is 0
+        outs, saved = [], []
+        for c in scales:
+            logp = torch.log_softmax(x if c == 1.0 else x * c, dim=1).masked_fill_(empty, -math.inf)
+            lse = c * top - logp.gather(1, at)  # exact at the row's largest entry, where logp is near 0
+            # a row with no finite entry: -inf (none) or inf, as torch.logsumexp; a NaN stays NaN
+            outs.append(torch.where(torch.isfinite(top), lse, c * top)[:, 0])
+            saved.append(logp)
+        ctx.save_for_backward(*saved)
+        ctx.scales = tuple(scales)
+        return torch.stack(outs, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_x = None
+        for s, (c, logp) in enumerate(zip(ctx.scales, ctx.saved_tensors)):
+            g = grad[:, s : s + 1] * c
+            if grad_x is None:
+                grad_x = torch.exp(logp).mul_(g)  # d LSE(c x) / dx = c softmax(c x)
+            else:
+                grad_x.addcmul_(torch.exp(logp), g)
+        return grad_x, None
+
+
+PATHS = ("chunked", "softmax", "plain")
+
+
+def choose_path(x: torch.Tensor, scales: Sequence[float]) -> str:
+    """The path :func:`row_lse` takes for ``x`` when none is asked for (see the module docstring)."""
+    if x.dim() != 2 or _batched(x) or min(scales) <= 0.0:
+        return "plain"
+    if x.device.type == "cuda":
+        return "softmax"
+    return "chunked" if x.numel() >= CHUNKED_FROM else "plain"
+
+
+def row_lse(x: torch.Tensor, scales: Sequence[float] = (1.0,), path: str | None = None) -> torch.Tensor:
+    """(N, S): LSE_j(c_s x_ij) for each row i and scale c_s; -inf entries add nothing.
+
+    ``path``: ``chunked``, ``softmax`` or ``plain`` (see the module
+    docstring); None picks the fastest for the device and size.
+    """
     scales = tuple(float(c) for c in scales)
-    if x.dim() != 2 or x.numel() < CHUNKED_FROM or _batched(x):
+    path = path or choose_path(x, scales)
+    if path not in PATHS:
+        raise ValueError(f"row_lse: path must be one of {', '.join(PATHS)}, got {path!r}")
+    if path == "plain" or x.dim() != 2 or _batched(x):
         return _plain(x, scales)
+    if path == "softmax" and min(scales) > 0.0:
+        return _SoftmaxLSE.apply(x, scales)
     return _ChunkedLSE.apply(x, scales)
