@@ -116,6 +116,7 @@ def _training_keys(scaling_rules: tuple, precisions: tuple) -> dict[str, Any]:
             "betas": Key([0.9, 0.999], "AdamW's betas", min=0, below=1),
             "warmup_epochs": Key(10.0, "linear warm-up from 0, in epochs (fractions allowed)", min=0),
             "min_lr": Key(0.0, "the learning rate the cosine ends at", min=0),
+            "fused": Key(None, "fused optimizer kernel (sgd, adamw); null: on a GPU", choices=(None, True, False)),
             "clip_grad": Key(0.0, "clip the gradients' global norm to this; 0 = no clipping", min=0),
             "probe_lr": Key(0.1, "learning rate of the online linear probe (not scheduled)", min=0),
         },
@@ -128,6 +129,7 @@ def _training_keys(scaling_rules: tuple, precisions: tuple) -> dict[str, Any]:
                              choices=precisions),
             "channels_last": Key(True, "channels-last memory format on a GPU"),
             "compile": Key(False, "torch.compile the model"),
+            "compile_mode": Key("default", "torch.compile's mode (reduce-overhead: CUDA graphs)", choices=COMPILE_MODES),
             "ckpt_every_steps": Key(500, "save checkpoints/last.pt every N steps and at epoch ends; 0: at epoch ends",
                                     min=0),
             "resume": Key("auto", "auto: continue out_dir's checkpoint if any; never: start afresh; or a path"),
@@ -147,6 +149,8 @@ def _training_keys(scaling_rules: tuple, precisions: tuple) -> dict[str, Any]:
     }
 
 
+#: train.compile_mode: torch.compile's modes
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OPEN_SECTIONS = ("objective", "model.kwargs", "augment.overrides")
 # a new objective or architecture does not inherit the old one's keys (ml_cpc's alpha under ring, a ResNet's
 # channels under a ViT); the ones dropped are named on stderr

@@ -31,7 +31,7 @@ from infoview.runtime.checkpoint import (
     LAST, RESUME_KEYS, find_resume, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
 )
 from infoview.runtime.encoder import build_encoder_from_config
-from infoview.runtime.optim import build_optimizer, lr_factor, scaled_lr, set_lr
+from infoview.runtime.optim import build_optimizer, fused_choice, lr_factor, scaled_lr, set_lr
 from infoview.runtime.signals import signals_deferred, stop_requests
 from infoview.utils.io import atomic_write_text
 from infoview.utils.provenance import provenance
@@ -131,7 +131,7 @@ class Trainer:
         else:
             self.model = self.method
         if t.compile:
-            self.model = torch.compile(self.model)
+            self.model = torch.compile(self.model, mode=t.compile_mode)
 
         self.online_eval = None
         if t.eval_every > 0 and self.info.is_main:
@@ -207,7 +207,7 @@ class Trainer:
         self.optimizer = build_optimizer(
             cfg.optim.name, method, peak, cfg.optim.weight_decay, cfg.optim.momentum, cfg.optim.betas,
             extra_groups=[{"params": probe, "lr": cfg.optim.probe_lr}] if probe else (),
-            exclude=probe,
+            exclude=probe, fused=fused_choice(cfg.optim.fused, cfg.optim.name, self.device),
         )
         self.min_ratio = cfg.optim.min_lr / peak if peak > 0 else 0.0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)

@@ -10,10 +10,12 @@ from infoview.errors import InfoviewError
 from infoview.runtime.checkpoint import find_resume, load_checkpoint
 
 #: keys a resumed run may change: where and how fast it runs, how long, what it logs, not what it trains
+#: (the loader's backend, where it decodes, the optimiser's kernel: the same batches and updates, up to rounding)
 RESUME_MAY_CHANGE = (
     "out_dir", "train.resume", "train.allow_config_change", "train.epochs", "train.max_steps", "train.progress",
     "train.device", "train.threads", "train.log_every", "train.eval_every", "train.ckpt_every_steps",
-    "data.num_workers", "data.backend", "data.eval_source", "data.eval_split", "monitor.",
+    "data.num_workers", "data.backend", "data.decode", "data.resident_cap_gb", "data.eval_source",
+    "data.eval_split", "optim.fused", "train.compile_mode", "monitor.",
 )
 
 

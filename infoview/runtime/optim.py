@@ -35,6 +35,7 @@ from infoview.config import did_you_mean
 from infoview.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
+FUSED = ("sgd", "adamw")  #: the optimizers torch has a fused kernel for
 SCALING_RULES = ("linear", "sqrt", "none")
 DECAYS = ("step", "cosine")  #: what follows the warm-up in :func:`warmup_decay_factors`
 WARMUP_START = 0.001  #: the lr at step 0 as a fraction of the peak (Detectron2's WarmupParamScheduler default)
@@ -132,6 +133,7 @@ def build_optimizer(
     nesterov: bool | None = None,
     no_decay: Iterable[str] | None = None,
     section: str = "optim",
+    fused: bool | None = None,
 ) -> torch.optim.Optimizer:
     """An optimiser over ``model``'s trainable parameters (plus ``extra_groups``).
 
@@ -143,6 +145,9 @@ def build_optimizer(
     names that get no weight decay, in place of the names timm models list in
     ``no_weight_decay()`` (1-d parameters never get it either way). ``section``:
     the config section whose keys an error names (``optim``; ``train`` for the evaluators).
+    ``fused``: torch's fused kernel for ``sgd`` and ``adamw`` (one launch for
+    all parameters on a GPU, where a step is otherwise dozens of small ones);
+    None leaves torch's default (its multi-tensor ``foreach`` path).
     """
     from timm.optim import create_optimizer_v2, param_groups_weight_decay
 
@@ -170,10 +175,22 @@ def build_optimizer(
     kwargs = {"betas": tuple(betas)} if name == "adamw" else {"momentum": momentum}
     if nesterov is not None and name != "adamw":
         kwargs["nesterov"] = bool(nesterov)
+    if fused is not None:
+        if fused and name not in FUSED:
+            raise ConfigError(f"{section}.fused=true: {name} has no fused kernel (torch fuses {', '.join(FUSED)}); "
+                              f"use {section}.fused=null")
+        kwargs["fused"] = bool(fused)
     opt = create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=weight_decay, **kwargs)
     for g in opt.param_groups:
         g["base_lr"] = g["lr"]
     return opt
+
+
+def fused_choice(setting, name: str, device: torch.device) -> bool | None:
+    """``optim.fused``: True / False as given; None fuses on a GPU where torch can, else None (torch's default)."""
+    if setting is None:
+        return True if device.type == "cuda" and name in FUSED else None
+    return bool(setting)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float, *more: float) -> float:

@@ -32,3 +32,30 @@ def test_the_resident_split_trains_the_same_weights_and_resumes_mid_epoch_exactl
     resumed = run(tmp_path / "resumed", "resident", f"train.resume={start}")
     got = _weights(resumed / "last.pt")
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_checkpoint_from_before_the_speed_keys_resumes(tiny, tmp_path):
+    """data.decode, data.resident_cap_gb and optim.fused say how a run goes, not what it trains."""
+    out = tmp_path / "run"
+    assert main(["pretrain", *tiny, f"out_dir={out}", "train.max_steps=2"]) == 0
+    last = out / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    for section, key in (("data", "decode"), ("data", "resident_cap_gb"), ("optim", "fused"), ("train", "compile_mode")):
+        del state["config"][section][key]
+    torch.save(state, last)
+    assert main(["pretrain", *tiny, f"out_dir={out}", "train.max_steps=3", "data.backend=resident"]) == 0
+    assert torch.load(last, weights_only=True)["step"] == 3
+
+
+def test_compile_takes_torch_compiles_modes(tiny, tmp_path, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    assert main(["pretrain", *tiny, f"out_dir={tmp_path / 'a'}", "train.max_steps=1", "train.compile=true"]) == 0
+    assert main(["pretrain", *tiny, f"out_dir={tmp_path / 'b'}", "train.max_steps=1", "train.compile=true",
+                 "train.compile_mode=reduce-overhead"]) == 0
+    assert seen == ["default", "reduce-overhead"]
+    capsys.readouterr()
+    assert main(["pretrain", *tiny, f"out_dir={tmp_path / 'c'}", "train.compile_mode=fast"]) == 2
+    err = capsys.readouterr().err
+    assert "train.compile_mode must be one of default, reduce-overhead, max-autotune" in err
+    assert err.count("\n") == 1

@@ -209,3 +209,35 @@ def test_detection_optimizer_is_the_old_one(name):
             opt.step()
     for (n, a), (_, b) in zip(old_model.named_parameters(), new_model.named_parameters()):
         assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_the_fused_kernel_takes_the_same_steps(name):
+    from infoview.runtime.optim import build_optimizer
+
+    torch.manual_seed(0)
+    # (no bias under a BatchNorm: its gradient is rounding noise, whose sign Adam turns into a step of lr)
+    models = [torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.LayerNorm(8), torch.nn.Linear(8, 3))
+              for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [build_optimizer(name, m, 0.1, weight_decay=0.01, fused=f) for m, f in zip(models, (None, True))]
+    assert opts[1].defaults["fused"] and not opts[0].defaults.get("fused")
+    x = torch.randn(16, 6)
+    for _ in range(5):
+        for m, o in zip(models, opts):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    for a, b in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_is_on_a_gpu_where_torch_can_and_asking_for_it_elsewhere_is_clear():
+    from infoview.runtime.optim import build_optimizer, fused_choice
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert fused_choice(None, "sgd", cpu) is None  # the CPU keeps torch's default path
+    assert fused_choice(None, "sgd", gpu) is True and fused_choice(None, "adamw", gpu) is True
+    assert fused_choice(None, "lars", gpu) is None and fused_choice(False, "sgd", gpu) is False
+    with pytest.raises(ConfigError, match=r"^optim.fused=true: lars has no fused kernel .*use optim.fused=null$"):
+        build_optimizer("lars", torch.nn.Linear(2, 2), 0.1, fused=True)
