@@ -25,6 +25,8 @@ EXPECTED_PEAK_LR = {
     # SimCLR README, CIFAR-10: LARS --learning_rate=1.0 per 256, linear, at batch 512
     "simclr_infonce_cifar10": 2.0,
     "simclr_mlcpc_cifar10": 2.0,
+    # lightly's CIFAR-10 benchmark: SGD 0.06 x batch / 128, at batch 512
+    "simclr_infonce_cifar10_1gpu": 0.24,
     # Ring code, moco_ring.json: SGD 0.03 at batch 256
     "moco_ring_cifar10": 0.03,
     "moco_infonce_cifar10": 0.03,  # Ring code, moco.json: the same, without the ring
@@ -45,7 +47,7 @@ EXPECTED_PEAK_LR = {
     "simclr_infonce_vit_small_imagenet": 1.5e-4 * 4096 / 256,
     "mocov3_infonce_vit_small_imagenet": 1.5e-4 * 4096 / 256,
 }
-CIFAR = sorted(p for p in EXPECTED_PEAK_LR if p.endswith("_cifar10"))
+CIFAR = sorted(p for p in EXPECTED_PEAK_LR if "_cifar10" in p)
 
 
 def _resolve(path: Path):

@@ -25,7 +25,8 @@ curves.png (the curves below, redrawn at each evaluation and at the end),
 metrics.csv and tb/ (loss, mi, mi_ceiling, mi_estimate, lr, images_per_sec, and every
 train.eval_every epochs the online kNN top-1 and online probe top-1 on
 data.eval_split), checkpoints/last.pt (every train.ckpt_every_steps steps, at
-each epoch's end and at the end; prev.pt is the one before), and
+the end of every train.ckpt_every_epochs-th epoch and at the end; Ctrl-C and
+SIGTERM save at the step they stop; prev.pt is the one before), and
 pretrain.json (the final figures). train.resume=auto continues from
 checkpoints/last.pt when there is one; a path resumes from that file.
 
@@ -132,6 +133,8 @@ def _training_keys(scaling_rules: tuple, precisions: tuple) -> dict[str, Any]:
             "compile_mode": Key("default", "torch.compile's mode (reduce-overhead: CUDA graphs)", choices=COMPILE_MODES),
             "ckpt_every_steps": Key(500, "save checkpoints/last.pt every N steps and at epoch ends; 0: at epoch ends",
                                     min=0),
+            "ckpt_every_epochs": Key(1, "save checkpoints/last.pt at the end of every N-th epoch (and of the run)",
+                                     min=1),
             "resume": Key("auto", "auto: continue out_dir's checkpoint if any; never: start afresh; or a path"),
             "allow_config_change": Key(False, "resume a run with other training settings (both configs are kept)"),
             "eval_every": Key(10, "online kNN and probe every N epochs (and at the end); 0 = never", min=0),

@@ -395,7 +395,9 @@ class Trainer:
                         f"{self.total_steps}; saved {self.ckpt_dir / 'last.pt'}. Run the same command "
                         "again to resume (train.resume=auto)"
                     )
-                if t.ckpt_every_steps > 0 and self.step % t.ckpt_every_steps == 0 and self.step % spe and not done:
+                epoch_end_saves = self.step % spe == 0 and (self.step // spe) % t.ckpt_every_epochs == 0
+                if t.ckpt_every_steps > 0 and self.step % t.ckpt_every_steps == 0 and not epoch_end_saves \
+                        and not done:
                     self.save()  # (an epoch's end saves below)
                 if done:
                     break
@@ -404,8 +406,10 @@ class Trainer:
         """Save, then (every train.eval_every epochs and at the end) the online monitors, then the plot.
         Every rank decides alike, so all meet at the barrier where the others wait for rank 0's evaluation."""
         spe, final, every = self.steps_per_epoch, self.step >= self.total_steps, self.cfg.train.eval_every
-        self.save()  # before the monitors: an evaluation killed half-way loses nothing
-        if every <= 0 or not (final or (self.step // spe) % every == 0):
+        evaluate = every > 0 and (final or (self.step // spe) % every == 0)
+        if final or evaluate or (self.step // spe) % self.cfg.train.ckpt_every_epochs == 0:
+            self.save()  # before the monitors: an evaluation killed half-way loses nothing
+        if not evaluate:
             return
         if self.online_eval is not None:  # rank 0
             online = self.online_eval(self.method)

@@ -14,6 +14,7 @@ from infoview.runtime.checkpoint import find_resume, load_checkpoint
 RESUME_MAY_CHANGE = (
     "out_dir", "train.resume", "train.allow_config_change", "train.epochs", "train.max_steps", "train.progress",
     "train.device", "train.threads", "train.log_every", "train.eval_every", "train.ckpt_every_steps",
+    "train.ckpt_every_epochs",
     "data.num_workers", "data.backend", "data.decode", "data.resident_cap_gb", "data.eval_source",
     "data.eval_split", "optim.fused", "train.compile_mode", "monitor.",
 )

@@ -335,3 +335,17 @@ def test_curves_png_shows_the_run_beside_metrics_csv(tiny, tmp_path, capsys, obj
         pixels = np.asarray(im.convert("RGB"))
     assert pixels.shape[0] >= 600 and pixels.shape[1] >= 1000 and pixels.std() > 20  # four panels, not blank
     assert "could not draw" not in capsys.readouterr().err
+
+
+def test_epoch_end_checkpoints_every_n_epochs_and_always_at_the_end(tiny, tmp_path, monkeypatch):
+    from infoview.pretrain import engine
+
+    saved = []
+    real = engine.save_checkpoint
+    monkeypatch.setattr(engine, "save_checkpoint", lambda state, path, **kw: saved.append(state["step"])
+                        or real(state, path, **kw))
+    # digits' test split: 360 images, 22 steps of 16 an epoch; 5 epochs
+    assert pretrain([*tiny, f"out_dir={tmp_path}", "data.split=test", "data.eval_split=train", "train.epochs=5",
+                     "train.ckpt_every_epochs=2", "train.ckpt_every_steps=30"]) == 0
+    # every 30 steps, but where an epoch's end saves; epochs 2 and 4; the end (epoch 5)
+    assert saved == [30, 44, 60, 88, 90, 110]
