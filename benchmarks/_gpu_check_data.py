@@ -2,16 +2,14 @@
 checks it."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import shlex
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from _gpu_check_common import MANIFEST, UsageError, log, now_iso
+
+PACK = "cifar10_jpegs.npz"
 
 
 def _class_files(split_dir: Path) -> dict[str, list[Path]]:
@@ -23,25 +21,6 @@ def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _prepare(subset: Path, out: Path, split: str) -> dict:
-    """``infoview prepare folder:<subset> <out> split=<split> write_mode=jpg jpeg_quality=90``, in this process."""
-    from infoview.cli import main as infoview_main
-
-    args = ["prepare", f"folder:{subset}", str(out), f"split={split}", "write_mode=jpg", "jpeg_quality=90"]
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = infoview_main(args)
-    if rc != 0:
-        raise UsageError(f"`infoview {' '.join(args)}` failed (exit {rc}); its message is above")
-    text = buf.getvalue()
-    try:
-        summary = json.loads(text[text.index("{"):])
-    except ValueError:
-        summary = {}
-    return {"command": "infoview " + " ".join(shlex.quote(a) for a in args), "images": summary.get("images"),
-            "seconds": summary.get("seconds"), "bytes": out.stat().st_size}
 
 
 def _check_request(out: Path, cifar10: Path, sizes: dict, overwrite: bool) -> None:
@@ -68,7 +47,7 @@ def _source_files(cifar10: Path, sizes: dict) -> dict[str, dict[str, list[Path]]
     files = {split: _class_files(cifar10 / split) for split in ("train", "test")}
     if not files["train"] or files["train"].keys() != files["test"].keys():
         raise UsageError(f"{cifar10}: train/ and test/ must hold the same class folders")
-    need = {"train": max(sizes["train_per_class"], sizes["views_per_class"]), "test": sizes["test_per_class"]}
+    need = {"train": sizes["train_per_class"], "test": sizes["test_per_class"]}
     for split, per_class in files.items():
         short = {c: len(f) for c, f in per_class.items() if len(f) < need[split]}
         if short:
@@ -76,30 +55,48 @@ def _source_files(cifar10: Path, sizes: dict) -> dict[str, dict[str, list[Path]]
     return files
 
 
-def _write_betons(files: dict, sizes: dict, tmp_out: Path) -> dict:
-    """The train and test .beton files, from a per-class subset of symlinks; their records for the manifest."""
-    betons = {}
-    with tempfile.TemporaryDirectory(prefix="infoview-gpu-check-subset-") as tmp:
-        subset = Path(tmp) / "cifar10_subset"
-        for split, per_class_n in (("train", sizes["train_per_class"]), ("test", sizes["test_per_class"])):
-            for cls, paths in files[split].items():
-                d = subset / split / cls
-                d.mkdir(parents=True)
-                for p in paths[:per_class_n]:
-                    (d / p.name).symlink_to(p.resolve())
+def _pack(files: dict, sizes: dict, tmp_out: Path) -> dict:
+    """CIFAR-10's JPEGs, per split and class, as they are (no second lossy encoding), in one file: ``PACK``.
+
+    Each split is its files' bytes end to end (``<split>_bytes``), where each
+    file starts (``<split>_offsets``, one more than files) and its class
+    (``<split>_labels``); ``classes`` names them. 60,000 files would each cost
+    a file's overhead to carry; one .npz of 55 MB travels whole.
+    """
+    import numpy as np
+
+    arrays, record = {}, {}
+    classes = sorted(files["train"])
+    for split, per_class_n in (("train", sizes["train_per_class"]), ("test", sizes["test_per_class"])):
+        blobs, labels = [], []
+        for label, cls in enumerate(classes):
+            for path in files[split][cls][:per_class_n]:
+                blobs.append(path.read_bytes())
+                labels.append(label)
+        offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in blobs], out=offsets[1:])
+        arrays[f"{split}_bytes"] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+        arrays[f"{split}_offsets"] = offsets
+        arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int16)
+        record[split] = {"images": len(blobs), "bytes": int(offsets[-1])}
+    arrays["classes"] = np.asarray(classes)
+    np.savez(tmp_out / PACK, **arrays)
+    return {**record, "file": PACK, "bytes": (tmp_out / PACK).stat().st_size}
+
+
+def unpack_cifar10(data: Path, dest: Path) -> Path:
+    """``dest``/train/<class>/<i>.jpg and test/...: the packed JPEGs as an ImageFolder (folder: source); returns dest."""
+    import numpy as np
+
+    with np.load(data / PACK) as pack:
+        classes = [str(c) for c in pack["classes"]]
         for split in ("train", "test"):
-            betons[f"{split}_beton"] = _prepare(subset, tmp_out / f"{split}.beton", split)
-    return betons
-
-
-def _copy_views(train_files: dict[str, list[Path]], per_class: int, tmp_out: Path) -> dict:
-    """Real JPEG files (symlinks would not travel to the GPU machine) for benchmarks/views.py --data."""
-    for cls, paths in train_files.items():
-        d = tmp_out / "views" / cls
-        d.mkdir(parents=True)
-        for p in paths[:per_class]:
-            shutil.copyfile(p, d / p.name)
-    return {"images": per_class * len(train_files), "bytes": _size(tmp_out / "views")}
+            blob, offsets, labels = pack[f"{split}_bytes"], pack[f"{split}_offsets"], pack[f"{split}_labels"]
+            for cls in classes:
+                (dest / split / cls).mkdir(parents=True, exist_ok=True)
+            for i, label in enumerate(labels.tolist()):
+                (dest / split / classes[label] / f"{i:05d}.jpg").write_bytes(blob[offsets[i]:offsets[i + 1]].tobytes())
+    return dest
 
 
 def _copy_photos(photos: Path | None, n: int, tmp_out: Path) -> dict | None:
@@ -129,14 +126,11 @@ def make_data(out: Path, cifar10: Path, photos: Path | None, sizes: dict, overwr
         shutil.rmtree(tmp_out)
     tmp_out.mkdir(parents=True)
     manifest: dict = {"made": now_iso(), "cifar10": str(cifar10), "sizes": dict(sizes), "classes": sorted(files["train"])}
-    manifest.update(_write_betons(files, sizes, tmp_out))
-    manifest["views"] = _copy_views(files["train"], sizes["views_per_class"], tmp_out)
+    manifest["cifar10_pack"] = _pack(files, sizes, tmp_out)
     manifest["photos"] = _copy_photos(photos, sizes["photos"], tmp_out)
     if manifest["photos"] is None:
         manifest["photos_note"] = (f"no photos ({photos} missing or --photos 0): the r50-224 case reads the CIFAR-10 "
-                                   "views folder at 256 px instead")
-    for split in ("train", "test"):  # the commands as they name the final folder
-        manifest[f"{split}_beton"]["command"] = manifest[f"{split}_beton"]["command"].replace(str(tmp_out), str(out))
+                                   "training JPEGs at 256 px instead")
     manifest["total_bytes"] = _size(tmp_out)
     manifest["seconds"] = round(time.perf_counter() - t0, 1)
     (tmp_out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -150,7 +144,7 @@ def read_data(data: Path) -> dict:
     if not (data / MANIFEST).is_file():
         raise UsageError(f"--data {data} holds no {MANIFEST} (not made by --make-data, or not carried); {hint}")
     manifest = json.loads((data / MANIFEST).read_text())
-    needed = ["train.beton", "test.beton", "views"] + (["photos"] if manifest.get("photos") else [])
+    needed = [PACK] + (["photos"] if manifest.get("photos") else [])
     missing = [n for n in needed if not (data / n).exists()]
     if missing:
         raise UsageError(f"--data {data} lacks {', '.join(missing)}; {hint}")

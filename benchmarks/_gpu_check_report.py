@@ -76,11 +76,19 @@ def _fmt(v) -> str:
 
 FIGURE_KEYS = {
     "pytest_gpu": ["passed", "failed", "errors", "skipped"],
-    "train_step_r18_32": ["pipeline_img_per_s", "model_only_img_per_s", "ratio", "global_batch", "precision"],
-    "train_step_r50_224": ["pipeline_img_per_s", "model_only_img_per_s", "ratio", "global_batch", "precision"],
-    "cifar10_simclr": ["steps", "global_batch", "knn_top1", "knn_top1_random_init", "images_per_s_median",
-                       "pretrain_wall_s"],
+    "train_step_r18_32": ["pipeline_img_per_s", "model_only_img_per_s", "ratio", "peak_mem_mb_pipeline",
+                          "peak_mem_mb_model_only", "global_batch", "precision", "loader_backend"],
+    "train_step_r50_224": ["pipeline_img_per_s", "model_only_img_per_s", "ratio", "peak_mem_mb_pipeline",
+                           "peak_mem_mb_model_only", "global_batch", "precision", "loader_backend"],
+    "cifar10_simclr_200": ["epochs_asked", "epochs", "knn_top1", "pretrain_wall_s", "images_per_s_median",
+                           "peak_gpu_mem_mb", "global_batch", "why"],
 }
+
+
+def _side(name: str, f: dict | None, speed: str) -> str:
+    if not f:
+        return f"{name}: -"
+    return f"{name} {_fmt(f.get(speed))} img/s (peak GPU memory {_fmt(f.get('peak_gpu_mem_mb'))} MB)"
 
 
 def figures_line(step: dict) -> str:
@@ -92,8 +100,17 @@ def figures_line(step: dict) -> str:
     if step["name"] == "objectives":
         parts = []
         for n, row in (f.get("results") or {}).items():
-            parts.append(f"N={n}: " + ", ".join(f"{c} {_fmt(v.get('ms'))} ms" for c, v in row.items()))
+            parts.append(f"N={n}: " + ", ".join(f"{c} {_fmt(v.get('ms'))} ms / {_fmt(v.get('peak_mib'))} MiB"
+                                                for c, v in row.items()))
         return "; ".join(parts)
+    if step["name"] == "simclr_vs_lightly":
+        return _side("infoview", f.get("ours"), "images_per_s_median") + "; " + _side("lightly", f.get("lightly"),
+                                                                                     "images_per_s")
+    if step["name"] == "compile_modes":
+        return f"eager {_fmt(f.get('eager_pipeline_img_per_s'))} img/s; " + "; ".join(
+            f"{m} {_fmt((f.get(m) or {}).get('pipeline_img_per_s'))} img/s "
+            f"(x{_fmt((f.get(m) or {}).get('speedup_vs_eager'))}, peak {_fmt((f.get(m) or {}).get('peak_mem_mb_pipeline'))} MB)"
+            for m in ("default", "reduce-overhead"))
     return ", ".join(f"{k} {_fmt(f[k])}" for k in FIGURE_KEYS.get(step["name"], []) if k in f)
 
 

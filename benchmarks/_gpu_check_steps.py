@@ -1,4 +1,5 @@
-"""The steps of benchmarks/gpu_check.py: each runs its commands through a ``Step`` and records figures and targets."""
+"""The steps of benchmarks/gpu_check.py, in order of value: each runs its commands through a ``Step`` and records
+figures and targets. ``ctx.cifar`` is the CIFAR-10 ImageFolder (train/, test/) unpacked from the carried pack."""
 from __future__ import annotations
 
 import csv
@@ -8,14 +9,17 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from _gpu_check_common import ROOT
 from _gpu_check_runner import MIN_STEP_S, Context, Step, last_json
 
-CIFAR_CONFIG = ROOT / "benchmarks" / "objectives_cifar10.yaml"
+PRESET = "simclr_infonce_cifar10_1gpu"
 GPU_TESTS_ON_CPU = "INFOVIEW_GPU_TESTS_ON_CPU"
 RATIO_TARGET = 0.95  # train_step: pipeline img/s over model-only img/s
+VS_LIGHTLY_TARGET = 3.0  # SimCLR end to end: ours over lightly's own loop
+KNN_TARGET, MINUTES_TARGET, EPOCHS_TARGET = 85.0, 8.0, 200  # the 200-epoch run
 VIEWS_TARGET = 20.0  # views: ours over lightly's CPU pipeline with all cores
 TINY_MODEL = ["model.kwargs.channels=[8,16,32,64]", "model.kwargs.layers=[1,1,1,1]"]
+DRY_PRETRAIN = ["data.batch_size=16", "train.threads=1", *TINY_MODEL, "model.proj_hidden=64", "model.proj_dim=32",
+                "data.num_workers=0"]
 
 
 def step_pytest(ctx: Context, step: Step) -> None:
@@ -40,19 +44,17 @@ def step_pytest(ctx: Context, step: Step) -> None:
             key = "failed" if "failure" in kinds else "errors"
             counts[key] += 1
             node = kinds.get("failure", kinds.get("error"))
-            failures.append({"test": name, "kind": key,
-                             "message": (node.get("message") or node.text or "").strip().splitlines()[0][:300]
-                             if (node.get("message") or node.text) else ""})
+            text = (node.get("message") or node.text or "").strip()
+            failures.append({"test": name, "kind": key, "message": text.splitlines()[0][:300] if text else ""})
         elif "skipped" in kinds:
             counts["skipped"] += 1
             reason = (kinds["skipped"].get("message") or "").strip()[:200]
             skips[reason] = skips.get(reason, 0) + 1
         else:
             counts["passed"] += 1
-    step.rec["figures"] = {**counts, "selected": sum(counts.values()), "failures": failures,
-                           "skip_reasons": skips}
-    summary = [ln for ln in res["stdout"].splitlines() if " in " in ln and ("passed" in ln or "failed" in ln
-                                                                           or "error" in ln or "skipped" in ln)]
+    step.rec["figures"] = {**counts, "selected": sum(counts.values()), "failures": failures, "skip_reasons": skips}
+    summary = [ln for ln in res["stdout"].splitlines() if " in " in ln and any(
+        w in ln for w in ("passed", "failed", "error", "skipped"))]
     if summary:
         step.rec["figures"]["pytest_summary"] = summary[-1].strip("= ").strip()
     if counts["failed"] or counts["errors"]:
@@ -62,14 +64,24 @@ def step_pytest(ctx: Context, step: Step) -> None:
         step.fail("no gpu test passed (none selected, or all skipped)")
 
 
-def train_step_cmd(ctx: Context, case: str) -> tuple[list[str], str]:
-    cmd = [ctx.py, "benchmarks/train_step.py", "--case", case, "--device", ctx.device,
-           "--set", "data.backend=pytorch"]
+def run_for_json(step: Step, cmd: list[str], what: str, **kw) -> dict | None:
+    """Run a benchmark that prints one JSON line; None (and the step failed) when it printed none."""
+    out = last_json(step.run(cmd, what, **kw)["stdout"])
+    if out is None and step.rec["status"] == "running":
+        step.fail(f"{what.split()[0]} printed no JSON line")
+    return out
+
+
+# --------------------------------------------------------------------------- the training step
+
+
+def train_step_cmd(ctx: Context, case: str, extra: list[str] = ()) -> list[str]:
+    cmd = [ctx.py, "benchmarks/train_step.py", "--case", case, "--device", ctx.device]
     if case == "r18-32":
-        source = f"beton:{ctx.data / 'train.beton'}"
+        source = f"folder:{ctx.cifar}"
     else:
-        source = f"folder:{ctx.data / ('photos' if ctx.manifest.get('photos') else 'views')}"
-    cmd += ["--set", f"data.source={source}"]
+        source = f"folder:{ctx.data / 'photos'}" if ctx.manifest.get("photos") else f"folder:{ctx.cifar}"
+    cmd += ["--set", f"data.source={source}", *(x for kv in extra for x in ("--set", kv))]
     if ctx.dry:
         cmd += ["--steps", "2", "--warmup", "1", "--set", "data.num_workers=0", "--set", "train.threads=1",
                 *(x for kv in TINY_MODEL for x in ("--set", kv))]
@@ -78,53 +90,50 @@ def train_step_cmd(ctx: Context, case: str) -> tuple[list[str], str]:
         else:
             cmd += ["--set", "data.batch_size=8", "--set", "augment.size=64", "--set", "data.resolution=72",
                     "--min-epoch-steps", "4"]
-    return cmd, source
+    return cmd
 
 
-def run_for_json(step: Step, cmd: list[str], what: str) -> dict | None:
-    """Run a benchmark that prints one JSON line; None (and the step failed) when it printed none."""
-    out = last_json(step.run(cmd, what)["stdout"])
-    if out is None and step.rec["status"] == "running":
-        step.fail(f"{what.split()[0]} printed no JSON line")
-    return out
+TRAIN_KEEP = ("device", "arch", "size", "global_batch", "steps", "warmup", "pipeline_img_per_s", "model_only_img_per_s",
+              "ratio", "data_share", "peak_mem_mb_pipeline", "peak_mem_mb_model_only", "loader_backend", "data",
+              "loader_resolution", "precision", "channels_last", "compile", "optimizer_fused", "torch")
 
 
 def step_train(ctx: Context, step: Step, case: str) -> None:
-    cmd, source = train_step_cmd(ctx, case)
     if case == "r50-224" and not ctx.manifest.get("photos"):
         step.rec["notes"].append(ctx.manifest.get("photos_note", "no photos: CIFAR-10 JPEGs at 256 px instead"))
-    out = run_for_json(step, cmd, f"benchmarks/train_step.py --case {case}")
+    out = run_for_json(step, train_step_cmd(ctx, case), f"benchmarks/train_step.py --case {case}")
     if out is None:
         return
-    keep = ("device", "arch", "size", "global_batch", "steps", "warmup", "pipeline_img_per_s", "model_only_img_per_s",
-            "ratio", "data_share", "peak_mem_mb_pipeline", "peak_mem_mb_model_only", "loader_backend", "data",
-            "loader_resolution", "precision", "channels_last", "compile", "torch")
-    step.rec["figures"] = {k: out.get(k) for k in keep}
+    step.rec["figures"] = {k: out.get(k) for k in TRAIN_KEEP}
     ratio = out.get("ratio")
     step.target("pipeline / model-only images/s", ratio, f">= {RATIO_TARGET}",
                 None if ratio is None else ratio >= RATIO_TARGET)
+    if case == "r18-32":
+        ctx.results["r18_pipeline_img_per_s"] = out.get("pipeline_img_per_s")
 
 
-def step_views(ctx: Context, step: Step) -> None:
-    cmd = [ctx.py, "benchmarks/views.py", "--device", ctx.device, "--data", str(ctx.data / "views")]
-    if not ctx.peer.get("views"):
-        cmd.append("--no-peer")
-        step.rec["notes"].append("peer missing (" + ctx.peer.get("views_error", "--no-peer")
-                                 + "): ours only (views.py --no-peer)")
+def step_modes(ctx: Context, step: Step) -> None:
+    """r18-32 under torch.compile's default mode and reduce-overhead (CUDA graphs), against eager (step 2)."""
+    eager = ctx.results.get("r18_pipeline_img_per_s")
+    figures: dict = {"eager_pipeline_img_per_s": eager}
+    env = {"TORCHDYNAMO_DISABLE": "1"} if ctx.dry else None
     if ctx.dry:
-        cmd += ["--sizes", "32", "--images", "32", "--batch", "16", "--repeats", "1", "--workers", "1"]
-    out = run_for_json(step, cmd, "benchmarks/views.py")
-    if out is None:
-        return
-    step.rec["figures"] = {k: out.get(k) for k in ("device", "peer", "batch", "repeats", "cpu_cores", "results")}
-    for size, row in (out.get("results") or {}).items():
-        ratio = row.get("ratio")
-        if ratio is None:
-            step.target(f"{size} px: ours / lightly (CPU, all cores)", None, f">= {VIEWS_TARGET:g}x", None,
-                        f"not checked: peer missing; ours {row.get('ours_views_per_s')} views/s")
-        else:
-            step.target(f"{size} px: ours / lightly (CPU, all cores)", ratio, f">= {VIEWS_TARGET:g}x",
-                        ratio >= VIEWS_TARGET)
+        step.rec["notes"].append("dry run: TORCHDYNAMO_DISABLE=1 (torch.compile a no-op): the plumbing only")
+    for mode in ("default", "reduce-overhead"):
+        extra = ["train.compile=true", f"train.compile_mode={mode}"]
+        out = run_for_json(step, train_step_cmd(ctx, "r18-32", extra), f"benchmarks/train_step.py compile {mode}",
+                           env_extra=env)
+        if out is None:
+            figures[mode] = None
+            continue
+        figures[mode] = {k: out.get(k) for k in ("pipeline_img_per_s", "model_only_img_per_s", "ratio",
+                                                 "peak_mem_mb_pipeline")}
+        if eager:
+            figures[mode]["speedup_vs_eager"] = round(out["pipeline_img_per_s"] / eager, 3)
+    step.rec["figures"] = figures
+
+
+# --------------------------------------------------------------------------- objectives, views
 
 
 def step_objectives(ctx: Context, step: Step) -> None:
@@ -140,81 +149,158 @@ def step_objectives(ctx: Context, step: Step) -> None:
     out = run_for_json(step, cmd, "benchmarks/objectives.py")
     if out is None:
         return
-    step.rec["figures"] = {k: out.get(k) for k in ("device_name", "lightly", "dim", "temperature", "repeats",
-                                                    "results", "checks", "all_met")}
+    step.rec["figures"] = {k: out.get(k) for k in ("device_name", "lightly", "lse_path", "dim", "temperature",
+                                                    "repeats", "results", "checks", "all_met")}
     for name, check in (out.get("checks") or {}).items():
         step.target(f"{name} (time, memory)", [check.get("time"), check.get("memory")],
                     f"<= {check.get('target')}x", check.get("met"))
 
 
-def _metrics_speed(run_dir: Path) -> dict:
+def step_views(ctx: Context, step: Step) -> None:
+    cmd = [ctx.py, "benchmarks/views.py", "--device", ctx.device, "--data", str(ctx.cifar / "train")]
+    if not ctx.peer.get("views"):
+        cmd.append("--no-peer")
+        step.rec["notes"].append("peer missing (" + ctx.peer.get("views_error", "--no-peer")
+                                 + "): ours only (views.py --no-peer)")
+    if ctx.dry:
+        cmd += ["--sizes", "32", "--images", "32", "--batch", "16", "--repeats", "1", "--workers", "1"]
+    out = run_for_json(step, cmd, "benchmarks/views.py")
+    if out is None:
+        return
+    step.rec["figures"] = {k: out.get(k) for k in ("device", "peer", "batch", "repeats", "cpu_cores", "results")}
+    for size, row in (out.get("results") or {}).items():
+        ratio = row.get("ratio")
+        step.target(f"{size} px: ours / lightly (CPU, all cores)", ratio, f">= {VIEWS_TARGET:g}x",
+                    None if ratio is None else ratio >= VIEWS_TARGET,
+                    "" if ratio is not None else f"not checked: peer missing; ours {row.get('ours_views_per_s')} views/s")
+
+
+# --------------------------------------------------------------------------- SimCLR on CIFAR-10, end to end
+
+
+def metrics_speed(run_dir: Path) -> dict:
+    """Images/s from a run's metrics.csv: the median over its rows after the first (cuDNN's choices, warm-up)."""
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return {}
     with open(path, newline="") as f:
         speeds = [float(r["images_per_sec"]) for r in csv.DictReader(f) if r.get("images_per_sec")]
-    if not speeds:
+    kept = speeds[1:] or speeds
+    if not kept:
         return {}
-    return {"images_per_s_median": round(statistics.median(speeds), 1), "images_per_s_last": round(speeds[-1], 1),
-            "images_per_s_rows": len(speeds)}
+    return {"images_per_s_median": round(statistics.median(kept), 1), "images_per_s_rows": len(kept)}
 
 
-def step_cifar10(ctx: Context, step: Step) -> None:
-    train, test = ctx.data / "train.beton", ctx.data / "test.beton"
-    run_dir = ctx.work / "cifar10_simclr"
-    steps = 3 if ctx.dry else ctx.args.cifar_steps
-    workers = f"data.num_workers={ctx.workers}"
-    pre = [ctx.py, "-m", "infoview", "pretrain", "--config", str(CIFAR_CONFIG), f"out_dir={run_dir}",
-           f"data.source=beton:{train}", "data.backend=pytorch", workers, f"train.device={ctx.device}",
-           f"train.max_steps={steps}", "train.eval_every=0", "train.ckpt_every_steps=0", "train.progress=false",
-           "train.log_every=1" if ctx.dry else "train.log_every=10"]
-    if ctx.dry:
-        pre += ["data.batch_size=16", "train.threads=1", *TINY_MODEL, "model.proj_hidden=64", "model.proj_dim=32"]
-    reserve = 2 * MIN_STEP_S[ctx.mode]
-    t0 = time.perf_counter()
-    res = step.run(pre, "infoview pretrain", reserve_after=reserve)
-    wall = time.perf_counter() - t0
-    result_path = run_dir / "pretrain.json"
-    figures: dict = {"steps_asked": steps}
-    if res["returncode"] == 0 and result_path.is_file():
-        r = json.loads(result_path.read_text())
-        figures.update({k: r.get(k) for k in ("steps", "epochs", "global_batch", "loss", "mi", "mi_ceiling")})
-        figures.update(_metrics_speed(run_dir))
-        figures["pretrain_wall_s"] = round(wall, 1)
-        if figures.get("steps") and figures.get("global_batch"):
-            figures["images_per_s_incl_startup"] = round(figures["steps"] * figures["global_batch"] / wall, 1)
+def pretrain_cmd(ctx: Context, run_dir: Path, *extra: str) -> list[str]:
+    cmd = [ctx.py, "-m", "infoview", "pretrain", "--config", PRESET, f"out_dir={run_dir}",
+           f"data.source=folder:{ctx.cifar}", f"train.device={ctx.device}", "train.progress=false",
+           f"data.num_workers={ctx.workers}", *extra]
+    return cmd + (DRY_PRETRAIN if ctx.dry else [])
+
+
+def read_pretrain(run_dir: Path) -> dict:
+    path = run_dir / "pretrain.json"
+    if not path.is_file():
+        return {}
+    r = json.loads(path.read_text())
+    return {k: r.get(k) for k in ("steps", "epochs", "global_batch", "loss", "mi", "mi_ceiling", "peak_gpu_mem_mb")}
+
+
+def step_vs_lightly(ctx: Context, step: Step) -> None:
+    """`infoview pretrain` with the one-GPU preset for a few hundred steps, then lightly's own loop, same model."""
+    run_dir = ctx.work / "simclr_e2e"
+    steps = 4 if ctx.dry else 300
+    figures: dict = {}
+    res = step.run(pretrain_cmd(ctx, run_dir, f"train.max_steps={steps}", "train.log_every=2" if ctx.dry else
+                                "train.log_every=20"), "infoview pretrain (end to end)",
+                   reserve_after=MIN_STEP_S[ctx.mode])
+    if res["returncode"] == 0:
+        figures["ours"] = {**read_pretrain(run_dir), **metrics_speed(run_dir)}
+    if not ctx.peer.get("views"):  # lightly's SimCLRTransform, which its loop needs (NTXentLoss: objectives)
+        step.rec["notes"].append("peer missing (" + ctx.peer.get("views_error", "lightly") + "): ours only")
+    else:
+        cmd = [ctx.py, "benchmarks/lightly_simclr.py", "--data", str(ctx.cifar / "train"), "--device", ctx.device]
+        if ctx.dry:
+            cmd += ["--steps", "2", "--warmup", "1", "--batch", "16", "--workers", "1"]
+        out = run_for_json(step, cmd, "benchmarks/lightly_simclr.py")
+        if out is not None:
+            figures["lightly"] = {k: out.get(k) for k in ("lightly", "images_per_s", "peak_gpu_mem_mb", "workers",
+                                                          "batch", "precision")}
     step.rec["figures"] = figures
-    if res["returncode"] != 0 or not result_path.is_file():
+    ours = (figures.get("ours") or {}).get("images_per_s_median")
+    peer = (figures.get("lightly") or {}).get("images_per_s")
+    ratio = round(ours / peer, 2) if ours and peer else None
+    step.target("SimCLR images/s, end to end: infoview / lightly's loop", ratio, f">= {VS_LIGHTLY_TARGET:g}x",
+                None if ratio is None else ratio >= VS_LIGHTLY_TARGET,
+                "" if ratio is not None else "not checked: a side did not run")
+    if ours:
+        ctx.results["e2e_img_per_s"] = ours
+
+
+def epochs_that_fit(ctx: Context, seconds: float, train_images: int) -> tuple[int, str]:
+    """Epochs of the preset that fit in ``seconds`` at the end-to-end speed measured before (200 at most)."""
+    speed = ctx.results.get("e2e_img_per_s") or ctx.results.get("r18_pipeline_img_per_s")
+    if ctx.dry:
+        return 2, "dry run: 2 epochs"
+    if ctx.args.cifar_epochs:
+        return ctx.args.cifar_epochs, f"--cifar-epochs {ctx.args.cifar_epochs}"
+    if not speed:
+        return 0, "no speed measured before it (train_step_r18_32 and simclr_vs_lightly did not run): not started"
+    fit = int(0.9 * seconds * speed / train_images)  # 10% for start-up and the epoch-end saves
+    return min(EPOCHS_TARGET, fit), f"{fit} epochs fit in {seconds:.0f} s at {speed:,.0f} img/s"
+
+
+def step_cifar10_200(ctx: Context, step: Step) -> None:
+    """The preset for 200 epochs (or as many as the budget holds), then kNN on all 50,000 / 10,000 images."""
+    run_dir = ctx.work / "simclr_200"
+    train_images = ctx.manifest["cifar10_pack"]["train"]["images"]
+    knn_reserve = 8.0 if ctx.dry else 60.0
+    epochs, why = epochs_that_fit(ctx, step.deadline - time.monotonic() - knn_reserve, train_images)
+    figures: dict = {"epochs_asked": epochs, "why": why, "train_images": train_images}
+    step.rec["figures"] = figures
+    if epochs < 1:
+        step.fail(f"not run: {why}")
         return
-    knn_common = [f"data.source=beton:{train}", f"data.test_source=beton:{test}", "data.backend=pytorch", workers,
-                  f"train.device={ctx.device}", "train.progress=false"] + (["knn.k=10"] if ctx.dry else [])
-    tops = {}
-    for tag, backbone, after in (("knn", str(run_dir), MIN_STEP_S[ctx.mode]),
-                                 ("knn_random_init", f"random:{run_dir / 'checkpoints' / 'last.pt'}", 0.0)):
-        out_dir = ctx.work / tag
-        r = step.run([ctx.py, "-m", "infoview", "knn", f"backbone={backbone}", f"out_dir={out_dir}", *knn_common],
-                     f"infoview knn ({tag})", reserve_after=after)
-        if r["returncode"] == 0 and (out_dir / "knn.json").is_file():
-            k = json.loads((out_dir / "knn.json").read_text())
-            tops[tag] = k
-    if "knn" in tops:
-        k = tops["knn"]
+    t0 = time.perf_counter()
+    res = step.run(pretrain_cmd(ctx, run_dir, f"train.epochs={epochs}", "train.log_every=50"),
+                   "infoview pretrain (CIFAR-10)", reserve_after=knn_reserve)
+    figures["pretrain_wall_s"] = round(time.perf_counter() - t0, 1)
+    if res["returncode"] != 0:
+        return
+    figures.update(read_pretrain(run_dir))
+    figures.update(metrics_speed(run_dir))
+    out_dir = ctx.work / "knn"
+    r = step.run([ctx.py, "-m", "infoview", "knn", f"backbone={run_dir}", f"out_dir={out_dir}",
+                  f"data.source=folder:{ctx.cifar}", "data.backend=resident", f"data.num_workers={ctx.workers}",
+                  f"train.device={ctx.device}", "train.progress=false", "knn.k=200"], "infoview knn")
+    if r["returncode"] == 0 and (out_dir / "knn.json").is_file():
+        k = json.loads((out_dir / "knn.json").read_text())
         figures.update({"knn_top1": k.get("top1"), "knn_top5": k.get("top5"), "knn_k": k.get("k"),
                         "num_train": k.get("num_train"), "num_test": k.get("num_test")})
-    if "knn_random_init" in tops:
-        figures["knn_top1_random_init"] = tops["knn_random_init"].get("top1")
-    if "knn" in tops and "knn_random_init" in tops:
-        a, b = figures["knn_top1"], figures["knn_top1_random_init"]
-        step.target("kNN top-1: pretrained against the same encoder at its initial weights", a, f"> {b}",
-                    None if a is None or b is None else a > b)
+    minutes = figures["pretrain_wall_s"] / 60
+    full = epochs >= EPOCHS_TARGET
+    top1 = figures.get("knn_top1")
+    step.target(f"kNN top-1 after {epochs} epochs (k = 200, all images)", top1, f">= {KNN_TARGET:g}",
+                None if top1 is None or not full else top1 >= KNN_TARGET,
+                "" if full else f"not checked: {epochs} of {EPOCHS_TARGET} epochs ({why})")
+    step.target(f"minutes of training for {epochs} epochs", round(minutes, 2), f"<= {MINUTES_TARGET:g}",
+                minutes <= MINUTES_TARGET if full else None,
+                "" if full else f"not checked: {epochs} of {EPOCHS_TARGET} epochs; "
+                f"{EPOCHS_TARGET} at this pace: about {minutes * EPOCHS_TARGET / epochs:.1f} min (an estimate)")
 
 
 STEPS = [
     ("pytest_gpu", "CUDA tests (pytest -m gpu)", step_pytest),
-    ("train_step_r18_32", "train step, ResNet-18 at 32 px (CIFAR-10 .beton)", lambda c, s: step_train(c, s, "r18-32")),
-    ("train_step_r50_224", "train step, ResNet-50 at 224 px (COCO128 photos)", lambda c, s: step_train(c, s, "r50-224")),
-    ("views", "SimCLR views per second", step_views),
+    ("train_step_r18_32", "train step, ResNet-18 at 32 px (CIFAR-10 held on the GPU)",
+     lambda c, s: step_train(c, s, "r18-32")),
+    ("train_step_r50_224", "train step, ResNet-50 at 224 px (photos decoded on the GPU)",
+     lambda c, s: step_train(c, s, "r50-224")),
     ("objectives", "objectives: forward + backward", step_objectives),
-    ("cifar10_simclr", "SimCLR on CIFAR-10, then kNN", step_cifar10),
+    ("simclr_vs_lightly", "SimCLR end to end against lightly's own loop", step_vs_lightly),
+    ("cifar10_simclr_200", "SimCLR on CIFAR-10 for 200 epochs, then kNN", step_cifar10_200),
+    ("compile_modes", "the train step under torch.compile and CUDA graphs", step_modes),
+    ("views", "SimCLR views per second", step_views),
 ]
 STEP_NAMES = [s[0] for s in STEPS]
+#: run unless --steps names others (views: an earlier issue's figure, kept runnable)
+DEFAULT_STEPS = [n for n in STEP_NAMES if n != "views"]

@@ -1,43 +1,46 @@
 """One command that checks infoview on a CUDA GPU and writes one JSON file and one markdown summary.
 
-Steps (each a subprocess with its own time limit; every step runs even when
-an earlier one failed, and a step that runs out of time is recorded as
-``timeout``, a failure, not a crash of this script):
+Steps, in order of value (each a subprocess with its own time limit; every
+step runs even when an earlier one failed, and a step that runs out of time is
+recorded as ``timeout``, a failure, not a crash of this script):
 
-1. ``pytest_gpu``: ``pytest -m gpu tests`` (tests/gpu/test_cuda_paths.py and
-   every other ``gpu`` test): passed / failed / skipped counts and the failures.
+1. ``pytest_gpu``: ``pytest -m gpu tests`` (tests/gpu/: the CUDA paths against
+   the CPU's: bf16, channels-last, torch.compile, DDP over NCCL, the resident
+   split, JPEGs decoded on the GPU, the softmax log-sum-exp, fused optimisers).
 2. ``train_step_r18_32`` and 3. ``train_step_r50_224``: ``benchmarks/train_step.py
-   --case ...`` on cuda: pipeline and model-only images/s, and their ratio
-   (target >= 0.95). The CIFAR-10 images come from the carried train .beton,
-   the photos of the r50 case from the carried COCO128 JPEGs (../shared is not
-   on the GPU machine).
-4. ``views``: ``benchmarks/views.py --device cuda``: our views per second,
-   against lightly's CPU pipeline with all cores when lightly is installed
-   (target >= 20x); without lightly, ours only, and the target is recorded
-   as not checked (peer missing).
-5. ``objectives``: ``benchmarks/objectives.py --device cuda`` (its own targets:
-   infonce at most 1x lightly's NT-Xent, the others within 1.3x of infonce;
-   without lightly the ones against infonce only).
-6. ``cifar10_simclr``: ``infoview pretrain --config benchmarks/objectives_cifar10.yaml``
-   for --cifar-steps steps on the train .beton (train.device=cuda,
-   data.backend=pytorch), then ``infoview knn`` on the test .beton, and the
-   same for the encoder at its initial weights (the floor): kNN top-1, and
-   images/s from the run's metrics.csv (target: top-1 above the floor).
+   --case ...``: pipeline and model-only images/s and their ratio (target
+   >= 0.95), peak GPU memory; r18-32 is the one-GPU CIFAR-10 preset with the
+   split held on the GPU, r50-224 ResNet-50 on photos decoded on the GPU.
+4. ``objectives``: ``benchmarks/objectives.py --device cuda`` (infonce at most
+   1x lightly's NT-Xent in time and memory, the others within 1.3x of infonce).
+5. ``simclr_vs_lightly``: ``infoview pretrain --config simclr_infonce_cifar10_1gpu``
+   for 300 steps, end to end, then ``benchmarks/lightly_simclr.py`` (lightly's
+   transforms, DataLoader on all cores and NT-Xent, the same network, batch and
+   precision): images/s of each and their ratio (target >= 3x).
+6. ``cifar10_simclr_200``: the preset on all 50,000 CIFAR-10 training images
+   for 200 epochs, or as many as the budget left holds at the speed step 5
+   measured (``--cifar-epochs`` forces a number), then ``infoview knn`` (k = 200,
+   all 50,000 against all 10,000): top-1 (target >= 85%) and minutes of
+   training (target <= 8); a shorter run says so and gives the estimate for 200.
+7. ``compile_modes``: r18-32 under ``train.compile`` (default mode, and
+   reduce-overhead: CUDA graphs) against eager, when the budget has time left.
+8. ``views`` (only when --steps names it): ``benchmarks/views.py`` against
+   lightly's per-image CPU pipeline.
 
-The whole run stays inside --budget-s (default 450 s; with the wheels'
-install, under 8 minutes on one H100/H200): each step gets the smaller of its
-own limit and what the budget has left after a minimum for the steps after it.
+The whole run stays inside --budget-s (default 540 s: one device command of 9
+minutes): each step gets the smaller of its own limit and what the budget has
+left after a minimum for the steps after it. Steps 1-5 take about 4 minutes on
+one H100/H200; step 6 takes the rest.
 
-Data: ``--make-data DIR`` (here, where ../shared/data is) builds DIR with a
-CIFAR-10 train .beton (1000 images a class) and test .beton (200 a class),
-written by ``infoview prepare folder:<subset> ... write_mode=jpg
-jpeg_quality=90`` from a per-class subset of symlinks, 410 CIFAR-10 training
-JPEGs a class for the views benchmark, 24 COCO128 photos, and DIR/data.json
-(what is there and its size). The default DIR, runs/gpu_data, is ignored by
-git, so the device tool can carry it.
+Data: ``--make-data DIR`` (here, where ../shared/data is) builds DIR with
+CIFAR-10's JPEGs as they are (all 60,000 by default) packed into one file,
+``cifar10_jpegs.npz`` (55 MB: 60,000 small files would not travel), 24
+COCO128 photos, and DIR/data.json (what is there and its size). The checks
+unpack the JPEGs into a temp folder (folder: source) before the first step.
+The default DIR, runs/gpu_data, is ignored by git, so the device tool can carry it.
 
-``--dry-run`` checks this script and every step on a CPU in about a minute:
-tiny betons in a temp dir (8 train and 4 test images a class), device cpu,
+``--dry-run`` checks this script and every step on a CPU in about two minutes:
+a tiny pack in a temp dir (8 train and 4 test images a class), device cpu,
 a few steps of tiny models, the gpu tests switched to the CPU
 (INFOVIEW_GPU_TESTS_ON_CPU=1). Its figures say nothing about speed.
 
@@ -45,14 +48,14 @@ Writes OUT/gpu_check.json and OUT/gpu_check.md (rewritten after each step, so
 a run cut short still leaves them); OUT is --out, else $OUT, else
 runs/gpu_check. Everything else goes to a temp dir that is removed.
 
-    python benchmarks/gpu_check.py --make-data runs/gpu_data      # here, once (29 MiB)
-    ../shared/device/wheels.sh                                    # here, once: .whl/ (8 MiB)
-    python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_check # here, on the CPU (about a minute)
+    python benchmarks/gpu_check.py --make-data runs/gpu_data      # here, once (59 MB)
+    bash benchmarks/gpu_wheels.sh                                 # here, once: .whl/ (about 2 MB)
+    python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_check # here, on the CPU (about two minutes)
 
-On the GPU machine (the device tool's run), about 5 to 8 minutes:
-command ``bash benchmarks/gpu_check.sh`` (the report goes to $OUT), carry
-``[".whl", "runs/gpu_data"]``, timeout_s 540. gpu_check.sh installs the
-wheels into /tmp/site and puts them and the checkout on PYTHONPATH.
+On the GPU machine (the device tool's run), 9 minutes:
+command ``bash benchmarks/gpu_check.sh``, carry ``[".whl", "runs/gpu_data"]``,
+timeout_s 600. gpu_check.sh installs the wheels into /tmp/site and puts them
+and the checkout on PYTHONPATH; the report goes to $OUT.
 """
 from __future__ import annotations
 
@@ -70,19 +73,19 @@ if str(HERE) not in sys.path:  # its parts, benchmarks/_gpu_check_*.py, also whe
     sys.path.insert(0, str(HERE))
 
 from _gpu_check_common import JSON_NAME, MD_NAME, ROOT, UsageError, log, now_iso  # noqa: E402
-from _gpu_check_data import make_data, read_data  # noqa: E402
+from _gpu_check_data import make_data, read_data, unpack_cifar10  # noqa: E402
 from _gpu_check_report import PEER_IMPORTS, git_commit, md_path, probe_device, write_report  # noqa: E402
 from _gpu_check_runner import Context, Step  # noqa: E402
-from _gpu_check_steps import STEP_NAMES, STEPS  # noqa: E402
+from _gpu_check_steps import DEFAULT_STEPS, STEP_NAMES, STEPS  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_CIFAR10 = SHARED_DATA / "cifar10"
 DEFAULT_PHOTOS = SHARED_DATA / "coco128" / "images" / "train2017"
 DEFAULT_DATA = ROOT / "runs" / "gpu_data"
 
-FULL_DATA = {"train_per_class": 1000, "test_per_class": 200, "views_per_class": 410, "photos": 24}
-DRY_DATA = {"train_per_class": 8, "test_per_class": 4, "views_per_class": 4, "photos": 4}
-DEFAULT_BUDGET_S = {"real": 450, "dry": 110}
+FULL_DATA = {"train_per_class": 5000, "test_per_class": 1000, "photos": 24}
+DRY_DATA = {"train_per_class": 8, "test_per_class": 4, "photos": 4}
+DEFAULT_BUDGET_S = {"real": 540, "dry": 200}
 
 
 def parse_args(argv: list[str] | None):
@@ -97,8 +100,10 @@ def parse_args(argv: list[str] | None):
                     help=f"seconds for all steps together (default {DEFAULT_BUDGET_S['real']}, "
                          f"dry run {DEFAULT_BUDGET_S['dry']})")
     ap.add_argument("--steps", nargs="+", choices=STEP_NAMES, default=None, metavar="STEP",
-                    help="run only these steps: " + ", ".join(STEP_NAMES))
-    ap.add_argument("--cifar-steps", type=int, default=300, help="pretraining steps of the CIFAR-10 run (default 300)")
+                    help="run only these steps, in their order: " + ", ".join(STEP_NAMES)
+                         + f" (default: all but {', '.join(n for n in STEP_NAMES if n not in DEFAULT_STEPS)})")
+    ap.add_argument("--cifar-epochs", type=int, default=0,
+                    help="epochs of the CIFAR-10 run (default 0: 200, or as many as the budget holds)")
     ap.add_argument("--no-peer", action="store_true", help="leave lightly out even where it is installed")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace an earlier gpu_check.json/.md in --out, or an earlier --make-data folder")
@@ -115,8 +120,8 @@ def parse_args(argv: list[str] | None):
     args.argv_shown = [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
     if args.budget_s is not None and args.budget_s <= 0:
         raise UsageError(f"--budget-s must be > 0, got {args.budget_s}")
-    if args.cifar_steps < 1:
-        raise UsageError(f"--cifar-steps must be >= 1, got {args.cifar_steps}")
+    if args.cifar_epochs < 0:
+        raise UsageError(f"--cifar-epochs must be >= 1 (or 0: as many as fit), got {args.cifar_epochs}")
     if args.make_data is not None and args.dry_run:
         raise UsageError("--make-data builds the data and exits; run --dry-run separately (it makes its own)")
     return args
@@ -179,15 +184,15 @@ def dry_data(args, work: Path) -> tuple[Path, dict, str]:
     sizes = dict(DRY_DATA)
     manifest = make_data(data, args.cifar10.resolve(), args.photos_dir, sizes, quiet=True)
     note = (f"dry run: tiny data made in a temp dir in {time.perf_counter() - t0:.1f} s "
-            f"({sizes['train_per_class']} train / {sizes['test_per_class']} test images a class)")
+            f"({sizes['train_per_class']} train / {sizes['test_per_class']} test CIFAR-10 JPEGs a class)")
     return data, manifest, note
 
 
 def data_note(data: Path, manifest: dict) -> str:
     """A line about the --make-data folder ``data``."""
-    return (f"{data}: {manifest['train_beton']['images']} train / "
-            f"{manifest['test_beton']['images']} test CIFAR-10 images (.beton, JPEG q90), "
-            f"{manifest['views']['images']} view JPEGs, "
+    pack = manifest["cifar10_pack"]
+    return (f"{data}: {pack['train']['images']} train / {pack['test']['images']} test CIFAR-10 JPEGs (as in "
+            f"../shared/data, packed), "
             + (f"{manifest['photos']['images']} COCO128 photos" if manifest.get("photos") else "no photos")
             + f"; {manifest['total_bytes'] / 2**20:.1f} MiB")
 
@@ -240,8 +245,11 @@ def check(args) -> int:
             data = args.data.resolve()
             report["data_note"] = data_note(data, manifest)
         report["data"] = manifest
-        ctx = Context(args, dry, data, manifest, work, env, peers, t_start + budget)
-        chosen = [s for s in STEPS if args.steps is None or s[0] in args.steps]
+        t0 = time.perf_counter()
+        cifar = unpack_cifar10(data, work / "cifar10")
+        report["data_note"] += f"; unpacked into a temp folder in {time.perf_counter() - t0:.1f} s"
+        ctx = Context(args, dry, data, manifest, work, env, peers, t_start + budget, cifar)
+        chosen = [s for s in STEPS if s[0] in (args.steps or DEFAULT_STEPS)]
         report["planned_steps"] = [s[0] for s in chosen]
         write_report(out, report)
         run_steps(chosen, ctx, report, out, t_start)

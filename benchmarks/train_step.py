@@ -28,16 +28,20 @@ read after the first pass, before any pipeline pass, and the pipeline figure
 is the max over everything; the loader's worker processes are not in it).
 
 Cases (``--case``) set the standard measurements; ``--config`` and ``--set``
-apply on top (a case starts from engine defaults unless ``--config`` is given):
+apply on top (a case starts from its preset, or engine defaults, unless ``--config`` is given):
 
-- ``r18-32``: ResNet-18 with the CIFAR stem at 32 px on the CIFAR-10 JPEGs
+- ``r18-32``: the one-GPU CIFAR-10 preset (``simclr_infonce_cifar10_1gpu``:
+  ResNet-18 with the CIFAR stem at 32 px, batch 512, the split held on the
+  device: ``data.backend=resident``) on the CIFAR-10 JPEGs
   (``../shared/data/cifar10``; scikit-learn's digits when that is missing).
 - ``r50-224``: ResNet-50 at 224 px on real photos: COCO128's train2017 JPEGs
-  (``../shared/data/coco128``; CIFAR-10, then digits, when missing) decoded
-  and resized to 256 px in the loader's workers, views of 224 px. COCO128 has
-  128 photos, fewer than one batch, so the source repeats them until an epoch
-  has ``--min-epoch-steps`` steps (1000 here): the decode cost per image is
-  that of real photos, and no epoch ends inside a timed pass, as on ImageNet.
+  (``../shared/data/coco128``; CIFAR-10, then digits, when missing), their
+  bytes read by the loader's workers and decoded on the device
+  (``data.decode=device``: nvJPEG on a GPU), resized to 256 px there, views
+  of 224 px. COCO128 has 128 photos, fewer than one batch, so the source
+  repeats them until an epoch has ``--min-epoch-steps`` steps (1000 here): the
+  decode cost per image is that of real photos, and no epoch ends inside a
+  timed pass, as on ImageNet.
 
 Both cases read with ``data.num_workers`` = min(cores, 8). The benchmark sets
 ``train.eval_every=0``, ``train.progress=false``, ``train.ckpt_every_steps=0``
@@ -92,13 +96,13 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def case_settings(case: str) -> tuple[list[str], int]:
-    """The overrides of a standard case, and its --min-epoch-steps."""
+def case_settings(case: str) -> tuple[str | None, list[str], int]:
+    """The preset of a standard case (None: engine defaults), its overrides, and its --min-epoch-steps."""
     workers = min(os.cpu_count() or 1, 8)
     if case == "r18-32":
         source = f"folder:{CIFAR10}" if (CIFAR10 / "train").is_dir() else "digits"
-        return [f"data.source={source}", "data.resolution=0", f"data.num_workers={workers}",
-                "model.arch=resnet18", "model.cifar_stem=true", "augment.size=32"], 0
+        return "simclr_infonce_cifar10_1gpu", [f"data.source={source}", "data.resolution=0",
+                                               f"data.num_workers={workers}"], 0
     if case == "r50-224":
         if COCO128_IMAGES.is_dir() and COCO128_ANN.is_file():
             source = f"coco:{COCO128_IMAGES}:{COCO128_ANN}"
@@ -106,8 +110,9 @@ def case_settings(case: str) -> tuple[list[str], int]:
             source = f"folder:{CIFAR10}"
         else:
             source = "digits"
-        return [f"data.source={source}", "data.resolution=256", f"data.num_workers={workers}",
-                "model.arch=resnet50", "model.cifar_stem=false", "augment.size=224"], 1000
+        decode = [] if source == "digits" else ["data.decode=device"]
+        return None, [f"data.source={source}", "data.resolution=256", f"data.num_workers={workers}", *decode,
+                      "model.arch=resnet50", "model.cifar_stem=false", "augment.size=224"], 1000
     raise SystemExit(f"benchmarks/train_step.py: unknown --case {case}; cases: {', '.join(CASES)}")
 
 
@@ -130,6 +135,9 @@ class RepeatedSource(ImageSource):
 
     def describe(self, index: int) -> str:
         return self.base.describe(index % len(self.base))
+
+    def read_bytes(self, index: int):
+        return self.base.read_bytes(index % len(self.base))
 
     def labels(self) -> np.ndarray:
         return np.tile(self.base.labels(), self.times)
@@ -341,14 +349,16 @@ def result(args, cfg, trainer, timings: tuple[list[float], ...], preset: str | N
         "peak_mem_kind": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
                           "process max RSS (getrusage; never reset: model only after the first pass, pipeline "
                           "the max over all; loader worker processes not included)"),
-        "loader_backend": f"{loader.backend} ({getattr(loader, 'num_workers', 0)} workers)",
+        "loader_backend": f"{loader.backend} ({getattr(loader, 'num_workers', 0)} workers"
+                          + (", decoded on the device)" if getattr(loader, "decoder", None) else ")"),
         "data": str(cfg.data.source) + (f" repeated x{record['repeat']}" if "repeat" in record else ""),
         "loader_resolution": loader.resolution,
         "steps_per_epoch": trainer.steps_per_epoch,
         "views": f"{cfg.augment.recipe}, {len(trainer.views.specs)} views, {cfg.augment.backend} backend",
         "precision": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
         "channels_last": trainer.channels_last,
-        "compile": bool(cfg.train.compile),
+        "compile": cfg.train.compile_mode if cfg.train.compile else False,
+        "optimizer_fused": bool(trainer.optimizer.defaults.get("fused")),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_cores": os.cpu_count(),
@@ -367,8 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
     from infoview.runtime import distributed as D
     from infoview.pretrain.engine import Trainer
 
-    case_overrides, case_min_steps = case_settings(args.case) if args.case else ([], 0)
-    preset = args.config if args.config is not None else (None if args.case else "demo")
+    case_preset, case_overrides, case_min_steps = case_settings(args.case) if args.case else (None, [], 0)
+    preset = args.config if args.config is not None else (case_preset if args.case else "demo")
     min_epoch_steps = args.min_epoch_steps if args.min_epoch_steps is not None else case_min_steps
     fixed_overrides = ["train.eval_every=0", "train.progress=false", "train.ckpt_every_steps=0",
                        f"train.max_steps={10**9}", "optim.warmup_epochs=0", f"train.device={args.device}"]

@@ -30,6 +30,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def tiny_cifar10(shared_data, tmp_path) -> Path:
+    """A copy of 4 real CIFAR-10 JPEGs per class and split (train/, test/): 40 + 40 images."""
+    import shutil
+
+    dst = tmp_path / "tiny_cifar10"
+    for split in ("train", "test"):
+        for cls in sorted(p for p in (shared_data / "cifar10" / split).iterdir() if p.is_dir()):
+            (dst / split / cls.name).mkdir(parents=True)
+            for f in sorted(cls.glob("*.jpg"))[:4]:
+                shutil.copy(f, dst / split / cls.name / f.name)
+    return dst
+
+
 # --------------------------------------------------------------------------- small data files (tests/data, tests/eval)
 
 

@@ -4,7 +4,6 @@ redoing them."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,22 +15,13 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 
 
-def tiny_cifar(src: Path, dst: Path, per_class: int = 4) -> Path:
-    for split in ("train", "test"):
-        for cls in sorted(p for p in (src / split).iterdir() if p.is_dir()):
-            (dst / split / cls.name).mkdir(parents=True)
-            for f in sorted(cls.glob("*.jpg"))[:per_class]:
-                shutil.copy(f, dst / split / cls.name / f.name)
-    return dst
-
-
 def run(args):
     cmd = [sys.executable, str(REPO / "benchmarks" / "objectives_cifar10.py"), *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-def test_smoke_run_writes_table_jsonl_and_plot_and_keeps_finished_runs(shared_data, tmp_path):
-    data = tiny_cifar(shared_data / "cifar10", tmp_path / "cifar")
+def test_smoke_run_writes_table_jsonl_and_plot_and_keeps_finished_runs(tiny_cifar10, tmp_path):
+    data = tiny_cifar10
     out = tmp_path / "bench"
     args = ["--smoke", "--data", str(data), "--out", str(out), "--runs", "simclr/ml_cpc", "moco/ring",
             "--no-second-seed"]

@@ -26,6 +26,11 @@ What nvJPEG cannot do goes to the CPU, named once on stderr and counted in
   is an error naming it, or with ``skip_bad`` replaced by the next readable
   image, which carries its own index.
 
+The decoding runs in a thread one or two batches ahead of the training step
+(:meth:`DeviceDecoder.ahead`; on a GPU on a stream of its own, which the
+step's stream waits for), so that nvJPEG's host-side work and the copies
+overlap the step instead of adding to it.
+
 A source must have encoded files to read (``ImageSource.read_bytes``):
 folders, COCO, .beton files written with JPEGs. Arrays (digits, shapes,
 torchvision's CIFAR files) have nothing to decode, which is an error that
@@ -33,7 +38,10 @@ names ``data.backend=resident`` instead.
 """
 from __future__ import annotations
 
+import contextlib
+import queue
 import sys
+import threading
 from collections import defaultdict
 
 import numpy as np
@@ -189,6 +197,62 @@ class DeviceDecoder:
             host = torch.stack([payloads[i] for i in arrays])
             out.index_copy_(0, _positions(arrays, dev), host.to(dev, non_blocking=True))
         return out.permute(0, 3, 1, 2), labels, indices
+
+    def ahead(self, batches, depth: int = 2):
+        """Worker batches decoded ``depth`` ahead in a thread: yields ``(images, labels, bad, indices)``.
+
+        Stopping early (the caller breaks, or raises) stops the thread before this returns, so the
+        DataLoader's persistent iterator is free for the next epoch.
+        """
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        ready: queue.Queue = queue.Queue(maxsize=depth)
+        stop, end = threading.Event(), object()
+
+        def put(item) -> None:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        def work() -> None:
+            try:
+                for payloads, kinds, labels, bad, indices in batches:
+                    if stop.is_set():
+                        return
+                    with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                        images, labels, indices = self(payloads, kinds, labels, indices)
+                        done = torch.cuda.Event() if cuda else None
+                        if cuda:
+                            done.record(stream)
+                    put((images, labels, bad, indices, done))
+                put(end)
+            except BaseException as exc:  # the worker's error, raised where the batch was wanted
+                put(exc)
+
+        thread = threading.Thread(target=work, name="infoview-decode", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                images, labels, bad, indices, done = item
+                if cuda:  # the step's stream waits for the decoding, and the allocator knows who reads the batch
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_event(done)
+                    images.record_stream(current)
+                yield images, labels, bad, indices
+        finally:
+            stop.set()
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    ready.get_nowait()
+            thread.join()
 
     def _replacement(self, index: int) -> tuple[np.ndarray, int, int]:
         """The next readable image after ``index``, fitted on the CPU: (image, label, its index)."""

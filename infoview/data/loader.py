@@ -265,25 +265,22 @@ class TorchLoader(_Base):
         self._next_epoch += 1
         non_blocking = self.device.type == "cuda"
         batches = iter(self._loader)
+        if self.decoder is not None:  # bytes from the workers, decoded on the device a batch or two ahead
+            batches = self.decoder.ahead(batches)
         while True:
             try:
-                batch = next(batches)
+                images, labels, bad, indices = next(batches)
             except StopIteration:
                 return
             except InfoviewError as exc:  # from a worker: its message, without the worker's traceback
                 raise InfoviewError(str(exc).strip().splitlines()[-1].split("InfoviewError: ", 1)[-1]) from None
-            bad = batch[-2]
             for i in bad.tolist():
                 if i not in self.skipped:
                     self.skipped.add(i)
                     print(f"infoview: skipped unreadable image {self.source.describe(i)} (data.skip_bad=true; "
                           f"{len(self.skipped)} so far)", file=sys.stderr, flush=True)
             if self.decoder is None:
-                images, labels, _, indices = batch
                 images = images.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2)
-            else:  # bytes from the workers, decoded here on the device
-                payloads, kinds, labels, _, indices = batch
-                images, labels, indices = self.decoder(payloads, kinds, labels, indices)
             labels = labels.to(self.device, non_blocking=non_blocking)
             if self.with_indices:
                 yield images, labels, indices.to(self.device, non_blocking=non_blocking)

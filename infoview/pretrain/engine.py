@@ -431,6 +431,8 @@ class Trainer:
             "world_size": self.info.world_size, "peak_lr": self.peak_lr, **self.metrics,
             "checkpoint": str(self.ckpt_dir / "last.pt"),
         }
+        if self.device.type == "cuda":  # this process's, over the run (the speed figures' companion)
+            result["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         if self.info.is_main:
             atomic_write_text(self.out / "pretrain.json", json.dumps({**result, "provenance": provenance()}, indent=2))
         return result

@@ -117,3 +117,20 @@ def test_a_beton_of_jpegs_decodes_on_the_device_and_decoded_arrays_are_refused(t
         build_loader("digits", batch_size=4, decode="device")
     with pytest.raises(InfoviewError, match="decode must be one of workers, device"):
         build_loader("digits", batch_size=4, decode="gpu")
+
+
+def test_decoding_ahead_stops_with_the_epoch_and_the_next_epoch_reads_on(tmp_path):
+    """The decoding thread runs ahead; a run that stops mid-epoch (max_steps, an error) leaves the workers free."""
+    import threading
+
+    source = photo_folder(tmp_path / "photos", per_class=8)
+    kw = dict(batch_size=2, seed=1, num_workers=2, resolution=24, with_indices=True)
+    device = build_loader(source, decode="device", **kw)
+    workers = build_loader(source, decode="workers", **kw)
+    for epoch_ in range(3):
+        for i, (got, want) in enumerate(zip(device, workers)):
+            assert torch.equal(got[2], want[2])  # the same images in the same order
+            if i == 1:
+                break  # mid-epoch, with batches decoded ahead
+    assert not any(t.name == "infoview-decode" for t in threading.enumerate())
+    assert [len(b[0]) for b in epoch(device, 5)] == [2] * 8  # a whole epoch after the cut ones
