@@ -46,8 +46,13 @@ def build_objective(cfg):
     params = {k: v for k, v in cfg.objective.items() if k != "name"}
     name = cfg.objective.name
     temperature = method_temperature(cfg)
-    if "temperature" in objective_params(name) and "temperature" not in params and temperature is not None:
-        # HCL/DCL's floor K exp(-1/t) must use the temperature the scores were divided by
+    if "temperature" in objective_params(name) and temperature is not None:
+        # HCL/DCL's floor K exp(-1/t) must use the temperature the scores were divided by: the method's owns it
+        given = params.get("temperature", temperature)
+        if given != temperature:
+            raise ConfigError(f"objective.temperature={given} and {cfg.method}.temperature={temperature} disagree: "
+                              f"{cfg.method} divides the scores by its own, which {name} then uses too; "
+                              f"set {cfg.method}.temperature only")
         params["temperature"] = temperature
     try:
         return build(name, **params)

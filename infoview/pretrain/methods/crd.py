@@ -16,6 +16,7 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     method_temperature,
     projector_from_config,
+    refuse_predictor,
     register_method,
 )
 from infoview.runtime import distributed as D
@@ -73,6 +74,7 @@ class CRD(Method):
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "CRD":
         from infoview.runtime.backbone import load_backbone_spec
 
+        refuse_predictor(cfg)
         c = cfg.crd
         if not str(c.teacher).strip():
             raise ConfigError("crd.teacher (teacher=) is not set: give a pretraining run, checkpoint, export "

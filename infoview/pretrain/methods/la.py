@@ -14,6 +14,7 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     method_temperature,
     projector_from_config,
+    refuse_predictor,
     register_method,
 )
 from infoview.runtime import distributed as D
@@ -140,8 +141,7 @@ class LocalAggregation(Method):
             got = f"objective.name={cfg.objective.name}" + "".join(f", objective.{k}={v}" for k, v in extra.items())
             raise ConfigError(f"method=la trains with its own loss: leave objective.* at its default "
                               f"(objective.name=infonce, no other keys), got {got}")
-        if cfg.model.pred_hidden:
-            raise ConfigError("model.pred_hidden (a predictor) is used by method=moco only; set it to 0 for la")
+        refuse_predictor(cfg)
         c = cfg.la
         return cls(
             encoder, projector_from_config(cfg.model, encoder.feature_dim), objective, num_classes, num_samples,
