@@ -8,6 +8,7 @@ engine holds no ``if method == ...``: it asks the registry.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,7 +19,7 @@ from torch import nn
 from infoview import schema
 from infoview.config import flatten
 from infoview.errors import ConfigError
-from infoview.models import MemoryBank, predictor as make_predictor, projector as make_projector
+from infoview.models import EpochVisits, MemoryBank, predictor as make_predictor, projector as make_projector
 from infoview.objectives import Objective, ObjectiveOutput, bank_bound_of_scores, cross_view_pairs
 from infoview.runtime import distributed as D
 from infoview.utils.registry import Registry
@@ -155,11 +156,17 @@ class Method(nn.Module):
         builds it from one seed and updates it alike from the gathered batch; 655 MB on ImageNet) and
         ``same_on_every_rank``."""
         banks = [f"{name}.bank" for name, module in self.named_modules() if isinstance(module, MemoryBank)]
-        return banks + list(self.same_on_every_rank)
+        visits = [f"{name}.{b}" for name, module in self.named_modules() if isinstance(module, EpochVisits)
+                  for b in ("visited", "epoch")]
+        return banks + visits + list(self.same_on_every_rank)
 
     def set_progress(self, step: int, total_steps: int, epoch: float) -> None:
-        """Schedules that follow training progress: the objective's (Ring's outer threshold, ML-CPC's alpha)."""
+        """Schedules that follow training progress: the objective's (Ring's outer threshold, ML-CPC's alpha);
+        a new epoch forgets the images the last one visited (:class:`EpochVisits`)."""
         self.objective.set_epoch(epoch)
+        for module in self.modules():
+            if isinstance(module, EpochVisits):
+                module.start(math.floor(round(float(epoch), 9)))
 
     def probe_parameters(self) -> list[nn.Parameter]:
         return list(self.probe.parameters()) if self.probe is not None else []
@@ -195,13 +202,28 @@ class Method(nn.Module):
         pos, neg = cross_view_pairs(a.detach(), b.detach(), self.temperature)
         return self.objective.bound(pos, neg)
 
+    def _drawn_negatives(self, scores: torch.Tensor, indices: torch.Tensor, everyone: torch.Tensor,
+                         k: int) -> torch.Tensor:
+        """(B, k): this rank's views' scores (B, N) against ``k`` rows of ``self.bank`` drawn for each from the
+        other images' rows (``MemoryBank.sample``). The draws are made for the whole global batch
+        (``everyone``) from one random stream, the same on every rank (the engine seeds them alike), and
+        each rank keeps its own rows of them: two processes draw what one does."""
+        b = indices.shape[0]
+        start = D.row_offset(b)
+        return scores.gather(1, self.bank.sample(everyone, k)[start : start + b])
+
     @torch.no_grad()
-    def _certify_bank(self, scores: torch.Tensor, indices: torch.Tensor) -> ObjectiveOutput:
+    def _certify_bank(self, scores: torch.Tensor, indices: torch.Tensor, everyone: torch.Tensor) -> ObjectiveOutput:
         """A memory-bank method's bound, from the (B, N) scores (over the temperature) it already has of its
         normalised views against every row of the bank, taken before this batch updates it
-        (objectives.bank_bound_of_scores): a bound on I(view; image index), m = N, ceiling log N, whatever
-        objective the method trains with."""
-        return bank_bound_of_scores(scores, indices)
+        (objectives.bank_bound_of_scores), whatever objective the method trains with. The loader visits each
+        image once an epoch, so the bound is normalised over the images the epoch has not visited yet
+        (``self.visits``, an :class:`EpochVisits`): a bound on I(view; image index | the run so far), ceiling
+        log of their number. Then the global batch's images (``everyone``, gathered from every rank) are
+        marked visited."""
+        cert = bank_bound_of_scores(scores, indices, self.visits.visited)
+        self.visits.mark(everyone)
+        return cert
 
     def _finish(self, out: ObjectiveOutput, cert: ObjectiveOutput | None, first_feats: torch.Tensor,
                 labels: torch.Tensor | None) -> StepOutput:
