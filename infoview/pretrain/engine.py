@@ -193,6 +193,8 @@ class Trainer:
             raise ConfigError(f"method={cfg.method} contrasts views of one image: augment.num_views must be at "
                               f"least 2, got {len(self.views.specs)}")
         method.check_run(self.local_batch, world)
+        if method.wants_split_labels:  # CRD with labels draws each image's negatives from the other classes
+            method.set_split_labels(torch.as_tensor(self.loader.source.labels()))
         if (cfg.model.sync_bn or method.sync_bn) and world > 1:
             method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
         self.channels_last = bool(t.channels_last) and self.device.type == "cuda"

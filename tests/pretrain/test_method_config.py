@@ -49,3 +49,9 @@ def test_a_predictor_is_refused_by_every_method_that_builds_none(method):
     message = str(err.value)
     assert message.startswith("model.pred_hidden=64 is the predictor of method=moco only")
     assert "moco_v3.pred_hidden" in message and f"method={method} has none" in message
+
+
+def test_crd_with_no_weight_on_either_loss_is_refused_before_the_teacher_loads():
+    cfg = pretrain_config("method=crd", "crd.teacher=random:resnet18", "crd.weight=0")
+    with pytest.raises(ConfigError, match="crd.weight=0 and crd.ce_weight=0 train nothing"):
+        get_method("crd").from_config(cfg, SimpleNamespace(feature_dim=8), None, 10, num_samples=100)

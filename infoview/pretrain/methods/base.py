@@ -123,6 +123,8 @@ class Method(nn.Module):
       training split's size;
     - optionally ``check_run(local_batch, world)``: checks that need the built
       method and the run's shape (per-process batch, number of processes);
+    - optionally ``wants_split_labels`` and ``set_split_labels(labels)``: the label of every image of
+      the training split, given by the engine before the first step;
     - ``sync_bn``: True when it asks for SyncBatchNorm under DDP.
     """
 
@@ -134,6 +136,9 @@ class Method(nn.Module):
     sync_bn: bool = False
     #: buffers besides its memory banks that every rank keeps alike by construction (LA's clusterings)
     same_on_every_rank: tuple[str, ...] = ()
+    #: True when it needs the label of every image of the training split before its first step: the engine
+    #: then calls ``set_split_labels`` (CRD with labels draws negatives from other classes)
+    wants_split_labels: bool = False
 
     def __init__(self, encoder: nn.Module, projector: nn.Module, objective: Objective, num_classes: int = 0):
         super().__init__()
@@ -149,6 +154,9 @@ class Method(nn.Module):
 
     def check_run(self, local_batch: int, world: int) -> None:
         """Checks that need the built method and the run's shape; nothing by default."""
+
+    def set_split_labels(self, labels: torch.Tensor) -> None:
+        """The label of every image of the training split (int64 (N,), -1: none), for ``wants_split_labels``."""
 
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
