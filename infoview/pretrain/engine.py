@@ -21,8 +21,8 @@ from infoview.augment.recipes import normalization
 from infoview.config import save_config
 from infoview.data import build_loader
 from infoview.errors import ConfigError, InfoviewError, Interrupted
-from infoview.objectives import build, objective_params
-from infoview.pretrain.methods import check_method_sections, get_method, method_temperature
+from infoview.objectives import build
+from infoview.pretrain.methods import check_method_sections, get_method, objective_settings
 from infoview.pretrain.monitor import OnlineEvalFactory, Report
 from infoview.pretrain.resume import resume_state
 from infoview.runtime import distributed as D
@@ -43,19 +43,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 def build_objective(cfg):
     get_method(cfg.method)  # an unknown method is named before the objective is built
-    params = {k: v for k, v in cfg.objective.items() if k != "name"}
     name = cfg.objective.name
-    temperature = method_temperature(cfg)
-    if "temperature" in objective_params(name) and temperature is not None:
-        # HCL/DCL's floor K exp(-1/t) must use the temperature the scores were divided by: the method's owns it
-        given = params.get("temperature", temperature)
-        if given != temperature:
-            raise ConfigError(f"objective.temperature={given} and {cfg.method}.temperature={temperature} disagree: "
-                              f"{cfg.method} divides the scores by its own, which {name} then uses too; "
-                              f"set {cfg.method}.temperature only")
-        params["temperature"] = temperature
     try:
-        return build(name, **params)
+        return build(name, **objective_settings(cfg))
     except ValueError as exc:
         raise ConfigError(f"objective.{name}: {exc}") from None
 

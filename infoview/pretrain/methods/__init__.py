@@ -96,6 +96,7 @@ from infoview.pretrain.methods.base import (
     get_method,
     method_sections,
     method_temperature,
+    objective_settings,
     register_method,
 )
 from infoview.pretrain.methods.simclr import SimCLR  # registered in this order: simclr, then moco
@@ -107,5 +108,5 @@ for _module in pkgutil.iter_modules(__path__):  # any other method file register
 
 __all__ = [
     "Method", "StepOutput", "register_method", "available_methods", "get_method", "method_sections",
-    "check_method_sections", "method_temperature", "SimCLR", "MoCo", "MOCO_BN", "resolve_moco_bn",
+    "check_method_sections", "method_temperature", "objective_settings", "SimCLR", "MoCo", "MOCO_BN", "resolve_moco_bn",
 ]

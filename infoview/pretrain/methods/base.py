@@ -20,7 +20,7 @@ from infoview import schema
 from infoview.config import flatten
 from infoview.errors import ConfigError
 from infoview.models import EpochVisits, MemoryBank, predictor as make_predictor, projector as make_projector
-from infoview.objectives import Objective, ObjectiveOutput, bank_bound_of_scores, cross_view_pairs
+from infoview.objectives import Objective, ObjectiveOutput, bank_bound_of_scores, cross_view_pairs, objective_params
 from infoview.runtime import distributed as D
 from infoview.utils.registry import Registry
 
@@ -70,6 +70,23 @@ def method_temperature(cfg) -> float | None:
     if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < float("inf")):
         raise ConfigError(f"{cfg.method}.temperature divides the scores: it must be a positive number, got {t}")
     return float(t)
+
+
+def objective_settings(cfg) -> dict:
+    """The keyword arguments of ``objective.<name>``: ``objective.*`` less the name, and the method's temperature
+    where the objective takes one (HCL's and DCL's floor K exp(-1/t) must use the temperature the scores were
+    divided by). The method owns it: an ``objective.temperature`` that differs is a ConfigError."""
+    params = {k: v for k, v in cfg.objective.items() if k != "name"}
+    name = cfg.objective.name
+    temperature = method_temperature(cfg)
+    if "temperature" in objective_params(name) and temperature is not None:
+        given = params.get("temperature", temperature)
+        if given != temperature:
+            raise ConfigError(f"objective.temperature={given} and {cfg.method}.temperature={temperature} disagree: "
+                              f"{cfg.method} divides the scores by its own, which {name} then uses too; "
+                              f"set {cfg.method}.temperature only")
+        params["temperature"] = temperature
+    return params
 
 
 def projector_from_config(model_cfg, feature_dim: int) -> nn.Module:
