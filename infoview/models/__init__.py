@@ -14,7 +14,7 @@ it back as a timm model (``infoview.runtime.export``, imported on first use).
 from infoview.models.encoder import Encoder, build_encoder
 from infoview.models.heads import MLP, predictor, projector
 from infoview.models.momentum import MomentumEncoder, momentum_at
-from infoview.models.queue import MemoryBank, NegativeQueue
+from infoview.models.queue import EpochVisits, MemoryBank, NegativeQueue
 from infoview.models.split_bn import SplitBatchNorm1d, SplitBatchNorm2d, convert_split_bn
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "momentum_at",
     "NegativeQueue",
     "MemoryBank",
+    "EpochVisits",
     "SplitBatchNorm1d",
     "SplitBatchNorm2d",
     "convert_split_bn",

@@ -14,6 +14,9 @@ stride-2 7x7 conv and a stride-2 max-pool leave 8x8), so for CIFAR-sized data
   covers ResNet, ResNet-D/-T deep stems, SE-ResNeXt, ResNeSt, ...): ``conv1``
   becomes one 3x3 stride-1 conv without bias and ``maxpool`` an identity, so
   the stem keeps the input resolution;
+- pre-activation ResNets (timm's ``ResNetV2``: ``resnetv2_18``, ``resnetv2_50``,
+  ...): their ``stem`` becomes the same, one 3x3 stride-1 conv without bias to
+  the stem's width (``stem.conv``) and no pooling (``stem.pool``, an identity);
 - Vision Transformers (timm's ``VisionTransformer`` and DeiT): patches of 4
   pixels instead of 16 (unless ``patch_size`` is given), at ``img_size`` 32
   unless another size is given.
@@ -56,8 +59,8 @@ def is_vit(model: nn.Module) -> bool:
     tokens), not feature maps. Detection and segmentation build their ViT paths on this test."""
     return hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
 CIFAR_STEM_FAMILIES = (
-    "ResNet-like models with conv1/bn1/maxpool (resnet*, resnet*d, resnet*t, seresnext*, resnest*, ...) "
-    "and Vision Transformers (vit_*, deit_*)"
+    "ResNet-like models with conv1/bn1/maxpool (resnet*, resnet*d, resnet*t, seresnext*, resnest*, ...), "
+    "pre-activation ResNets (resnetv2_*) and Vision Transformers (vit_*, deit_*)"
 )
 #: input size a ViT gets with cifar_stem=True when no img_size is given
 CIFAR_IMG_SIZE = 32
@@ -214,6 +217,8 @@ def _backbone(timm, arch: str, cifar_stem: bool, img_size: int | None, pretraine
     if cifar_stem and not is_vit:  # for a ViT, patch_size / img_size above are the whole change
         if _is_resnet_like(backbone):
             _replace_resnet_stem(backbone)
+        elif type(backbone).__name__ == "ResNetV2" and isinstance(getattr(backbone, "stem", None), nn.Sequential):
+            _replace_resnetv2_stem(backbone)
         else:
             raise ConfigError(
                 f"cifar_stem=True is not supported for encoder arch '{arch}' "
@@ -317,6 +322,19 @@ def _replace_resnet_stem(backbone: nn.Module) -> None:
     cfg = getattr(backbone, "pretrained_cfg", None)
     if isinstance(cfg, dict) and "first_conv" in cfg:
         backbone.pretrained_cfg = {**cfg, "first_conv": "conv1"}
+
+
+def _replace_resnetv2_stem(backbone: nn.Module) -> None:
+    """stem -> one 3x3 stride-1 conv (in_chans -> the stem's width, no bias) and no pooling, as ``stem.conv``
+    and ``stem.pool`` (timm's names for its plain stem)."""
+    convs = [m for m in backbone.stem.modules() if isinstance(m, nn.Conv2d)]
+    first, last = convs[0], convs[-1]
+    conv = nn.Conv2d(first.in_channels, last.out_channels, kernel_size=3, stride=1, padding=1, bias=False,
+                     device=first.weight.device, dtype=first.weight.dtype)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    backbone.stem = nn.Sequential()
+    backbone.stem.add_module("conv", conv)
+    backbone.stem.add_module("pool", nn.Identity())
 
 
 def _vit_img_size(backbone: nn.Module, img_size: int | None) -> int | None:

@@ -10,6 +10,10 @@ reporting needs many of them. Two ways to have many without a huge batch:
   updated embedding per training sample; negatives are drawn at random from
   the other samples' rows.
 
+:class:`EpochVisits` keeps which samples the current epoch has visited: what
+a bank's rows reveal about the loader's order, which a bank's MI bound must
+take into account (:mod:`infoview.objectives.bank`).
+
 Both keep their state in persistent buffers, so they move with ``.to(device)``
 and are saved in and restored from checkpoints with the model. Their random
 initial rows come from their own ``torch.Generator`` (``seed``), so building
@@ -161,3 +165,49 @@ class MemoryBank(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_samples={self.num_samples}, dim={self.dim}, momentum={self.momentum}"
+
+
+#: ``EpochVisits.epoch`` of a state saved before visits were kept: unknown until the next epoch starts
+UNKNOWN_EPOCH = -2
+
+
+class EpochVisits(nn.Module):
+    """Which of ``num_samples`` samples the current epoch has visited (a loader visits each once an epoch).
+
+    ``start(epoch)`` forgets the visits when ``epoch`` is not the one they were made in (call it before every
+    step: only a new epoch resets); ``mark(indices)`` records a step's samples (callers mark those gathered
+    from every rank, so that every rank keeps the same set). Both buffers are saved with the model, so a run
+    resumed mid-epoch knows what its epoch visited. A state saved before they existed loads as every sample
+    visited until the next epoch starts (a bound that uses them then reads 0: nothing is assumed).
+    """
+
+    def __init__(self, num_samples: int) -> None:
+        super().__init__()
+        self.num_samples = _check_positive("EpochVisits", "num_samples", num_samples)
+        self.register_buffer("visited", torch.zeros(num_samples, dtype=torch.bool))
+        self.register_buffer("epoch", torch.tensor(-1, dtype=torch.long))  # the epoch the visits belong to
+
+    def start(self, epoch: int) -> None:
+        known = int(self.epoch)
+        if known == UNKNOWN_EPOCH:  # the resumed epoch of an old state: keep "all visited" until it ends
+            self.epoch.fill_(int(epoch))
+        elif known != int(epoch):
+            self.visited.zero_()
+            self.epoch.fill_(int(epoch))
+
+    @torch.no_grad()
+    def mark(self, indices: torch.Tensor) -> None:
+        self.visited[indices.to(self.visited.device).long()] = True
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        names = (prefix + "visited", prefix + "epoch")
+        if not any(name in state_dict for name in names):  # a checkpoint from before visits were kept
+            self.visited.fill_(True)
+            self.epoch.fill_(UNKNOWN_EPOCH)
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self) -> str:
+        return f"num_samples={self.num_samples}"

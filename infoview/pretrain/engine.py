@@ -22,8 +22,8 @@ from infoview.config import save_config
 from infoview.data import build_loader
 from infoview.data.resident import cap_bytes
 from infoview.errors import ConfigError, InfoviewError, Interrupted
-from infoview.objectives import build, objective_params
-from infoview.pretrain.methods import check_method_sections, get_method, method_temperature
+from infoview.objectives import build
+from infoview.pretrain.methods import check_method_sections, get_method, objective_settings
 from infoview.pretrain.monitor import OnlineEvalFactory, Report
 from infoview.pretrain.resume import resume_state
 from infoview.runtime import distributed as D
@@ -44,14 +44,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 def build_objective(cfg):
     get_method(cfg.method)  # an unknown method is named before the objective is built
-    params = {k: v for k, v in cfg.objective.items() if k != "name"}
     name = cfg.objective.name
-    temperature = method_temperature(cfg)
-    if "temperature" in objective_params(name) and "temperature" not in params and temperature is not None:
-        # HCL/DCL's floor K exp(-1/t) must use the temperature the scores were divided by
-        params["temperature"] = temperature
     try:
-        return build(name, **params)
+        return build(name, **objective_settings(cfg))
     except ValueError as exc:
         raise ConfigError(f"objective.{name}: {exc}") from None
 
@@ -190,6 +185,8 @@ class Trainer:
             raise ConfigError(f"method={cfg.method} contrasts views of one image: augment.num_views must be at "
                               f"least 2, got {len(self.views.specs)}")
         method.check_run(self.local_batch, world)
+        if method.wants_split_labels:  # CRD with labels draws each image's negatives from the other classes
+            method.set_split_labels(torch.as_tensor(self.loader.source.labels()))
         if (cfg.model.sync_bn or method.sync_bn) and world > 1:
             method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
         self.channels_last = bool(t.channels_last) and self.device.type == "cuda"

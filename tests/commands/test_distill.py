@@ -102,6 +102,45 @@ def test_the_preset_resolves_to_a_crd_run_of_the_demo_encoder():
     assert pre.optim.name == "sgd" and pre.optim.lr == 0.05 and pre.optim.ref_batch == 64  # CRD's
 
 
+def test_the_cifar100_preset_is_crds_own_setting_with_labels_and_its_pair():
+    from infoview.commands.distill import pretrain_config
+    from infoview.models import build_encoder
+
+    _, cfg = build_config("distill", ["--config", "distill_cifar100"])
+    pre = pretrain_config(cfg)
+    assert pre.data.source.startswith("cifar100:") and pre.data.batch_size == 64 and pre.train.epochs == 240
+    assert pre.crd.ce_weight == 1.0 and pre.crd.weight is None  # labels: CE + 0.8 CRD, negatives of other classes
+    assert pre.crd.num_negatives == 16384 and pre.crd.temperature == 0.07 and pre.crd.bank_momentum == 0.5
+    assert pre.objective.name == "ml_cpc" and pre.objective.alpha == 1.0  # the ML-CPC code's --cpc_alpha
+    assert pre.optim.lr == 0.05 and pre.optim.ref_batch == 64 and pre.optim.weight_decay == 5e-4
+    sizes = {}
+    for name, layers in (("resnet8x4", [1, 1, 1, 0]), ("resnet32x4", [5, 5, 5, 0])):  # the student, the teacher
+        enc = build_encoder(pre.model.arch, cifar_stem=True, kwargs={**pre.model.kwargs, "layers": layers})
+        sizes[name] = round(sum(p.numel() for p in enc.parameters()) / 1e6, 2)
+        with torch.no_grad():
+            assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 256)
+    assert sizes == {"resnet8x4": 1.23, "resnet32x4": 7.43}  # RepDistiller's resnet8x4 and resnet32x4
+
+
+def test_the_cifar100_preset_trains_its_teacher_and_its_student(tmp_path, capsys):
+    """Both runs its comment gives, shrunk onto digits: the teacher (cross-entropy alone, crd.weight=0)
+    and then the student against that teacher, with labels."""
+    shrink = ["data.source=digits", "augment.size=16", "data.num_workers=0", "crd.num_negatives=256",
+              "train.max_steps=3", "train.eval_every=0", "train.progress=false", "train.threads=1",
+              "monitor.max_images=0"]
+    teacher = tmp_path / "teacher"
+    assert main(["distill", "--config", "distill_cifar100", "teacher=random:resnet18", f"out_dir={teacher}",
+                 "student.kwargs.layers=[2,1,1,0]", "student.kwargs.channels=[8,16,32,32]", "crd.weight=0",
+                 *shrink]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == 0  # no distillation: the cross-entropy alone
+    with open(teacher / "metrics.csv", newline="") as f:
+        assert float(list(csv.DictReader(f))[-1]["online_probe_loss"]) > 0
+    assert main(["distill", "--config", "distill_cifar100", f"teacher={teacher}", f"out_dir={tmp_path / 's'}",
+                 "student.kwargs.channels=[4,8,16,16]", *shrink]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 3 and result["loss"] > 0 and result["mi"] <= result["mi_ceiling"]
+
+
 def test_launch_distill_checks_the_teacher_and_runs_a_job(teacher, tmp_path, capsys):
     assert main(["launch", "distill", *STUDENT, "teacher=/no/such/run", f"out_dir={tmp_path / 'x'}",
                  "launch.dry_run=true", f"launch.folder={tmp_path / 'l0'}"]) == 2

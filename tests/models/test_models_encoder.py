@@ -52,6 +52,19 @@ def test_cifar_stem_replaces_a_deep_stem_by_one_conv(arch):
         assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 128)
 
 
+@pytest.mark.parametrize("arch", ["resnetv2_18", "resnetv2_18d"])
+def test_cifar_stem_on_a_pre_activation_resnet_keeps_32px_until_the_first_stage(arch):
+    # Local Aggregation's authors train a pre-activation ResNet-18 (timm: resnetv2_18)
+    enc = build_encoder(arch, cifar_stem=True, **SMALL_RESNET)
+    conv = enc.backbone.stem.conv
+    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+    assert conv.bias is None and (conv.in_channels, conv.out_channels) == (3, 64)
+    assert isinstance(enc.backbone.stem.pool, nn.Identity) and list(enc.backbone.stem.state_dict()) == ["conv.weight"]
+    with torch.no_grad():
+        assert enc.backbone.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 128, 4, 4)  # 32 / 8
+        assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 128)
+
+
 def test_channels_make_a_small_resnet():
     small = build_encoder("resnet18", **SMALL_RESNET)
     assert small.feature_dim == 128
@@ -108,6 +121,7 @@ def test_same_seed_builds_the_same_weights():
     [
         ("resnet18", dict(cifar_stem=True, img_size=32, **SMALL_RESNET)),
         ("resnet10t", dict(cifar_stem=True, stem_width=8, **SMALL_RESNET)),
+        ("resnetv2_18", dict(cifar_stem=True, **SMALL_RESNET)),
         ("vit_tiny_patch16_224", dict(cifar_stem=True, depth=1, drop_path_rate=0.1)),
     ],
 )

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from infoview.errors import ConfigError, InfoviewError
-from infoview.models import MemoryBank, NegativeQueue
+from infoview.models import EpochVisits, MemoryBank, NegativeQueue
 
 
 def _keys(b: int, dim: int = 4, start: float = 1.0) -> torch.Tensor:
@@ -161,3 +161,39 @@ def test_bad_bank_settings_are_config_errors():
         MemoryBank(10, 4, momentum=1.2)
     with pytest.raises(ConfigError, match="num_samples"):
         MemoryBank(0, 4)
+
+
+# --------------------------------------------------------------------------- epoch visits
+
+
+def test_visits_accumulate_within_an_epoch_and_a_new_epoch_forgets_them():
+    v = EpochVisits(10)
+    v.start(0)
+    v.mark(torch.tensor([1, 4]))
+    v.start(0)  # every step says its epoch: the same one keeps the visits
+    v.mark(torch.tensor([4, 7]))
+    assert v.visited.nonzero()[:, 0].tolist() == [1, 4, 7] and int(v.epoch) == 0
+    resumed = EpochVisits(10)
+    resumed.load_state_dict(v.state_dict())  # a run resumed mid-epoch knows what the epoch visited
+    resumed.start(0)
+    assert torch.equal(resumed.visited, v.visited)
+    v.start(1)
+    assert not v.visited.any() and int(v.epoch) == 1
+
+
+def test_a_state_saved_before_visits_were_kept_loads_as_all_visited_until_the_next_epoch():
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bank = MemoryBank(6, 2)
+            self.visits = EpochVisits(6)
+
+    old = {k: v for k, v in Holder().state_dict().items() if not k.startswith("visits.")}
+    h = Holder()
+    h.load_state_dict(old)  # strict: no missing key
+    h.visits.start(3)  # the resumed epoch: which images it visited is unknown, so all count as visited
+    assert h.visits.visited.all()
+    h.visits.start(3)
+    assert h.visits.visited.all()
+    h.visits.start(4)
+    assert not h.visits.visited.any()

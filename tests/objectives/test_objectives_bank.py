@@ -65,6 +65,36 @@ def test_the_bound_of_a_methods_own_scores_is_the_bank_bound():
         bank_bound_of_scores(q @ mu.T, i[:4])
 
 
+def test_given_the_images_an_epoch_visited_the_bound_is_over_the_others_and_below_their_true_mi(monkeypatch):
+    """A loader's index is uniform over the images its epoch has not visited yet (R of them): the bound with
+    that prior, normalised over those rows, stays below log R + E log p(I | X) and reaches it with the best
+    critic; a row whose image was visited (a pad of DistributedSampler) counts 0."""
+    visited = torch.zeros(N, dtype=torch.bool)
+    visited[torch.randperm(N, generator=torch.Generator().manual_seed(7))[:24]] = True
+    rest = (~visited).nonzero()[:, 0]
+    mu, _, _ = _gaussian_views(1, seed=8)
+    g = torch.Generator().manual_seed(9)
+    i = rest[torch.randint(0, len(rest), (100_000,), generator=g)]
+    x = R * mu[i] + S * torch.randn(len(i), D, generator=g, dtype=torch.float64)
+    logits = (x @ mu.T * (R / S**2)).masked_fill(visited[None], -math.inf)
+    truth = math.log(len(rest)) + (logits.gather(1, i[:, None])[:, 0] - torch.logsumexp(logits, 1)).mean().item()
+    best = bank_bound(x, mu, i, S**2 / R, visited)
+    assert best.ceiling == pytest.approx(math.log(40)) and best.mi.item() == pytest.approx(truth, abs=0.02)
+    for t in (S**2 / R * 0.5, S**2 / R * 2):
+        assert bank_bound(x, mu, i, t, visited).mi.item() <= truth + 0.02
+    q = x[:50]
+    whole = bank_bound(q, mu, i[:50], 0.3, visited)
+    assert torch.allclose(bank_bound_of_scores(q @ mu.T / 0.3, i[:50], visited).mi, whole.mi, rtol=0, atol=1e-12)
+    monkeypatch.setattr(bank_mod, "CHUNK", 7)
+    assert torch.allclose(bank_bound(q, mu, i[:50], 0.3, visited).mi, whole.mi, rtol=0, atol=1e-12)
+    # a row of a visited image adds 0: half the rows replaced by visited images halves the mean
+    pads = visited.nonzero()[:, 0]  # 24
+    mixed = bank_bound(torch.cat([q[:24], q[:24]]), mu, torch.cat([i[:24], pads]), 0.3, visited)
+    assert torch.allclose(mixed.mi, bank_bound(q[:24], mu, i[:24], 0.3, visited).mi / 2, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"visited must be \(64,\) bool"):
+        bank_bound(q, mu, i[:50], 0.3, visited[:10])
+
+
 def test_bad_shapes_are_named():
     mu, i, x = _gaussian_views(5, seed=5)
     with pytest.raises(ValueError, match="must share D"):

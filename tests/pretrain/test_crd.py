@@ -6,14 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infoview.errors import ConfigError
 from infoview.models import projector
 from infoview.objectives import build
-from infoview.pretrain.methods.crd import CRD
+from infoview.pretrain.methods.crd import CRD, ClassPools
 
 pytestmark = pytest.mark.slow
 
 N, B, DIM, WORLD = 40, 8, 6, 2
-CASES = {"infonce": ("infonce", {}), "ml_cpc": ("ml_cpc", {"alpha": 0.5})}
+LABELS = torch.arange(N) % 4  # 4 classes of 10 images
+CASES = {"infonce": ("infonce", {}), "ml_cpc": ("ml_cpc", {"alpha": 0.5}),
+         "labels": ("infonce", {"labelled": True})}  # CRD's own setting: cross-entropy + 0.8 CRD
 
 
 class TinyEncoder(nn.Module):
@@ -28,11 +31,16 @@ class TinyEncoder(nn.Module):
         return self.net(x)
 
 
-def make_method(objective="infonce", **kw) -> CRD:
+def make_method(objective="infonce", labelled=False, weight=None, num_negatives=5, **kw) -> CRD:
     torch.manual_seed(0)
     teacher = TinyEncoder(20)
-    return CRD(TinyEncoder(), projector(12, 8, DIM, num_layers=1), build(objective, **kw), teacher=teacher,
-               renorm=("none", "none"), num_samples=N, temperature=0.5, dim=DIM, num_negatives=5, seed=3)
+    method = CRD(TinyEncoder(), projector(12, 8, DIM, num_layers=1), build(objective, **kw), 4 if labelled else 0,
+                 teacher=teacher, renorm=("none", "none"), num_samples=N, temperature=0.5, dim=DIM,
+                 num_negatives=num_negatives, seed=3, ce_weight=1.0 if labelled else 0.0, weight=weight)
+    assert method.wants_split_labels == labelled
+    if labelled:
+        method.set_split_labels(LABELS)  # what the engine does
+    return method
 
 
 def batch(seed=1):
@@ -60,6 +68,40 @@ def test_the_teacher_gets_no_gradient_stays_in_eval_mode_and_both_banks_take_the
     assert out.mi.item() <= out.ceiling + 1e-6
 
 
+def test_with_labels_the_negatives_come_from_other_classes_and_crd_weighs_0_8_beside_the_cross_entropy():
+    # RepDistiller's CIFAR100InstanceSample (mode exact) and train_student.py -r 1 -a 0 -b 0.8
+    pools = ClassPools(LABELS)
+    idx = torch.arange(N)
+    drawn = pools.sample(idx, 400)
+    assert (LABELS[drawn] != LABELS[idx][:, None]).all()  # never the image's own class (nor itself)
+    for i in (0, 7):  # uniform over the 30 images of the other classes
+        counts = torch.bincount(drawn[i], minlength=N).float()
+        assert (counts[LABELS == LABELS[i]] == 0).all() and counts[LABELS != LABELS[i]].min() > 0
+        assert counts[LABELS != LABELS[i]].std() / counts[LABELS != LABELS[i]].mean() < 0.35
+    views, idx = batch()
+    outs = {}
+    for weight in (None, 1.0):
+        method = make_method(labelled=True, weight=weight)
+        torch.manual_seed(11)
+        drawn = method._negatives(idx, B)
+        assert (LABELS[drawn] != LABELS[idx][:, None]).all()
+        torch.manual_seed(11)
+        outs[weight] = method(views, LABELS[idx], idx)
+    assert make_method(labelled=True).weight == 0.8 and make_method().weight == 1.0  # 1 without labels, as before
+    labelled, plain = outs[None], outs[1.0]
+    assert labelled.ssl_loss.item() == pytest.approx(0.8 * plain.ssl_loss.item(), rel=1e-6)
+    assert labelled.loss.item() == pytest.approx(labelled.ssl_loss.item() + labelled.probe_loss.item(), rel=1e-6)
+    assert labelled.probe_loss.item() > 0 and labelled.probe_count.item() == B
+
+
+def test_with_labels_every_image_needs_one():
+    method = make_method(labelled=True)
+    unlabelled = LABELS.clone()
+    unlabelled[3] = -1
+    with pytest.raises(ConfigError, match="every image of the split needs a label, and 1 of 40 have none"):
+        method.set_split_labels(unlabelled)
+
+
 def _grads(method) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}
 
@@ -69,7 +111,7 @@ def _run(name: str, views, idx, ddp: bool):
     method = make_method(objective, **kw)
     model = torch.nn.parallel.DistributedDataParallel(method) if ddp else method
     torch.manual_seed(11)  # the engine seeds every rank alike: the draws of the global batch agree
-    out = model(views, None, idx)
+    out = model(views, LABELS[idx] if method.ce_weight else None, idx)
     out.loss.backward()
     return method, out
 

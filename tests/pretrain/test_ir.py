@@ -117,13 +117,16 @@ def test_loss_falls_and_mi_is_the_bank_bound_below_log_n(tiny, tmp_path, capsys)
     assert pretrain([*tiny, *IR, f"out_dir={out}", "data.split=test", "data.batch_size=32", "ir.bank_momentum=0",
                      "train.max_steps=33", "train.log_every=1"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["mi_ceiling"] == pytest.approx(math.log(360))  # every view against all 360 rows
+    # every view against the rows its epoch has not visited: 40 at an epoch's last step (10 steps of 32 before)
+    assert result["mi_ceiling"] == pytest.approx(math.log(40))
     assert result["mi"] <= result["mi_ceiling"] and result["mi"] != result["mi_estimate"]
     rows = read_metrics(out)
     loss = [float(r["loss"]) for r in rows if r["loss"]]
     mi = [float(r["mi"]) for r in rows if r["loss"]]
     est = [float(r["mi_estimate"]) for r in rows if r["loss"]]
-    assert len(loss) == 33 and all(m <= math.log(360) for m in mi) and mi != est
+    ceilings = [math.log(360 - 32 * (step % 11)) for step in range(33)]
+    assert [float(r["mi_ceiling"]) for r in rows if r["loss"]] == pytest.approx(ceilings)
+    assert len(loss) == 33 and all(m <= c for m, c in zip(mi, ceilings)) and mi != est
     first, third = sum(loss[:11]) / 11, sum(loss[22:]) / 11  # the first epoch and the third
     assert third < first - 2, loss
     assert sum(mi[22:]) / 11 > sum(mi[:11]) / 11 + 2, mi
@@ -137,7 +140,7 @@ def test_trains_with_any_objective(tiny, tmp_path, capsys, objective, extra):
     assert pretrain([*tiny, *IR, f"out_dir={tmp_path}", "train.max_steps=2", f"objective.name={objective}",
                      *extra]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["mi_ceiling"] == pytest.approx(math.log(1437))  # the digits' training split
+    assert result["mi_ceiling"] == pytest.approx(math.log(1437 - 16))  # the split less the first step's 16
     assert math.isfinite(result["loss"]) and result["mi"] <= result["mi_ceiling"]
     bank = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]["bank.bank"]
     assert bank.shape == (1437, 16)
@@ -228,7 +231,8 @@ def _on_rank(rank: int) -> dict:
     results = {}
     for name in CASES:
         method, out = _run(name, [views[0][mine]], idx[mine], ddp=True)
-        results[name] = [_grads(method), method.bank.bank.clone(), out.mi.item(), out.mi_estimate.item()]
+        results[name] = [_grads(method), method.bank.bank.clone(), out.mi.item(), out.mi_estimate.item(),
+                         method.visits.visited.clone()]
     return results
 
 
@@ -239,7 +243,9 @@ def test_two_ranks_give_the_single_process_gradient_and_identical_banks(gloo_ran
         method, out = _run(name, views, idx, ddp=False)
         ref = _grads(method)
         for r in range(WORLD):
-            grads, bank, mi, estimate = ranks[r][name]
+            grads, bank, mi, estimate, visited = ranks[r][name]
+            # every rank knows the whole global batch visited: the next step's bound leaves all of it out
+            assert torch.equal(visited, method.visits.visited) and int(visited.sum()) == B, name
             assert grads.keys() == ref.keys()
             for key, g in ref.items():
                 torch.testing.assert_close(grads[key], g, rtol=1e-4, atol=1e-6, msg=f"{name}: {key}")

@@ -27,8 +27,9 @@
   loss, not an objective's: -log P(C & B | v) / P(B | v), B the bank rows
   nearest v, C the images that share v's cluster in any of several k-means
   clusterings of the bank (made in torch at each epoch's start, kept in the
-  state). Not an MI bound; its ``mi`` is the bank bound
-  (``objectives.bank_bound``), and ``objective.*`` must stay at its default.
+  state), after a warm-up of instance recognition (``la.kmeans_start_epoch``).
+  Not an MI bound; its ``mi`` is the bank bound (``Method._certify_bank``),
+  and ``objective.*`` must stay at its default.
 
 - :class:`CMC` (Tian et al. 2019, as Wu et al. 2020 use it): one view per
   image, a ``model.streams=lab`` encoder (one network on the L channel of
@@ -42,7 +43,8 @@
   positive is the image's own row, the negatives ``ir.num_negatives`` rows of
   other images drawn at random (0: the whole bank); the batch's rows then
   move to its embeddings, gathered from every rank. Its ``mi`` is the view
-  against the whole bank (``Method._certify_bank``, ceiling log N), not the
+  against the bank (``Method._certify_bank``: normalised over the images the
+  epoch has not visited yet, ceiling log of their number), not the
   cross-view matrix below.
 
 - :class:`~infoview.pretrain.methods.crd.CRD` (``crd``, Tian et al. 2020; what
@@ -94,6 +96,7 @@ from infoview.pretrain.methods.base import (
     get_method,
     method_sections,
     method_temperature,
+    objective_settings,
     register_method,
 )
 from infoview.pretrain.methods.simclr import SimCLR  # registered in this order: simclr, then moco
@@ -105,5 +108,5 @@ for _module in pkgutil.iter_modules(__path__):  # any other method file register
 
 __all__ = [
     "Method", "StepOutput", "register_method", "available_methods", "get_method", "method_sections",
-    "check_method_sections", "method_temperature", "SimCLR", "MoCo", "MOCO_BN", "resolve_moco_bn",
+    "check_method_sections", "method_temperature", "objective_settings", "SimCLR", "MoCo", "MOCO_BN", "resolve_moco_bn",
 ]

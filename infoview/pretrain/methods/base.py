@@ -8,6 +8,7 @@ engine holds no ``if method == ...``: it asks the registry.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,8 +19,8 @@ from torch import nn
 from infoview import schema
 from infoview.config import flatten
 from infoview.errors import ConfigError
-from infoview.models import MemoryBank, predictor as make_predictor, projector as make_projector
-from infoview.objectives import Objective, ObjectiveOutput, bank_bound_of_scores, cross_view_pairs
+from infoview.models import EpochVisits, MemoryBank, predictor as make_predictor, projector as make_projector
+from infoview.objectives import Objective, ObjectiveOutput, bank_bound_of_scores, cross_view_pairs, objective_params
 from infoview.runtime import distributed as D
 from infoview.utils.registry import Registry
 
@@ -71,10 +72,35 @@ def method_temperature(cfg) -> float | None:
     return float(t)
 
 
+def objective_settings(cfg) -> dict:
+    """The keyword arguments of ``objective.<name>``: ``objective.*`` less the name, and the method's temperature
+    where the objective takes one (HCL's and DCL's floor K exp(-1/t) must use the temperature the scores were
+    divided by). The method owns it: an ``objective.temperature`` that differs is a ConfigError."""
+    params = {k: v for k, v in cfg.objective.items() if k != "name"}
+    name = cfg.objective.name
+    temperature = method_temperature(cfg)
+    if "temperature" in objective_params(name) and temperature is not None:
+        given = params.get("temperature", temperature)
+        if given != temperature:
+            raise ConfigError(f"objective.temperature={given} and {cfg.method}.temperature={temperature} disagree: "
+                              f"{cfg.method} divides the scores by its own, which {name} then uses too; "
+                              f"set {cfg.method}.temperature only")
+        params["temperature"] = temperature
+    return params
+
+
 def projector_from_config(model_cfg, feature_dim: int) -> nn.Module:
     """The projection head ``model.proj_*`` describes."""
     m = model_cfg
     return make_projector(feature_dim, m.proj_hidden, m.proj_dim, m.proj_layers, m.proj_bn, m.proj_last_bn)
+
+
+def refuse_predictor(cfg) -> None:
+    """``model.pred_hidden`` builds method=moco's predictor; any other method has none and refuses the key."""
+    if cfg.model.pred_hidden:
+        raise ConfigError(f"model.pred_hidden={cfg.model.pred_hidden} is the predictor of method=moco only "
+                          f"(method=moco_v3 sets its own, moco_v3.pred_hidden); method={cfg.method} has none: "
+                          "set model.pred_hidden=0")
 
 
 def predictor_from_config(model_cfg, dim: int) -> nn.Module | None:
@@ -114,6 +140,8 @@ class Method(nn.Module):
       training split's size;
     - optionally ``check_run(local_batch, world)``: checks that need the built
       method and the run's shape (per-process batch, number of processes);
+    - optionally ``wants_split_labels`` and ``set_split_labels(labels)``: the label of every image of
+      the training split, given by the engine before the first step;
     - ``sync_bn``: True when it asks for SyncBatchNorm under DDP.
     """
 
@@ -125,6 +153,9 @@ class Method(nn.Module):
     sync_bn: bool = False
     #: buffers besides its memory banks that every rank keeps alike by construction (LA's clusterings)
     same_on_every_rank: tuple[str, ...] = ()
+    #: True when it needs the label of every image of the training split before its first step: the engine
+    #: then calls ``set_split_labels`` (CRD with labels draws negatives from other classes)
+    wants_split_labels: bool = False
 
     def __init__(self, encoder: nn.Module, projector: nn.Module, objective: Objective, num_classes: int = 0):
         super().__init__()
@@ -141,17 +172,26 @@ class Method(nn.Module):
     def check_run(self, local_batch: int, world: int) -> None:
         """Checks that need the built method and the run's shape; nothing by default."""
 
+    def set_split_labels(self, labels: torch.Tensor) -> None:
+        """The label of every image of the training split (int64 (N,), -1: none), for ``wants_split_labels``."""
+
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
         """What DDP leaves out of its broadcast of rank 0's buffers at every step: each memory bank (every rank
         builds it from one seed and updates it alike from the gathered batch; 655 MB on ImageNet) and
         ``same_on_every_rank``."""
         banks = [f"{name}.bank" for name, module in self.named_modules() if isinstance(module, MemoryBank)]
-        return banks + list(self.same_on_every_rank)
+        visits = [f"{name}.{b}" for name, module in self.named_modules() if isinstance(module, EpochVisits)
+                  for b in ("visited", "epoch")]
+        return banks + visits + list(self.same_on_every_rank)
 
     def set_progress(self, step: int, total_steps: int, epoch: float) -> None:
-        """Schedules that follow training progress: the objective's (Ring's outer threshold, ML-CPC's alpha)."""
+        """Schedules that follow training progress: the objective's (Ring's outer threshold, ML-CPC's alpha);
+        a new epoch forgets the images the last one visited (:class:`EpochVisits`)."""
         self.objective.set_epoch(epoch)
+        for module in self.modules():
+            if isinstance(module, EpochVisits):
+                module.start(math.floor(round(float(epoch), 9)))
 
     def probe_parameters(self) -> list[nn.Parameter]:
         return list(self.probe.parameters()) if self.probe is not None else []
@@ -187,13 +227,28 @@ class Method(nn.Module):
         pos, neg = cross_view_pairs(a.detach(), b.detach(), self.temperature)
         return self.objective.bound(pos, neg)
 
+    def _drawn_negatives(self, scores: torch.Tensor, indices: torch.Tensor, everyone: torch.Tensor,
+                         k: int) -> torch.Tensor:
+        """(B, k): this rank's views' scores (B, N) against ``k`` rows of ``self.bank`` drawn for each from the
+        other images' rows (``MemoryBank.sample``). The draws are made for the whole global batch
+        (``everyone``) from one random stream, the same on every rank (the engine seeds them alike), and
+        each rank keeps its own rows of them: two processes draw what one does."""
+        b = indices.shape[0]
+        start = D.row_offset(b)
+        return scores.gather(1, self.bank.sample(everyone, k)[start : start + b])
+
     @torch.no_grad()
-    def _certify_bank(self, scores: torch.Tensor, indices: torch.Tensor) -> ObjectiveOutput:
+    def _certify_bank(self, scores: torch.Tensor, indices: torch.Tensor, everyone: torch.Tensor) -> ObjectiveOutput:
         """A memory-bank method's bound, from the (B, N) scores (over the temperature) it already has of its
         normalised views against every row of the bank, taken before this batch updates it
-        (objectives.bank_bound_of_scores): a bound on I(view; image index), m = N, ceiling log N, whatever
-        objective the method trains with."""
-        return bank_bound_of_scores(scores, indices)
+        (objectives.bank_bound_of_scores), whatever objective the method trains with. The loader visits each
+        image once an epoch, so the bound is normalised over the images the epoch has not visited yet
+        (``self.visits``, an :class:`EpochVisits`): a bound on I(view; image index | the run so far), ceiling
+        log of their number. Then the global batch's images (``everyone``, gathered from every rank) are
+        marked visited."""
+        cert = bank_bound_of_scores(scores, indices, self.visits.visited)
+        self.visits.mark(everyone)
+        return cert
 
     def _finish(self, out: ObjectiveOutput, cert: ObjectiveOutput | None, first_feats: torch.Tensor,
                 labels: torch.Tensor | None) -> StepOutput:

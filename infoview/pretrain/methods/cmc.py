@@ -61,6 +61,7 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     method_temperature,
     projector_from_config,
+    refuse_predictor,
     register_method,
 )
 from infoview.runtime import distributed as D
@@ -88,8 +89,7 @@ class CMC(Method):
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "CMC":
         if getattr(encoder, "streams", "rgb") != "lab":
             raise ConfigError("method=cmc contrasts the L and ab halves of the encoder: set model.streams=lab")
-        if cfg.model.pred_hidden:
-            raise ConfigError("model.pred_hidden (a predictor) is used by method=moco only; set it to 0 for cmc")
+        refuse_predictor(cfg)
         a = cfg.augment
         specs = resolve(a.recipe, int(a.size), int(a.num_views), overrides=OmegaConf.to_container(a.overrides) or None)
         grey = max(float(s.ops["grayscale"]["p"]) for s in specs)

@@ -16,10 +16,40 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     method_temperature,
     projector_from_config,
+    refuse_predictor,
     register_method,
 )
 from infoview.runtime import distributed as D
 from infoview.schema import Key
+
+
+class ClassPools:
+    """Draws, for each image, negatives among the images of *other* classes (CRD's ``CIFAR100InstanceSample``,
+    mode ``exact``): the split's indices sorted by class, so that the images of all classes but c are the
+    sorted order less one contiguous block."""
+
+    def __init__(self, labels: torch.Tensor):
+        labels = labels.long()
+        self.labels = labels
+        self.order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels)
+        self.count = counts
+        self.start = torch.cumsum(counts, 0) - counts
+
+    def to(self, device) -> "ClassPools":
+        for name in ("labels", "order", "count", "start"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def sample(self, indices: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, k) indices drawn uniformly, with replacement, from the images whose class is not that of
+        ``indices`` (the same random stream on every rank, as ``MemoryBank.sample``)."""
+        c = self.labels[indices]
+        pool = len(self.labels) - self.count[c]  # (B,) images of the other classes
+        u = (torch.rand(len(indices), k, device=self.order.device, dtype=torch.float64) * pool[:, None]).long()
+        u = torch.minimum(u, pool[:, None] - 1)  # rand < 1, but float rounding must not reach the pool's end
+        u = u + (u >= self.start[c][:, None]).long() * self.count[c][:, None]  # skip class c's block
+        return self.order[u]
 
 
 @register_method("crd")
@@ -38,33 +68,44 @@ class CRD(Method):
     the batch gathered from every rank. The objective is applied twice and the two losses are summed,
     as CRD does: the student's embedding of image i against the teacher bank (positive: row i; negatives:
     ``crd.num_negatives`` rows of other images, 16384 as CRD), and the teacher's embedding against the
-    student bank. Scores are divided by ``crd.temperature`` (0.07). ``objective.name=infonce`` is CRD
-    with InfoNCE's softmax in place of its NCE loss; ``ml_cpc`` is what the ML-CPC paper puts in its place.
+    student bank; the same draws index both banks. Scores are divided by ``crd.temperature`` (0.07).
+    ``objective.name=infonce`` is CRD with InfoNCE's softmax in place of its NCE loss; ``ml_cpc`` is what
+    the ML-CPC paper puts in its place.
 
-    With labels, ``crd.ce_weight`` > 0 adds the cross-entropy of a classifier on the student's
-    features (the online probe's head, trained through the encoder rather than on detached features),
-    the CRD setting without its KD term.
+    Without labels (``crd.ce_weight`` = 0, self-supervised compression) the negatives are drawn uniformly
+    from the other images, and the loss is the two objectives' sum (``crd.weight`` 1). With labels
+    (``crd.ce_weight`` > 0), as the authors train (HobbitLong/RepDistiller and jiamings/ml-cpc,
+    train_student.py with ``--distill crd``): the negatives come from the images of *other classes* only
+    (their ``CIFAR100InstanceSample``, mode ``exact``, the default), and the loss is
+    ``crd.ce_weight`` x the cross-entropy of a classifier on the student's features (the online probe's
+    head, trained through the encoder; their ``-r``, 1) + ``crd.weight`` x the CRD loss (their ``-b``,
+    0.8: ``crd.weight=null`` picks it). Every image of the split must then have a label.
 
     What ``.mi`` bounds: the objective's bound on the cross-view matrix of the global batch, each
     student embedding against every teacher embedding of the batch (fresh, not the bank's):
     I(student embedding; teacher embedding) with m = the global batch, against its ceiling. The bank
     rows' value is ``mi_estimate``.
 
-    Departures from the authors' code (HobbitLong/RepDistiller, and jiamings/ml-cpc's ``crd/``): the
-    negatives are drawn uniformly from the other images (theirs: from all rows by an alias sampler, so
-    a row's own image can come up as a negative); a row's positive is its bank entry as theirs, but the
-    objective is InfoNCE's softmax (or any registered one) rather than NCE with a normalising constant
-    fixed at the first batch; no KD term, since infoview's teachers are feature encoders without class
-    logits; the student's head is ``model.proj_*`` (one Linear by default).
+    Departures from the authors' code: their training loops pass the negatives' indices in with each
+    image (``contrast_idx``), so the alias sampler of their ``ContrastMemory`` draws none; their K
+    negatives of an image are distinct (``np.random.choice`` without replacement among the 49,500 images
+    of the other classes of CIFAR-100), ours are drawn with replacement (at K = 16384 about 15% repeat an
+    image drawn for that row); without labels they have no counterpart. The objective is InfoNCE's softmax
+    (or any registered one) rather than NCE with a normalising constant fixed at the first batch. No KD
+    term (their ``-a``): an infoview teacher is an encoder without a classifier, so this is their "CRD"
+    row, not "CRD+KD". The student's head is ``model.proj_*`` (one Linear by default).
     """
 
     DEFAULTS = {
         "teacher": Key("", "the frozen teacher: a run, checkpoint, export or random:<timm arch> (backbone= spec)"),
         "temperature": Key(0.07, "the scores are divided by it", above=0),
         "dim": Key(128, "width of the embedding both heads map to", min=1),
-        "num_negatives": Key(16384, "bank rows of other images each embedding is contrasted with", min=1),
+        "num_negatives": Key(16384, "bank rows of other images (other classes, with labels) per embedding",
+                             min=1),
         "bank_momentum": Key(0.5, "a bank row's momentum when the batch updates it", min=0, max=1),
         "ce_weight": Key(0.0, "weight of the student's cross-entropy on labels (0: none, self-supervised)", min=0),
+        "weight": Key(None, "the CRD loss's weight; null: 0.8 with labels (ce_weight > 0, CRD's -b), else 1",
+                      min=0, nullable=True),
     }
     num_views = 1
     needs_indices = True
@@ -73,10 +114,13 @@ class CRD(Method):
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "CRD":
         from infoview.runtime.backbone import load_backbone_spec
 
+        refuse_predictor(cfg)
         c = cfg.crd
         if not str(c.teacher).strip():
             raise ConfigError("crd.teacher (teacher=) is not set: give a pretraining run, checkpoint, export "
                               "folder or random:<timm arch>")
+        if c.weight is not None and c.weight == 0 and c.ce_weight == 0:
+            raise ConfigError("crd.weight=0 and crd.ce_weight=0 train nothing: give one of them a weight")
         try:
             teacher = load_backbone_spec(str(c.teacher), seed=int(cfg.train.seed))
         except InfoviewError as exc:
@@ -100,12 +144,12 @@ class CRD(Method):
         return cls(encoder, proj, objective, num_classes, teacher=teacher.encoder,
                    renorm=(cfg.augment.normalize, teacher.normalize), num_samples=num_samples,
                    temperature=method_temperature(cfg), dim=c.dim, num_negatives=c.num_negatives,
-                   bank_momentum=c.bank_momentum, ce_weight=c.ce_weight, seed=int(cfg.train.seed))
+                   bank_momentum=c.bank_momentum, ce_weight=c.ce_weight, weight=c.weight, seed=int(cfg.train.seed))
 
     def __init__(self, encoder, projector, objective, num_classes: int = 0, *, teacher: nn.Module,
                  renorm: tuple[str, str] = ("imagenet", "imagenet"), num_samples: int, temperature: float = 0.07,
                  dim: int = 128, num_negatives: int = 16384, bank_momentum: float = 0.5, ce_weight: float = 0.0,
-                 seed: int = 0):
+                 weight: float | None = None, seed: int = 0):
         super().__init__(encoder, projector, objective, num_classes)
         self.temperature = float(temperature)
         self.teacher = teacher.eval()
@@ -119,11 +163,45 @@ class CRD(Method):
         self.student_bank = MemoryBank(num_samples, dim, momentum=bank_momentum, seed=seed + 1)
         self.num_negatives = int(num_negatives)
         self.ce_weight = float(ce_weight)
+        labelled = self.ce_weight > 0
+        self.weight = float(weight) if weight is not None else (0.8 if labelled else 1.0)
+        self.wants_split_labels = labelled  # negatives from other classes: the engine gives the split's labels
+        self.pools: ClassPools | None = None
+
+    def set_split_labels(self, labels: torch.Tensor) -> None:
+        """The label of every image of the split: with labels, each image's negatives come from other classes."""
+        labels = torch.as_tensor(labels).long()
+        n = self.teacher_bank.num_samples
+        if labels.shape != (n,):
+            raise ConfigError(f"crd: expected a label for each of the split's {n} images, got {tuple(labels.shape)}")
+        missing = int((labels < 0).sum())
+        if missing:
+            raise ConfigError(f"crd.ce_weight={self.ce_weight} draws each image's negatives from the other classes: "
+                              f"every image of the split needs a label, and {missing} of {n} have none")
+        if labels.unique().numel() < 2:
+            raise ConfigError("crd.ce_weight draws each image's negatives from the other classes: the split has one")
+        self.pools = ClassPools(labels).to(self.teacher_bank.bank.device)
 
     def train(self, mode: bool = True) -> "CRD":
         super().train(mode)
         self.teacher.eval()  # frozen: its BatchNorm statistics never move
         return self
+
+    def _negatives(self, all_idx: torch.Tensor, b: int) -> torch.Tensor:
+        """(b, K) negatives of this rank's images: drawn for the whole global batch (``all_idx``) from one
+        random stream, the same on every rank (the engine seeds them alike), this rank's rows kept; two
+        processes draw what one does. From the other classes with labels, from the other images without."""
+        start = D.row_offset(b)
+        if self.ce_weight > 0:
+            if self.pools is None:
+                raise InfoviewError("crd with crd.ce_weight > 0 draws negatives from other classes: call "
+                                    "set_split_labels with the split's labels first (the engine does)")
+            if self.pools.order.device != all_idx.device:
+                self.pools.to(all_idx.device)
+            drawn = self.pools.sample(all_idx, self.num_negatives)
+        else:
+            drawn = self.teacher_bank.sample(all_idx, self.num_negatives)
+        return drawn[start : start + b]
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None,
                 indices: torch.Tensor | None = None) -> StepOutput:
@@ -135,17 +213,14 @@ class CRD(Method):
         with torch.no_grad():
             t_feats = self.teacher(x * self.renorm_scale + self.renorm_shift)
         t = F.normalize(self.teacher_head(t_feats).float(), dim=-1)
-        # the draws of the whole global batch, the same on every rank (the engine seeds them alike), and this
-        # rank's rows of them: two processes draw what one does. The same draws index both banks, as CRD's.
         all_idx = D.gather_no_grad(indices)
-        start = D.row_offset(x.shape[0])
-        neg_idx = self.teacher_bank.sample(all_idx, self.num_negatives)[start : start + x.shape[0]]
+        neg_idx = self._negatives(all_idx, x.shape[0])  # the same draws index both banks, as CRD's
         pos_s, neg_s = bank_logits(s, self.teacher_bank.bank[indices], self.teacher_bank.bank[neg_idx],
                                    self.temperature)
         pos_t, neg_t = bank_logits(t, self.student_bank.bank[indices], self.student_bank.bank[neg_idx],
                                    self.temperature)
         out_s, out_t = self._objective(pos_s, neg_s), self._objective(pos_t, neg_t)
-        out_s.loss = out_s.loss + out_t.loss
+        out_s.loss = self.weight * (out_s.loss + out_t.loss)
         cert = self._certify(D.gather_no_grad(s.detach()), D.gather_no_grad(t.detach()))
         with torch.no_grad():
             self.teacher_bank.update(all_idx, D.gather_no_grad(t.detach()))

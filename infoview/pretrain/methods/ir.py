@@ -23,9 +23,10 @@ m = 0.5 is the IR paper's (the default); m = 0 replaces the row, as the ring rep
 same random stream (the engine seeds every rank alike and checkpoints it) and keeps its own rows: the
 run is then the same function of the global batch as one process on it (tests/pretrain/test_ir.py).
 
-What ``mi`` is: :meth:`Method._certify_bank`, each view against every row of the bank, taken before the
-bank takes the batch (objectives.bank_bound): a lower bound on I(view; image index), ceiling log N. What
-the training rows read (K drawn rows, or a ring of them) is ``mi_estimate``, not a bound.
+What ``mi`` is: :meth:`Method._certify_bank`, each view against the bank, taken before the bank takes the
+batch (objectives.bank_bound), normalised over the images the epoch has not visited yet: a lower bound on
+I(view; image index | the run so far), ceiling log of their number. What the training rows read (K drawn
+rows, or a ring of them) is ``mi_estimate``, not a bound.
 
 Departures from the ring authors' code (mhw32/contrastive-ring-public, src/objectives/instdisc.py):
 
@@ -47,12 +48,13 @@ import torch
 import torch.nn.functional as F
 
 from infoview.errors import ConfigError
-from infoview.models import MemoryBank
+from infoview.models import EpochVisits, MemoryBank
 from infoview.pretrain.methods.base import (
     Method,
     StepOutput,
     method_temperature,
     projector_from_config,
+    refuse_predictor,
     register_method,
 )
 from infoview.runtime import distributed as D
@@ -75,8 +77,7 @@ class InstanceRecognition(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "InstanceRecognition":
-        if cfg.model.pred_hidden:
-            raise ConfigError("model.pred_hidden (a predictor) is used by method=moco only; set it to 0 for ir")
+        refuse_predictor(cfg)
         ic = cfg.ir
         proj = projector_from_config(cfg.model, encoder.feature_dim)
         return cls(encoder, proj, objective, num_classes, num_samples=num_samples,
@@ -100,6 +101,7 @@ class InstanceRecognition(Method):
         self.temperature = float(temperature)
         self.num_negatives = k
         self.bank = MemoryBank(n, projector.out_dim, momentum=float(m), seed=seed)  # not broadcast by DDP (Method)
+        self.visits = EpochVisits(n)  # the images this epoch has visited: the bound's normaliser leaves them out
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None,
                 indices: torch.Tensor | None = None) -> StepOutput:
@@ -119,13 +121,10 @@ class InstanceRecognition(Method):
         pos = scores.gather(1, indices[:, None])[:, 0]
         if self.num_negatives == 0:  # every other row: the own one is masked out (-inf), K = N - 1
             neg, k = scores.scatter(1, indices[:, None], -math.inf), self.bank.num_samples - 1
-        else:  # the draws of the whole global batch, the same on every rank; this rank's rows
-            b = indices.shape[0]
-            start = D.row_offset(b)
-            drawn = self.bank.sample(everyone, self.num_negatives)[start : start + b]
-            neg, k = scores.gather(1, drawn), None
+        else:
+            neg, k = self._drawn_negatives(scores, indices, everyone, self.num_negatives), None
         out = self._objective(pos, neg, k)
-        cert = self._certify_bank(scores, indices)  # before the bank takes this batch
+        cert = self._certify_bank(scores, indices, everyone)  # before the bank takes this batch
         self.bank.update(everyone, D.gather_no_grad(q.detach()))
         return self._finish(out, cert, first, labels)
 

@@ -7,20 +7,22 @@ import torch
 import torch.nn.functional as F
 
 from infoview.errors import ConfigError
-from infoview.models import MemoryBank
+from infoview.models import EpochVisits, MemoryBank
 from infoview.objectives import ObjectiveOutput
 from infoview.pretrain.methods.base import (
     Method,
     StepOutput,
     method_temperature,
     projector_from_config,
+    refuse_predictor,
     register_method,
 )
 from infoview.runtime import distributed as D
 from infoview.schema import Key
 
 #: added to P(C | B) before the log, as the authors' code does: a row with no close neighbour in its
-#: background reads -log(1e-7) = 16.1 nats and gives no gradient, instead of an infinite loss
+#: background reads -log(1e-7) = 16.1 nats, instead of an infinite loss, and gets no gradient (the paper's
+#: per-row loss; the authors' code differs there, see LocalAggregation)
 EPS = 1e-7
 #: elements of the largest (rows x clusters) block k-means holds at a time
 KMEANS_BLOCK = 1 << 24
@@ -82,7 +84,8 @@ def neighbours(scores: torch.Tensor, cluster_labels: torch.Tensor, indices: torc
 
 
 def la_loss(background: torch.Tensor, close: torch.Tensor) -> torch.Tensor:
-    """mean_i -log( P(C_i & B_i | v_i) / P(B_i | v_i) ), P(A | v) = sum_{j in A} exp(score_j) / Z (Z cancels)."""
+    """mean_i -log( P(C_i & B_i | v_i) / P(B_i | v_i) + EPS ), P(A | v) = sum_{j in A} exp(score_j) / Z (Z cancels):
+    the paper's loss, one term per row (a row with no close neighbour: -log EPS, no gradient)."""
     lse_b = torch.logsumexp(background, dim=1)
     lse_c = torch.logsumexp(background.masked_fill(~close, float("-inf")), dim=1)
     return -torch.log(torch.exp(lse_c - lse_b) + EPS).mean()
@@ -96,34 +99,57 @@ class LocalAggregation(Method):
     of the split (momentum ``bank_momentum``, taking each step's embeddings gathered from every rank).
     B_i, the background neighbours: the ``background_k`` bank rows nearest v_i. C_i, the close
     neighbours: the images that share i's cluster in any of ``num_kmeans`` k-means clusterings of the
-    bank (``k`` clusters each), recomputed at the start of every epoch from ``kmeans_start_epoch`` on
-    (before it each image is its own cluster, C_i = {i}, the authors' initial labels). The loss::
+    bank (``k`` clusters each), recomputed at the start of every epoch from ``kmeans_start_epoch`` on.
+    The loss::
 
         -log( P(C_i & B_i | v_i) / P(B_i | v_i) ),  P(A | v) = sum_{j in A} exp(<v, bank_j> / t) / Z
+
+    The warm-up: before ``kmeans_start_epoch`` (until the first clustering) the loss is instance
+    recognition, as the authors warm up LA with 10 epochs of it: each view against its own bank row and
+    ``background_k`` rows of other images drawn at random, InfoNCE on those ``background_k`` + 1 scores
+    (``mi_estimate`` is what they read). Every view gets a gradient from the first step. Warming up with
+    LA's loss and each image its own cluster (C_i = {i}, the authors' initial labels) instead would give
+    one only to the views whose own row is among their ``background_k`` nearest: at the start, against
+    a random bank of 50,000 rows and 4096 neighbours, about 8% of them.
 
     ``ring_inner`` > 0 drops the floor(ring_inner * background_k) nearest rows from B_i (and so from
     both sums): the background becomes a band of similarity ranks, as the Ring paper (Wu et al. 2020)
     restricts negatives to a ring.
 
     This loss is not a mutual-information bound. The ``mi`` this method reports is
-    ``objectives.bank_bound``: each view against every row of the bank (before it takes the batch), a
-    certified lower bound on I(view; image index) for the critic <v, bank_j> / t, ceiling log N,
-    whatever the loss. ``mi_estimate`` is NaN: LA's loss reads no MI. LA trains with its own loss:
-    ``objective.*`` must stay at its default.
+    :meth:`Method._certify_bank`: each view against the bank (before it takes the batch), normalised
+    over the images the epoch has not visited yet, a certified lower bound on I(view; image index | the
+    run so far) for the critic <v, bank_j> / t, whatever the loss (objectives/bank.py says why the
+    visited rows are left out). After the warm-up ``mi_estimate`` is NaN: LA's loss reads no MI. LA
+    trains with its own loss: ``objective.*`` must stay at its default (InfoNCE, the warm-up's).
+
+    Departures from the authors' code (neuroailab/LocalAggregation-Pytorch):
+
+    - the warm-up is part of the run: the authors train IR for 10 epochs in a run of its own
+      (config/imagenet_ir.json), then start LA from its model and bank at epoch 0 of a new schedule;
+      their IR loss is NCE against 4096 rows drawn from all N (the own row now and then) with a fixed
+      normaliser Z, this one InfoNCE against ``background_k`` rows of other images (as ``method=ir``);
+    - a row with no close neighbour in its background: their code divides the (B,) numerators by the
+      (B, 1) denominators, a (B, B) broadcast, and averages -log(num_j / den_i + 1e-7) over every pair;
+      where every row has a neighbour that is the per-row loss up to the 1e-7, but a row without one
+      still gets a gradient, through its denominator in the other rows' terms. We follow the paper's
+      per-row loss: such a row reads -log(1e-7) and gets none (tests/pretrain/test_la.py computes both);
+    - k-means in torch, not faiss (see :func:`kmeans`); clusterings at each epoch's start, theirs after
+      the first step of the run and then at each epoch's last.
     """
 
     # the paper's ImageNet setting: 4096 background neighbours, 10 clusterings of 10000 clusters
     # (the authors' PyTorch imagenet_la.json: 30000), t 0.07, bank momentum 0.5; faiss's 20 iterations.
-    # The authors warm-start from 10 epochs of instance discrimination (configs/la_cifar10.yaml: 10); the
-    # default clusters from epoch 1, so that a short run is LA at all
+    # The authors warm up with 10 epochs of instance discrimination (configs/la_cifar10.yaml: 10); the
+    # default warms up for 1, so that a short run is LA at all
     DEFAULTS = {
         "temperature": Key(0.07, "the embeddings' dot products with the bank are divided by it", above=0),
         "background_k": Key(4096, "background neighbours: the bank rows nearest each embedding", min=1),
         "num_kmeans": Key(10, "k-means clusterings of the bank whose clusters are unioned into C_i", min=1),
         "k": Key(10000, "clusters of each k-means clustering", min=1),
         "kmeans_iters": Key(20, "Lloyd iterations of each clustering", min=1),
-        "kmeans_start_epoch": Key(1, "the first epoch that clusters the bank (0: its random initial rows)",
-                                  min=0),
+        "kmeans_start_epoch": Key(1, "the first epoch that clusters the bank; the ones before warm up with IR "
+                                     "(0: none)", min=0),
         "bank_momentum": Key(0.5, "the memory bank's momentum", min=0, max=1),
         "ring_inner": Key(0.0, "ring variant: drop this fraction of the nearest background rows", min=0, below=1),
     }
@@ -140,8 +166,7 @@ class LocalAggregation(Method):
             got = f"objective.name={cfg.objective.name}" + "".join(f", objective.{k}={v}" for k, v in extra.items())
             raise ConfigError(f"method=la trains with its own loss: leave objective.* at its default "
                               f"(objective.name=infonce, no other keys), got {got}")
-        if cfg.model.pred_hidden:
-            raise ConfigError("model.pred_hidden (a predictor) is used by method=moco only; set it to 0 for la")
+        refuse_predictor(cfg)
         c = cfg.la
         return cls(
             encoder, projector_from_config(cfg.model, encoder.feature_dim), objective, num_classes, num_samples,
@@ -171,6 +196,7 @@ class LocalAggregation(Method):
                               "use a value in [0, 1)")
         self.seed = int(seed)
         self.bank = MemoryBank(n, projector.out_dim, momentum=bank_momentum, seed=seed)
+        self.visits = EpochVisits(n)  # the images this epoch has visited: the bound's normaliser leaves them out
         # each image its own cluster until the first clustering (the authors' initial labels); int32: 10 x 1.28M
         # labels on ImageNet are 51 MB, not 102
         self.register_buffer("cluster_labels", torch.arange(n, dtype=torch.int32).repeat(self.num_kmeans, 1))
@@ -190,6 +216,11 @@ class LocalAggregation(Method):
             self.cluster_labels[h] = kmeans(self.bank.bank, self.k, self.kmeans_iters, seed).to(torch.int32)
         self.cluster_epoch.fill_(int(epoch))
 
+    @property
+    def warming_up(self) -> bool:
+        """Until the first clustering (``kmeans_start_epoch``) the loss is instance recognition's."""
+        return int(self.cluster_epoch) < 0
+
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None,
                 indices: torch.Tensor | None = None) -> StepOutput:
         if len(views) != 1:
@@ -197,15 +228,20 @@ class LocalAggregation(Method):
         if indices is None:
             raise ValueError("la keys its memory bank by image index: forward(views, labels, indices)")
         first, z = self.embed(views)
+        indices = indices.to(self.bank.bank.device).long()
+        everyone = D.gather_no_grad(indices)  # the global batch's images, in rank order
         bank = self.bank.bank.detach().clone()  # the update below must not touch what backward reads
         with torch.autocast(z.device.type, enabled=False):
             v = F.normalize(z[0].float(), dim=1)
             scores = v @ bank.T / self.temperature
-            cert = self._certify_bank(scores, indices)  # before the bank takes this batch
-            top, _, close = neighbours(scores, self.cluster_labels, indices,
-                                       self.background_k, self.skip)
-            loss = la_loss(top, close)
-        self.bank.update(D.gather_no_grad(indices), D.gather_no_grad(v.detach()))
-        nan = loss.detach().new_full((), float("nan"))
-        out = ObjectiveOutput(loss=loss, mi=nan, ceiling=float("nan"), log_m=float("nan"), estimate=nan)
+            if self.warming_up:  # instance recognition: the own row against background_k drawn rows
+                pos = scores.gather(1, indices[:, None])[:, 0]
+                out = self._objective(pos, self._drawn_negatives(scores, indices, everyone, self.background_k))
+            else:
+                top, _, close = neighbours(scores, self.cluster_labels, indices, self.background_k, self.skip)
+                loss = la_loss(top, close)
+                nan = loss.detach().new_full((), float("nan"))
+                out = ObjectiveOutput(loss=loss, mi=nan, ceiling=float("nan"), log_m=float("nan"), estimate=nan)
+            cert = self._certify_bank(scores, indices, everyone)  # before the bank takes this batch
+        self.bank.update(everyone, D.gather_no_grad(v.detach()))
         return self._finish(out, cert, first, labels)

@@ -14,6 +14,7 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     method_temperature,
     projector_from_config,
+    refuse_predictor,
     register_method,
 )
 from infoview.runtime import distributed as D
@@ -116,9 +117,7 @@ class MoCoV3(Method):
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "MoCoV3":
         mc = cfg.moco_v3
-        if cfg.model.pred_hidden:
-            raise ConfigError(f"model.pred_hidden={cfg.model.pred_hidden} is method=moco's predictor; "
-                              "method=moco_v3 sets its own with moco_v3.pred_hidden: set model.pred_hidden=0")
+        refuse_predictor(cfg)
         proj = projector_from_config(cfg.model, encoder.feature_dim)
         pred = None
         if mc.pred_hidden:

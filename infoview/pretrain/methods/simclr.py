@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from infoview.errors import ConfigError
 from infoview.objectives import in_batch_pairs
-from infoview.pretrain.methods.base import Method, StepOutput, method_temperature, projector_from_config, register_method
+from infoview.pretrain.methods.base import (
+    Method,
+    StepOutput,
+    method_temperature,
+    projector_from_config,
+    refuse_predictor,
+    register_method,
+)
 from infoview.runtime import distributed as D
 from infoview.schema import Key
 
@@ -19,8 +25,7 @@ class SimCLR(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "SimCLR":
-        if cfg.model.pred_hidden:
-            raise ConfigError("model.pred_hidden (a predictor) is used by method=moco only; set it to 0 for simclr")
+        refuse_predictor(cfg)
         proj = projector_from_config(cfg.model, encoder.feature_dim)
         return cls(encoder, proj, objective, num_classes, temperature=method_temperature(cfg))
 
