@@ -13,13 +13,14 @@ whatever the sign of c. Three paths give the same values and gradients
   which doubles all of it. Here the forward works on row chunks of about a
   million entries (a few MiB, warm in cache) and the backward writes the
   gradient, summed over the scales, into one output block, a chunk at a time.
-- ``softmax`` (a GPU): one fused ``log_softmax`` kernel per scale, the row
-  maxima from one ``max``; the LSE is read off at each row's largest entry
+- ``softmax`` (a GPU, up to ``SOFTMAX_UP_TO`` entries): one fused
+  ``log_softmax`` kernel per scale, the row maxima from one ``max``; the LSE is read off at each row's largest entry
   (lse = c x_max - log_softmax(c x)_max, exact there), and the backward is
   c exp(log_softmax) times the gradient, two kernels. The chunk loop above
   launches dozens of small kernels and ``torch.logsumexp`` six, each a pass
   over the matrix; this is the pass lightly's NT-Xent (a cross-entropy)
-  makes. It keeps one (N, M) block per scale for the backward.
+  makes. It keeps one (N, M) block per scale for the backward; larger
+  matrices (N = M above 32,768) take the chunked path on a GPU too.
 - ``plain``: ``torch.logsumexp`` itself, for small matrices, scales <= 0,
   and batched inputs under ``torch.func.vmap`` (the exact-critic tests).
 
@@ -37,6 +38,8 @@ import torch
 CHUNKED_FROM = 1 << 20
 #: entries per row chunk
 CHUNK = 1 << 20
+#: on a GPU, matrices up to this many entries take the softmax path (4 GiB of float32 kept per scale)
+SOFTMAX_UP_TO = 1 << 30
 
 
 def _scaled(x: torch.Tensor, c: float) -> torch.Tensor:
@@ -159,8 +162,8 @@ def choose_path(x: torch.Tensor, scales: Sequence[float]) -> str:
     """The path :func:`row_lse` takes for ``x`` when none is asked for (see the module docstring)."""
     if x.dim() != 2 or _batched(x) or min(scales) <= 0.0:
         return "plain"
-    if x.device.type == "cuda":
-        return "softmax"
+    if x.device.type == "cuda":  # the softmax path keeps an N M block per scale: past 4 GiB each, chunks
+        return "softmax" if x.numel() <= SOFTMAX_UP_TO else "chunked"
     return "chunked" if x.numel() >= CHUNKED_FROM else "plain"
 
 

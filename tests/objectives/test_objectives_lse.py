@@ -66,6 +66,8 @@ def test_each_device_and_size_gets_its_path(monkeypatch):
     assert lse.choose_path(big, (2.0, -1.0)) == "plain"  # a scale <= 0 turns -inf around: torch's own
     monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda", 0)))
     assert lse.choose_path(small, (1.0,)) == lse.choose_path(big, (2.0, 1.0)) == "softmax"
+    monkeypatch.setattr(lse, "SOFTMAX_UP_TO", 1000)  # very large N: the chunks' memory wins on a GPU too
+    assert lse.choose_path(big, (1.0,)) == "chunked" and lse.choose_path(small, (1.0,)) == "softmax"
     with pytest.raises(ValueError, match="path must be one of chunked, softmax, plain"):
         lse.row_lse(small, path="fused")
 

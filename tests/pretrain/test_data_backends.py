@@ -59,3 +59,18 @@ def test_compile_takes_torch_compiles_modes(tiny, tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "train.compile_mode must be one of default, reduce-overhead, max-autotune" in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, says", [
+    (["train.device=cuda"], "device=cuda but no CUDA device is visible"),
+    (["data.backend=resident", "data.resident_cap_gb=0.000001"], "above the cap of 1,000 bytes"),
+    (["data.decode=device"], "digits holds decoded arrays"),
+])
+def test_what_cannot_run_here_is_one_line_and_writes_nothing(tiny, tmp_path, capsys, args, says):
+    if "cuda" in args[0] and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    out = tmp_path / "run"
+    assert main(["pretrain", *tiny, f"out_dir={out}", *args]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1, err
+    assert not out.exists()
