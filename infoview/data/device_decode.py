@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from infoview.data.images import read_image
-from infoview.data.loader import fit_square
+from infoview.data.loader import _DecodeOnce, fit_square
 from infoview.data.sources import ImageSource
 from infoview.errors import InfoviewError
 
@@ -70,35 +70,20 @@ def check_source(source: ImageSource) -> None:
         )
 
 
-class ReadBytes(torch.utils.data.Dataset):
+class ReadBytes(_DecodeOnce):
     """A worker's share: a JPEG's bytes, or (for another format) the image decoded and fitted here.
 
-    Returns ``(payload, kind, label, bad, index)`` as ``_DecodeOnce`` does:
-    ``bad`` the unreadable index replaced (-1 when none), ``index`` the one read.
+    Returns ``(payload, kind, label, bad, index)``: ``bad`` and ``index`` as
+    ``_DecodeOnce`` gives them, with the same replacement of unreadable files.
     """
 
-    def __init__(self, source: ImageSource, resolution: int, skip_bad: bool = False):
-        self.source, self.resolution, self.skip_bad = source, resolution, skip_bad
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int):
-        index, n = int(index), len(self.source)
-        for step in range(n):
-            j = (index + step) % n
-            try:
-                data, label = self.source.read_bytes(j)
-                replaced = index if step else -1
-                if data is not None and data[:3] == JPEG_MAGIC:
-                    return np.frombuffer(data, dtype=np.uint8), KIND_JPEG, label, replaced, j
-                # not a JPEG (or a .beton's raw pixels, data None): the CPU reader, here in the worker
-                image = self.source.load(j)[0] if data is None else read_image(data, name=self.source.describe(j))
-                return fit_square(image, self.resolution), KIND_ARRAY, label, replaced, j
-            except InfoviewError as exc:
-                if not self.skip_bad:
-                    raise InfoviewError(f"{exc}; pass data.skip_bad=true to skip unreadable images") from None
-        raise InfoviewError(f"{self.source.name}: no image could be read")
+    def read(self, index: int) -> tuple:
+        data, label = self.source.read_bytes(index)
+        if data is not None and data[:3] == JPEG_MAGIC:
+            return np.frombuffer(data, dtype=np.uint8), KIND_JPEG, label
+        # not a JPEG (or a .beton's raw pixels, data None): the CPU reader, here in the worker
+        image = self.source.load(index)[0] if data is None else read_image(data, name=self.source.describe(index))
+        return fit_square(image, self.resolution), KIND_ARRAY, label
 
 
 def collate_bytes(batch):
@@ -256,8 +241,6 @@ class DeviceDecoder:
 
     def _replacement(self, index: int) -> tuple[np.ndarray, int, int]:
         """The next readable image after ``index``, fitted on the CPU: (image, label, its index)."""
-        from infoview.data.loader import _DecodeOnce
-
         n = len(self.source)
         image, label, _, read = _DecodeOnce(self.source, self.resolution, skip_bad=True)[(index + 1) % n]
         print(f"infoview: skipped unreadable image {self.source.describe(index)} (data.skip_bad=true)",

@@ -192,16 +192,21 @@ class _DecodeOnce(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
+    def read(self, index: int) -> tuple:
+        """What a worker hands over for image ``index``: here the image fitted to the resolution, and its label."""
+        image, label = self.source.load(index)
+        return fit_square(image, self.resolution), label
+
     def __getitem__(self, index: int):
         index, n = int(index), len(self.source)
         for step in range(n):
             try:
-                image, label = self.source.load((index + step) % n)
+                item = self.read((index + step) % n)
             except InfoviewError as exc:
                 if not self.skip_bad:
                     raise InfoviewError(f"{exc}; pass data.skip_bad=true to skip unreadable images") from None
                 continue
-            return fit_square(image, self.resolution), label, (index if step else -1), (index + step) % n
+            return (*item, (index if step else -1), (index + step) % n)
         raise InfoviewError(f"{self.source.name}: no image could be read")
 
 
