@@ -31,6 +31,12 @@ an entry that sets no out_dir runs in <out_dir>/sweep<i>.
 launch.dry_run=true prints the sbatch script and submits nothing;
 launch.wait=true waits for the jobs and prints their states as they change.
 
+Launch values reach a shell script (the sbatch script's #SBATCH lines, its
+setup block, its paths), and submitit quotes them but keeps an embedded
+newline, after which the rest of the value is a command line of its own. So a
+launch value that holds a control character is refused (script_value);
+launch.setup lines are shell commands by design and run as written.
+
 Example: infoview launch pretrain --config mocov2_infonce_imagenet launch.nodes=2 launch.gpus_per_node=8
 """
 from __future__ import annotations
@@ -43,6 +49,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from omegaconf import ListConfig
 
 from infoview import schema
 from infoview.commands import Command, build_config, load_command, names, spec
@@ -94,11 +102,31 @@ def split_args(args: Sequence[str]) -> tuple[str, list[str], list[str]]:
     return command, [a for a in rest if not a.startswith("launch.")], launch
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def script_value(key: str, value: Any) -> Any:
+    """``value`` of ``launch.<key>`` (a string, or a list of them), refused if it holds a control character.
+
+    Every launch value may reach the job's shell script; a newline there would end the quoted value and make
+    the rest a line of the script.
+    """
+    items = value if isinstance(value, (list, tuple, ListConfig)) else [value]
+    for item in items:
+        found = _CONTROL.search(item) if isinstance(item, str) else None
+        if found:
+            raise ConfigError(f"launch.{key} holds a control character ({found.group()!r} in {item!r}): a launch "
+                              "value reaches the job's shell script, where it could start a command of its own")
+    return value
+
+
 def launch_config(overrides: Sequence[str], command: str = "", declared: Command | None = None):
     """The ``launch.*`` keys, checked, and checked against what ``command`` declares (``declared``)."""
     cfg = resolve(schema.defaults(DEFAULTS), None, parse_overrides(overrides))
     schema.check(cfg, DEFAULTS)
     lc = cfg.launch  # its choices and bounds are checked above (DEFAULTS)
+    for key, value in lc.items():
+        script_value(key, value)
     if lc.executor == "local" and lc.nodes != 1:
         raise ConfigError("launch.executor=local runs on this machine: launch.nodes must be 1")
     if declared is not None and not declared.distributed:

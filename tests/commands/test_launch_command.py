@@ -112,3 +112,31 @@ def test_a_preempted_job_requeues_only_when_its_command_can_resume(monkeypatch, 
     assert "'segment' cannot resume, so the job is not requeued" in capsys.readouterr().err
     delayed = job.checkpoint("pretrain", ["--config", "c.yaml"])  # no trainer running here: nothing to save
     assert delayed.args == ("pretrain", ["--config", "c.yaml", "train.resume=auto"])
+
+
+@pytest.mark.parametrize("override", [
+    r'launch.partition="gpu\ntouch /tmp/pwned\n#"',
+    r'launch.comment="a\ntouch /tmp/pwned"',
+    r'launch.job_name="x\rtouch /tmp/pwned"',
+    r'launch.account="a\ntouch /tmp/pwned"',
+    r'launch.qos="a\x1b[2Jb"',
+    r'launch.constraint="a\ttouch /tmp/pwned"',
+    r'launch.setup=["module load x\ntouch /tmp/pwned"]',
+])
+def test_a_launch_value_with_a_control_character_never_reaches_the_script(override, tmp_path, capsys):
+    """submitit quotes a value but keeps its newline, after which the rest would be a line of the script.
+
+    The overrides are written as a shell passes them: YAML's double quotes turn the two characters \\n into a newline.
+    """
+    assert main(["launch", "pretrain", "--config", "demo", "launch.dry_run=true", override,
+                 f"launch.folder={tmp_path}"]) == 2
+    out, err = capsys.readouterr()
+    assert "touch" not in out and "#SBATCH" not in out
+    key = override.split("=", 1)[0]
+    assert len(err.strip().splitlines()) == 1 and f"{key} holds a control character" in err
+
+
+def test_setup_lines_are_commands_by_design(tmp_path, capsys):
+    assert main(["launch", "pretrain", "launch.dry_run=true", 'launch.setup=["module load cuda", "export A=1"]',
+                 f"launch.folder={tmp_path}"]) == 0
+    assert "\nmodule load cuda\nexport A=1\n" in capsys.readouterr().out
