@@ -15,7 +15,7 @@ import torch
 from infoview.augment.recipes import normalization
 from infoview.config import did_you_mean
 from infoview.errors import ConfigError, InfoviewError
-from infoview.models.encoder import build_encoder, is_vit_arch
+from infoview.models.encoder import architecture_kwargs, build_encoder, is_vit_arch
 from infoview.runtime.encoder import encoder_from_checkpoint, resolve_checkpoint
 from infoview.utils.io import atomic_path, atomic_write_text
 from infoview.utils.provenance import provenance
@@ -350,7 +350,7 @@ def load_export(export_dir: str | os.PathLike, verify: bool = True):
         raise InfoviewError(f"{weights_path} is not a readable safetensors file ({exc})") from None
     if config.get("weights_format") == "torchvision":
         weights = from_torchvision(weights)
-    encoder = build_export_encoder(config)
+    encoder = build_export_encoder(config, str(folder / CONFIG))
     try:
         encoder.backbone.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
@@ -368,11 +368,13 @@ def load_export(export_dir: str | os.PathLike, verify: bool = True):
     return encoder, config
 
 
-def build_export_encoder(config: dict):
+def build_export_encoder(config: dict, where: str = CONFIG):
     """The architecture an export's config describes, at random init (the global RNG draws the weights).
 
-    A ``streams=lab`` export (CMC's L and ab halves) takes the RGB input the config's mean and std describe."""
-    kwargs = dict(config.get("kwargs") or {})
+    A ``streams=lab`` export (CMC's L and ab halves) takes the RGB input the config's mean and std describe.
+    Its ``kwargs`` are data: only architecture keyword arguments are taken (``architecture_kwargs``; ``where``
+    names the file in the error), so an export cannot make timm download weights or open a file."""
+    kwargs = architecture_kwargs(config["arch"], config.get("kwargs") or {}, f"{where}: kwargs")
     streams = config.get("streams") or "rgb"  # exports written before model.streams are rgb
     if streams != "rgb":
         kwargs.update(streams=streams, input_mean=config["mean"], input_std=config["std"])

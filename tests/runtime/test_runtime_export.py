@@ -211,6 +211,34 @@ def test_a_bad_export_folder_is_a_clear_error(cifar_export, tmp_path):
         load_backbone(partial)
 
 
+@pytest.mark.parametrize("kwarg, value", [("pretrained", True), ("checkpoint_path", "README.md"),
+                                          ("pretrained_cfg_overlay", {"url": "https://example.com/w.pth"}),
+                                          ("cache_dir", "/tmp/elsewhere"), ("features_only", True)])
+def test_an_export_steers_timm_with_architecture_kwargs_only(cifar_export, tmp_path, capsys, monkeypatch, kwarg,
+                                                             value):
+    """An export's config.json is data: a timm loading key in its kwargs is refused before timm sees it."""
+    import timm
+
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / WEIGHTS).write_bytes((cifar_export / WEIGHTS).read_bytes())
+    config = json.loads((cifar_export / "config.json").read_text())
+    config["kwargs"][kwarg] = value
+    config["pretrain_config"]["model"]["kwargs"][kwarg] = value
+    (hostile / "config.json").write_text(json.dumps(config))
+    built = []
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda *a, **kw: built.append(kw) or real(*a, **kw))
+    for spec in (str(hostile), f"random:{hostile}"):
+        assert main(["knn", f"backbone={spec}", f"out_dir={tmp_path / 'knn'}", "data.num_workers=0",
+                     "train.progress=false"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"'{kwarg}' is not an architecture keyword argument" in err, err
+        assert str(hostile / "config.json") in err
+    assert not any(kwarg in kw for kw in built)
+    assert not (tmp_path / "knn").exists()
+
+
 def test_evaluators_accept_an_export_and_its_random_init(cifar_checkpoint, cifar_export, tmp_path, capsys):
     exported = load_backbone_spec(str(cifar_export))
     trained = load_backbone_spec(str(cifar_checkpoint))
