@@ -53,7 +53,8 @@ from infoview.runtime.features import check_features, encoder_device_dtype, eval
 from infoview.runtime.loop import fit
 from infoview.runtime.optim import cosine_factor
 from infoview.utils.device import resolve_device
-from infoview.utils.io import atomic_write_text, claim_out_dir
+from infoview.utils.io import atomic_write_text
+from infoview.utils.lock import hold_result_folder
 
 NORMALIZE = ("standardize", "none")
 BN_EPS = 1e-5
@@ -331,7 +332,13 @@ PROBE_VIEW_OVERRIDES = {"jitter.p": 0.0, "grayscale.p": 0.0, "blur.p": 0.0, "sol
 def run(cfg) -> dict:
     t = cfg.train
     _check_settings(t.epochs, t.batch_size, t.lr, t.weight_decay, 0.9, "standardize")  # before any extraction
-    out = claim_out_dir(cfg.out_dir or default_out_dir(cfg.backbone, "linear"), "linear.json", cfg.overwrite)
+    with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "linear"), "linear.json", cfg.overwrite,
+                            "linear") as out:
+        return _run(cfg, out)
+
+
+def _run(cfg, out) -> dict:
+    t = cfg.train
     bb, device, (xtr, ytr), (xte, yte), (source, test_source) = frozen_splits(cfg, "linear")
     d = cfg.data
     settings = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, seed=t.seed,

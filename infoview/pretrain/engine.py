@@ -33,6 +33,7 @@ from infoview.runtime.encoder import build_encoder_from_config
 from infoview.runtime.optim import build_optimizer, lr_factor, scaled_lr, set_lr
 from infoview.runtime.signals import signals_deferred, stop_requests
 from infoview.utils.io import atomic_write_text
+from infoview.utils.lock import hold_folder
 from infoview.utils.provenance import provenance
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -430,18 +431,20 @@ class Trainer:
         return result
 
 
-def _fit(cfg) -> tuple[dict, bool]:
-    trainer = Trainer(cfg)
-    result = trainer.fit()
-    # no rank tears the group down while another still writes (rank 0: pretrain.json, curves.png); gloo
-    # aborted the process ("terminate called without an active exception") when one left early
-    D.barrier()
+def _fit(cfg, command: str) -> tuple[dict, bool]:
+    with hold_folder(cfg.out_dir, command, holder=D.env_info().is_main):  # one run per folder (rank 0 holds it)
+        trainer = Trainer(cfg)
+        result = trainer.fit()
+        # no rank tears the group down while another still writes (rank 0: pretrain.json, curves.png); gloo
+        # aborted the process ("terminate called without an active exception") when one left early
+        D.barrier()
     return result, trainer.info.is_main
 
 
-def run(cfg) -> dict | None:
+def run(cfg, command: str = "pretrain") -> dict | None:
+    """Pretrain as ``infoview <command>`` (pretrain, distill): the run holds ``cfg.out_dir`` while it trains."""
     try:
-        result, is_main = _fit(cfg)
+        result, is_main = _fit(cfg, command)
         return result if is_main else None  # one rank reports
     finally:
         # reference cycles (the report) kept the DDP wrapper, and the process group, past destroy_process_group;

@@ -335,3 +335,34 @@ def test_curves_png_shows_the_run_beside_metrics_csv(tiny, tmp_path, capsys, obj
         pixels = np.asarray(im.convert("RGB"))
     assert pixels.shape[0] >= 600 and pixels.shape[1] >= 1000 and pixels.std() > 20  # four panels, not blank
     assert "could not draw" not in capsys.readouterr().err
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder_and_a_killed_runs_folder_is_reclaimed(
+        tiny, tmp_path, capsys, cifar_checkpoint):
+    """Two runs into one out_dir would write over each other's checkpoints and results: one run per folder."""
+    import socket
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "infoview.cli", "pretrain", *tiny, f"out_dir={out}", "train.max_steps=100000",
+           "train.ckpt_every_steps=0", "train.log_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not (
+                (out / "metrics.csv").exists() and len(read_metrics(out)) >= 1):
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]  # the first run is going
+        assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=2"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"out_dir {out} is in use by infoview pretrain (pid {proc.pid} on host {socket.gethostname()}" in err
+        assert main(["knn", f"backbone={cifar_checkpoint}", f"out_dir={out}", "data.num_workers=0",
+                     "train.progress=false"]) == 2  # an evaluator too
+        assert f"in use by infoview pretrain (pid {proc.pid}" in capsys.readouterr().err
+        assert not (out / "knn.json").exists()
+    finally:
+        proc.kill()  # SIGKILL: it cannot let go of the folder itself
+        proc.wait(timeout=60)
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=2"]) == 0  # reclaimed from the dead run
+    assert not (out / ".infoview.lock").exists()
