@@ -32,7 +32,8 @@ FORMAT = "infoview-pretrain-1"
 def save_checkpoint(state: dict, path: str | os.PathLike, keep_previous: bool = True) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+        with open(tmp, "wb") as f:  # through a Python file, a full disk is an OSError torch's error chains to
+            torch.save({"format": FORMAT, **state}, f)
         if keep_previous and path.exists():
             os.replace(path, path.with_name(PREV))
     return path

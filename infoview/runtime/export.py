@@ -18,6 +18,7 @@ from infoview.errors import ConfigError, InfoviewError
 from infoview.models.encoder import architecture_kwargs, build_encoder, is_vit_arch
 from infoview.runtime.encoder import encoder_from_checkpoint, resolve_checkpoint
 from infoview.utils.io import atomic_path, atomic_write_text
+from infoview.utils.lock import LOCK_NAME, hold_folder
 from infoview.utils.provenance import provenance
 
 FORMATS = ("timm", "torchvision")
@@ -57,6 +58,17 @@ def export_backbone(
     "plain_timm_loadable", "sha256"}``.
     """
     out = _check_out_dir(out_dir, format, overwrite)
+    with hold_folder(out, "export"):  # one export into a folder at once; a failed one leaves no empty folder
+        fresh = not (out / WEIGHTS).exists()
+        try:
+            return _export(ckpt_path, out, format)
+        except BaseException:
+            if fresh:  # weights without their config.json are no export (an overwritten one: its sha256 says so)
+                (out / WEIGHTS).unlink(missing_ok=True)
+            raise
+
+
+def _export(ckpt_path: str | os.PathLike, out: Path, format: str) -> dict:  # noqa: A002
     ckpt = resolve_checkpoint(ckpt_path)
     encoder, state = encoder_from_checkpoint(ckpt, trained=True)
     weights = {k: v.detach().to("cpu").contiguous() for k, v in encoder.backbone.state_dict().items()}
@@ -98,7 +110,7 @@ def _check_out_dir(out_dir: str | os.PathLike, format: str, overwrite: bool) -> 
     if out.exists() and not out.is_dir():
         raise InfoviewError(f"export folder {out} is a file; expected a folder (new or empty)")
     if out.is_dir() and not overwrite:
-        held = sorted(p.name for p in out.iterdir())
+        held = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
         if held:
             shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
             raise InfoviewError(

@@ -366,3 +366,57 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder_and_a_ki
         proc.wait(timeout=60)
     assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=2"]) == 0  # reclaimed from the dead run
     assert not (out / ".infoview.lock").exists()
+
+
+class _FullDisk:
+    """A file on a disk with ``room`` bytes left: what a write past them meets (ENOSPC)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        import errno
+
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def test_a_full_disk_while_saving_is_one_line_and_the_previous_checkpoint_is_kept(tiny, tmp_path, capsys,
+                                                                                    monkeypatch):
+    from infoview.runtime import checkpoint
+
+    real_save, saves = torch.save, []
+
+    def save_onto_a_disk_that_fills_up(obj, f, *args, **kwargs):  # the first checkpoint fits, the next does not
+        saves.append(obj["step"])
+        if len(saves) == 1:
+            return real_save(obj, f, *args, **kwargs)
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "wb") as file:
+                return real_save(obj, _FullDisk(file, 4096), *args, **kwargs)
+        return real_save(obj, _FullDisk(f, 4096), *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_onto_a_disk_that_fills_up)
+    out = tmp_path / "run"
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=3", "train.ckpt_every_steps=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"infoview pretrain: error: cannot write {out / 'checkpoints' / 'last.pt'} (No space "
+                                "left on device); the previous last.pt there is kept as it was"]
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"]  # no half-written temp
+
+
+@pytest.mark.parametrize("where", ["a file", "/proc", "/proc/self"])
+def test_an_out_dir_that_cannot_be_written_is_one_line_naming_it(tiny, tmp_path, capsys, where):
+    """As root (CI), chmod stops nothing: a file in the folder's place, and /proc (read-only to everyone)."""
+    out = {"a file": tmp_path / "file" / "run", "/proc": Path("/proc/infoview-test/run"),
+           "/proc/self": Path("/proc/self")}[where]
+    (tmp_path / "file").write_text("")
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"infoview pretrain: error: out_dir {out}"), err
