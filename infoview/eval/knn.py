@@ -6,6 +6,7 @@ import json
 from infoview.config import save_config
 from infoview.runtime.backbone import default_out_dir, frozen_splits
 from infoview.runtime.knn import _check_temperature, _positive_int, knn_accuracy
+from infoview.runtime.memory import out_of_memory_said
 from infoview.utils.io import atomic_write_text
 from infoview.utils.lock import hold_result_folder
 
@@ -15,7 +16,9 @@ def run(cfg) -> dict:
     _check_temperature(cfg.knn.temperature)
     with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "knn"), "knn.json", cfg.overwrite,
                             "knn") as out:
-        return _run(cfg, out)
+        with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} images per batch of the frozen encoder",
+                                "data.batch_size"):
+            return _run(cfg, out)
 
 
 def _run(cfg, out) -> dict:

@@ -51,6 +51,7 @@ from infoview.errors import ConfigError, InfoviewError
 from infoview.runtime.backbone import default_out_dir, frozen_splits
 from infoview.runtime.features import check_features, encoder_device_dtype, eval_mode
 from infoview.runtime.loop import fit
+from infoview.runtime.memory import out_of_memory_said
 from infoview.runtime.optim import cosine_factor
 from infoview.utils.device import resolve_device
 from infoview.utils.io import atomic_write_text
@@ -334,7 +335,10 @@ def run(cfg) -> dict:
     _check_settings(t.epochs, t.batch_size, t.lr, t.weight_decay, 0.9, "standardize")  # before any extraction
     with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "linear"), "linear.json", cfg.overwrite,
                             "linear") as out:
-        return _run(cfg, out)
+        with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} images per batch of the frozen encoder and "
+                                f"train.batch_size={t.batch_size} for the classifier",
+                                "data.batch_size or train.batch_size"):
+            return _run(cfg, out)
 
 
 def _run(cfg, out) -> dict:

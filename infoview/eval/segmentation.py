@@ -26,6 +26,7 @@ from infoview.eval.segmentation_model import SegmentationModel, dilated_backbone
 from infoview.eval.segmentation_plot import plot_predictions
 from infoview.runtime.backbone import default_out_dir, load_backbone_spec
 from infoview.runtime.loop import fit
+from infoview.runtime.memory import out_of_memory_said
 from infoview.runtime.optim import build_optimizer, poly_factor
 from infoview.utils.device import resolve_device
 from infoview.utils.io import atomic_write_text
@@ -257,7 +258,9 @@ def run(cfg) -> dict:
     _check(cfg)
     with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "segment"), "segment.json",
                             cfg.overwrite, "segment") as out:
-        return _run(cfg, out, start)
+        with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} images of data.size={cfg.data.size} px",
+                                "data.batch_size or data.size"):
+            return _run(cfg, out, start)
 
 
 def _run(cfg, out, start: float) -> dict:

@@ -22,6 +22,7 @@ from infoview.config import save_config
 from infoview.data import build_loader
 from infoview.errors import ConfigError, InfoviewError, Interrupted
 from infoview.objectives import build, objective_params
+from infoview.pretrain.folder import run_folder
 from infoview.pretrain.methods import check_method_sections, get_method, method_temperature
 from infoview.pretrain.monitor import OnlineEvalFactory, Report
 from infoview.pretrain.resume import resume_state
@@ -33,7 +34,6 @@ from infoview.runtime.encoder import build_encoder_from_config
 from infoview.runtime.optim import build_optimizer, lr_factor, scaled_lr, set_lr
 from infoview.runtime.signals import signals_deferred, stop_requests
 from infoview.utils.io import atomic_write_text
-from infoview.utils.lock import hold_folder
 from infoview.utils.provenance import provenance
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -432,7 +432,7 @@ class Trainer:
 
 
 def _fit(cfg, command: str) -> tuple[dict, bool]:
-    with hold_folder(cfg.out_dir, command, holder=D.env_info().is_main):  # one run per folder (rank 0 holds it)
+    with run_folder(cfg, command, D.env_info().is_main):  # one run per folder; running out of memory is one line
         trainer = Trainer(cfg)
         result = trainer.fit()
         # no rank tears the group down while another still writes (rank 0: pretrain.json, curves.png); gloo

@@ -25,6 +25,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -48,6 +49,17 @@ def make_folder(folder: Path) -> list[Path]:
     except OSError as exc:
         raise InfoviewError(f"out_dir {folder}: cannot make the folder ({exc.strerror or exc})") from None
     return missing
+
+
+def remove_new_entries(folder: Path, before: set[str]) -> None:
+    """Remove what was added to ``folder`` since its entries were ``before`` (names), the lock aside."""
+    for entry in folder.iterdir():
+        if entry.name in before or entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def remove_if_empty(folders: list[Path]) -> None:

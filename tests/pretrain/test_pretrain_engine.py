@@ -420,3 +420,37 @@ def test_an_out_dir_that_cannot_be_written_is_one_line_naming_it(tiny, tmp_path,
     assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"infoview pretrain: error: out_dir {out}"), err
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total capacity)"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)"),
+], ids=["cuda_oom", "cpu_oom"])
+def test_out_of_memory_is_one_line_naming_what_to_lower_and_leaves_no_half_started_folder(
+        tiny, tmp_path, capsys, monkeypatch, error):
+    from infoview.pretrain.engine import Trainer
+
+    real_step, steps = Trainer.train_step, []
+
+    def step(self, *args, **kwargs):
+        steps.append(self.step)
+        if self.step + 1 == fail_at:
+            raise error
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    device = "GPU" if isinstance(error, torch.OutOfMemoryError) else "CPU"
+    fail_at, out = 1, tmp_path / "runs" / "a"
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"infoview pretrain: error: out of {device} memory with data.batch_size=16 (the global batch) of "
+                   "augment.num_views=2 views at augment.size=16 px; lower data.batch_size (optim.lr follows it by "
+                   "optim.lr_scaling) or augment.size (data.resolution), or choose a smaller model.arch; on a GPU "
+                   "train.precision=bf16 halves the activations"]
+    assert not (tmp_path / "runs").exists()  # nothing for the rerun to meet
+    fail_at = 3  # a run that saved a checkpoint first keeps it, and all it wrote
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=3", "train.ckpt_every_steps=1"]) == 2
+    assert "out of" in capsys.readouterr().err
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+    assert {"config.yaml", "metrics.csv", "tb"} <= {p.name for p in out.iterdir()}
