@@ -27,6 +27,8 @@ from infoview.utils.io import atomic_path
 
 LAST, PREV = "last.pt", "prev.pt"
 FORMAT = "infoview-pretrain-1"
+#: how a file torch.save wrote starts: a zip archive (torch >= 1.6), or a pickle (protocol 2+, the legacy format)
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike, keep_previous: bool = True) -> Path:
@@ -71,6 +73,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise InfoviewError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise InfoviewError(f"checkpoint {path} is empty (0 bytes){hint}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(TORCH_MAGIC):  # text, an image, ...: no torch file, whatever unpickling would say
+        raise InfoviewError(
+            f"{path} is not a checkpoint or an export: a checkpoint is a file torch.save wrote "
+            "(runs/<run>/checkpoints/last.pt, or the run folder), an export a folder with config.json and "
+            f"model.safetensors; this file starts with {head!r}"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many kinds on foreign bytes (a text file gives KeyError)
