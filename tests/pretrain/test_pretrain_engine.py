@@ -454,3 +454,27 @@ def test_out_of_memory_is_one_line_naming_what_to_lower_and_leaves_no_half_start
     assert "out of" in capsys.readouterr().err
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
     assert {"config.yaml", "metrics.csv", "tb"} <= {p.name for p in out.iterdir()}
+
+
+def test_ctrl_c_with_its_output_piped_to_a_reader_that_is_gone_still_saves_at_the_step_it_stops(tiny, tmp_path):
+    """`infoview pretrain ... 2>&1 | tee log`: Ctrl-C ends tee too, and the progress bar then writes into a closed
+    pipe. The run goes on to the end of its step, saves there, and says nothing more (no one reads it)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "infoview.cli", "pretrain", *tiny, f"out_dir={out}", "train.max_steps=1000",
+           "train.ckpt_every_steps=1000", "train.log_every=1", "train.progress=true"]
+    read, write = os.pipe()
+    proc = subprocess.Popen(cmd, stdout=write, stderr=write, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    os.close(write)
+    rows = lambda: len(read_metrics(out)) if (out / "metrics.csv").exists() else 0  # noqa: E731
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and rows() < 3:
+        os.read(read, 1 << 16)  # the reader (tee) is there ...
+    os.close(read)  # ... and is gone
+    seen = rows()
+    while time.time() < deadline and proc.poll() is None and rows() < seen + 2:
+        time.sleep(0.02)  # steps that write their bar into the closed pipe
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    last_row = int(read_metrics(out)[-1]["step"])
+    assert last_row >= seen + 2
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == last_row
