@@ -16,6 +16,7 @@ from typing import Sequence
 from infoview import __version__, schema
 from infoview.commands import build_config, load_command, names
 from infoview.errors import InfoviewError, Interrupted
+from infoview.runtime.signals import ctrl_c_answered
 
 
 def _usage() -> str:
@@ -131,11 +132,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
             _print(_command_help(name, load_command(name)))
             return 0
         module = load_command(name)
-        if hasattr(module, "main"):
-            result = module.main(args)
-        else:
-            module, cfg = build_config(name, args)
-            result = module.run(cfg)
+        with ctrl_c_answered(name):  # at once, also while the main thread is inside one long C call
+            if hasattr(module, "main"):
+                result = module.main(args)
+            else:
+                module, cfg = build_config(name, args)
+                result = module.run(cfg)
     except Interrupted as exc:
         print(f"infoview {name}: {exc}", file=sys.stderr)
         return exc.exit_code

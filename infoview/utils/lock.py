@@ -35,6 +35,26 @@ from typing import Iterator
 from infoview.errors import InfoviewError
 
 LOCK_NAME = ".infoview.lock"
+_HELD: list[tuple[int | None, Path, list[Path]]] = []  # (descriptor, lock file, folders made) of the holds open
+
+
+def _let_go(fd: int | None, path: Path, made: list[Path]) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    remove_if_empty(made)
+
+
+def release_all() -> None:
+    """Let go of every folder this process holds, as leaving each hold would: for a process about to end at
+    once (``os._exit``, a Ctrl-C that cannot wait for the main thread), which runs no ``finally``."""
+    while _HELD:
+        _let_go(*_HELD.pop())
 
 
 def make_folder(folder: Path) -> list[Path]:
@@ -133,6 +153,8 @@ def hold_folder(folder: str | os.PathLike, command: str, *, holder: bool = True)
     except BaseException:
         remove_if_empty(made)
         raise
+    hold = (fd, path, made)
+    _HELD.append(hold)
     try:
         if fd is not None:
             line = (json.dumps(_holder(command)) + "\n").encode()
@@ -143,14 +165,9 @@ def hold_folder(folder: str | os.PathLike, command: str, *, holder: bool = True)
                 raise InfoviewError(f"out_dir {folder}: cannot write {path} ({exc.strerror or exc})") from None
         yield folder
     finally:
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                if os.path.samestat(os.fstat(fd), os.stat(path)):
-                    path.unlink()
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-        remove_if_empty(made)
+        if hold in _HELD:  # (release_all may have let go of it already)
+            _HELD.remove(hold)
+            _let_go(*hold)
 
 
 @contextlib.contextmanager

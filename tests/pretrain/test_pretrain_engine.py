@@ -478,3 +478,55 @@ def test_ctrl_c_with_its_output_piped_to_a_reader_that_is_gone_still_saves_at_th
     last_row = int(read_metrics(out)[-1]["step"])
     assert last_row >= seen + 2
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == last_row
+
+
+_STEP_IN_ONE_LONG_CALL = """
+import hashlib, sys
+from infoview.cli import main
+from infoview.pretrain.engine import Trainer
+
+real = Trainer.train_step
+
+def step(self, *args, **kwargs):  # step 3 stays inside one C call (a long backward pass on a CPU)
+    if self.step == 2:
+        print("in the long call", flush=True)
+        hashlib.pbkdf2_hmac("sha256", b"x", b"salt", int(sys.argv[1]))
+    return real(self, *args, **kwargs)
+
+Trainer.train_step = step
+sys.exit(main(["pretrain", *sys.argv[2:]]))
+"""
+
+
+def test_ctrl_c_in_a_long_step_is_answered_at_once_and_saves_after_it_or_stops_at_once_when_pressed_again(
+        tiny, tmp_path):
+    out = tmp_path / "run"
+    args = [*tiny, f"out_dir={out}", "train.max_steps=100", "train.ckpt_every_steps=1000", "train.log_every=1"]
+
+    def start(iterations: int) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", _STEP_IN_ONE_LONG_CALL, str(iterations), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        assert proc.stdout.readline().strip() == "in the long call", proc.stderr.read()[-2000:]
+        time.sleep(0.5)
+        return proc
+
+    proc = start(15_000_000)  # a few seconds
+    proc.send_signal(signal.SIGINT)
+    first = proc.stderr.readline()  # said at once, while the call goes on
+    assert "Ctrl-C: saving between two steps, then stopping" in first
+    assert proc.poll() is None
+    assert proc.wait(timeout=120) == 130
+    said = proc.stderr.read()  # (every rank stops after the same step: the one after the step it was asked in)
+    stopped = int(said.split("stopped by SIGINT at step ")[1].split()[0])
+    assert stopped in (3, 4) and torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == stopped
+
+    (out / "checkpoints" / "last.pt").unlink()  # (so that the run starts again at step 0 and meets the call)
+    proc = start(50_000_000)  # about 20 s
+    asked = time.time()
+    proc.send_signal(signal.SIGINT)
+    assert "Ctrl-C: saving between" in proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130 and time.time() - asked < 8
+    assert proc.stderr.read().strip().splitlines()[-1] == ("infoview pretrain: interrupted at once; not saved since "
+                                                          "the last checkpoint")
+    assert not (out / "checkpoints" / "last.pt").exists() and not (out / ".infoview.lock").exists()
