@@ -5,8 +5,8 @@ takes ``<out_dir>/.infoview.lock``: an exclusive ``flock`` on that file, which h
 holder (command, host, pid, start). A second run into the same folder is refused with one line naming the
 holder, so that two runs never write one folder's checkpoints and results over each other.
 
-The lock belongs to the holder's process: the kernel drops it when the process ends in any way (``kill -9``
-included), so the folder is reclaimed by the next run with nothing to clean up, and a job that SLURM
+The lock belongs to the holder's process (a forked child, such as a DataLoader worker, closes its copy): the
+kernel drops it when the process ends in any way (``kill -9`` included), so the folder is reclaimed by the next run with nothing to clean up, and a job that SLURM
 requeues, on the same node or another one, takes its folder back once its previous run is gone. The file is
 removed when the run ends; one left by a killed run is taken over. On a shared file system the lock is as good
 as its ``flock`` (NFS: byte-range locks across hosts). Where a file system takes no lock at all, the run goes
@@ -48,6 +48,20 @@ def _let_go(fd: int | None, path: Path, made: list[Path]) -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     remove_if_empty(made)
+
+
+def _forget_in_child() -> None:
+    """In a forked child (a DataLoader worker): close its copies of the lock descriptors, so that the lock
+    belongs to the run's own process alone and goes with it (a killed run's workers would otherwise hold it
+    until they notice); the child lets go of nothing else."""
+    for fd, _, _ in _HELD:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def release_all() -> None:

@@ -1,6 +1,7 @@
 """One run per folder: infoview.utils.lock (the end-to-end refusal: tests/pretrain/test_pretrain_engine.py)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -62,3 +63,35 @@ def test_a_finished_result_is_not_overwritten_unasked(tmp_path):
             pass
     with hold_result_folder(tmp_path, "knn.json", True, "knn"):
         pass
+
+
+def test_the_lock_goes_with_its_process_even_while_the_processes_it_forked_live_on(tmp_path):
+    """A run killed with kill -9 leaves its DataLoader workers (forked) for a moment: they hold no lock."""
+    import signal
+    import subprocess
+    import sys
+
+    holder = ("import os, sys, time\n"
+              "from infoview.utils.lock import hold_folder\n"
+              "with hold_folder(sys.argv[1], 'pretrain'):\n"
+              "    child = os.fork()\n"
+              "    if child == 0:\n"
+              "        time.sleep(120)\n"
+              "        os._exit(0)\n"
+              "    print(child, flush=True)\n"
+              "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        with pytest.raises(InfoviewError, match="in use by infoview pretrain"):
+            with hold_folder(tmp_path, "knn"):
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        os.kill(child, 0)  # the forked child is still there ...
+        with hold_folder(tmp_path, "knn"):  # ... and the folder is free
+            pass
+    finally:
+        proc.kill()
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)
