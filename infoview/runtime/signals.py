@@ -19,6 +19,22 @@ from typing import Iterator
 from infoview.utils.lock import release_all
 
 _STOPPING: list[dict] = []  # the stop requests of the loops running now (stop_requests): they save, then stop
+_WAKEUP: list[int] = []  # the pipe ctrl_c_answered reads, while it does
+
+
+def _no_wakeup_in_child() -> None:
+    """A forked child (a DataLoader worker) gets Ctrl-C from the terminal too: its interpreter must not write
+    it into the parent's pipe, where it would count as a second press."""
+    if _WAKEUP:
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+        for fd in _WAKEUP:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _WAKEUP.clear()
+
+
+os.register_at_fork(after_in_child=_no_wakeup_in_child)
 
 _DEFERRED = tuple(getattr(signal, n) for n in ("SIGUSR2", "SIGTERM") if hasattr(signal, n))
 @contextlib.contextmanager
@@ -99,6 +115,7 @@ def ctrl_c_answered(command: str, grace_s: float = 2.0) -> Iterator[None]:
         os.close(write)
         yield
         return
+    _WAKEUP.extend((read, write))
     ended = threading.Event()
     watcher = threading.Thread(target=_watch, args=(read, ended, command, grace_s), daemon=True,
                                name="infoview-ctrl-c")
@@ -109,6 +126,7 @@ def ctrl_c_answered(command: str, grace_s: float = 2.0) -> Iterator[None]:
         ended.set()
         signal.set_wakeup_fd(previous)
         watcher.join(timeout=5)
+        _WAKEUP.clear()
         os.close(write)
         os.close(read)
 

@@ -530,3 +530,20 @@ def test_ctrl_c_in_a_long_step_is_answered_at_once_and_saves_after_it_or_stops_a
     assert proc.stderr.read().strip().splitlines()[-1] == ("infoview pretrain: interrupted at once; not saved since "
                                                           "the last checkpoint")
     assert not (out / "checkpoints" / "last.pt").exists() and not (out / ".infoview.lock").exists()
+
+
+def test_ctrl_c_from_a_terminal_reaches_the_loader_workers_too_and_the_run_still_saves(tiny, tmp_path):
+    """A terminal's Ctrl-C goes to the whole process group, DataLoader workers included: one press."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "infoview.cli", "pretrain", *tiny, "data.num_workers=2", f"out_dir={out}",
+           "train.max_steps=1000", "train.ckpt_every_steps=1000", "train.log_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (
+            (out / "metrics.csv").exists() and len(read_metrics(out)) >= 3):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "stopped by SIGINT at step" in err, err[-2000:]
+    stopped = int(err.split("stopped by SIGINT at step ")[1].split()[0])
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == stopped
