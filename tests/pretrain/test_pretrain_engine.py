@@ -533,15 +533,15 @@ def test_ctrl_c_in_a_long_step_is_answered_at_once_and_saves_after_it_or_stops_a
 
 
 def test_ctrl_c_from_a_terminal_reaches_the_loader_workers_too_and_the_run_still_saves(tiny, tmp_path):
-    """A terminal's Ctrl-C goes to the whole process group, DataLoader workers included: one press."""
+    """A terminal's Ctrl-C goes to the whole process group, DataLoader workers included: still one press, also
+    while a step is inside one long call (a press counted twice would stop the run at once, unsaved)."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "infoview.cli", "pretrain", *tiny, "data.num_workers=2", f"out_dir={out}",
-           "train.max_steps=1000", "train.ckpt_every_steps=1000", "train.log_every=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (
-            (out / "metrics.csv").exists() and len(read_metrics(out)) >= 3):
-        time.sleep(0.05)
+    args = [*tiny, "data.num_workers=2", f"out_dir={out}", "train.max_steps=1000", "train.ckpt_every_steps=1000"]
+    proc = subprocess.Popen([sys.executable, "-c", _STEP_IN_ONE_LONG_CALL, "12000000", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)
+    assert proc.stdout.readline().strip() == "in the long call", proc.stderr.read()[-2000:]
+    time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130 and "stopped by SIGINT at step" in err, err[-2000:]
