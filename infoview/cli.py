@@ -7,6 +7,7 @@ A new command is one new module there; this file lists and dispatches them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from typing import Sequence
 from infoview import __version__, schema
 from infoview.commands import build_config, load_command, names
 from infoview.errors import InfoviewError, Interrupted
+from infoview.runtime.signals import ctrl_c_answered
 
 
 def _usage() -> str:
@@ -57,7 +59,60 @@ def _print(text: str) -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more may reach the closed pipe
 
 
+class _ReaderMayLeave:
+    """``sys.stdout`` or ``sys.stderr`` while a command runs: when the reader of the pipe has gone
+    (``infoview pretrain ... | tee log``, where Ctrl-C ends tee as well), writing goes nowhere instead of
+    raising BrokenPipeError in the middle of a step, so the run still saves at the step it stops. The
+    descriptor is pointed at /dev/null then, so that nothing left in the buffer fails again at exit."""
+
+    def __init__(self, stream):
+        self._stream, self.gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._leave()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._leave()
+
+    def _leave(self) -> None:
+        self.gone = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):  # a stream without a descriptor (a test's capture)
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _outputs_may_close():
+    """stdout and stderr as :class:`_ReaderMayLeave` for the length of a command (restored after it)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (_ReaderMayLeave(s) if s is not None else s for s in saved)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _outputs_may_close():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["help"] and len(argv) > 1:
         argv = [argv[1], "--help"]  # `infoview help pretrain` is `infoview pretrain --help`
@@ -77,11 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print(_command_help(name, load_command(name)))
             return 0
         module = load_command(name)
-        if hasattr(module, "main"):
-            result = module.main(args)
-        else:
-            module, cfg = build_config(name, args)
-            result = module.run(cfg)
+        with ctrl_c_answered(name):  # at once, also while the main thread is inside one long C call
+            if hasattr(module, "main"):
+                result = module.main(args)
+            else:
+                module, cfg = build_config(name, args)
+                result = module.run(cfg)
     except Interrupted as exc:
         print(f"infoview {name}: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -82,7 +82,7 @@ def _unknown_key_error(key: str, valid: Iterable[str], where: str) -> ConfigErro
 def parse_value(text: str) -> Any:
     """Parse the right-hand side of ``key=value`` as a YAML scalar or list."""
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text, f"the value {text[:40]!r}") if text.strip() else ""
     except yaml.YAMLError:
         return text
     if isinstance(value, str):
@@ -159,6 +159,62 @@ def _unique_mapping(loader, node, deep=False):
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
+#: the most nodes a YAML document may hold once its aliases are expanded (a config holds a few hundred)
+MAX_YAML_NODES = 100_000
+
+
+def _yaml_children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_expanded_size(root, where: str) -> None:
+    """Refuse a composed YAML document whose aliases expand it past :data:`MAX_YAML_NODES` nodes, or that refers
+    to itself: an alias bomb of 1 KB would otherwise expand into billions of values in whatever reads it.
+
+    Each node's expanded size is counted once (an alias is the node it names), so this takes time linear in
+    the file, iteratively (no recursion limit)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the nodes whose subtree is being counted: an alias to one of them is a loop
+    stack = [(root, False)]
+    while stack:
+        node, counted = stack.pop()
+        if counted:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _yaml_children(node))
+            if sizes[id(node)] > MAX_YAML_NODES:
+                line = node.start_mark.line + 1
+                raise ConfigError(f"{where}: its aliases expand the value at line {line} past {MAX_YAML_NODES:,} "
+                                  "values (an alias bomb?); write the values out or use fewer aliases")
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise ConfigError(f"{where}: an alias at line {node.start_mark.line + 1} refers to a value that "
+                              "holds it (a loop); a config holds plain values")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in _yaml_children(node) if id(child) not in sizes)
+
+
+def load_yaml(text: str, where: str):
+    """``text`` read with the safe loader, refusing a key named twice in a mapping and aliases that expand the
+    document past :data:`MAX_YAML_NODES` nodes, checked before anything is built (ConfigErrors naming
+    ``where``); malformed YAML is yaml's own YAMLError."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, where)
+        return loader.construct_document(node)
+    except _Duplicate as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML config with the safe loader; errors name the file."""
     p = Path(path)
@@ -169,9 +225,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
         hint = f" Presets: {', '.join(presets)}" if presets else ""
         raise ConfigError(f"config file '{path}' does not exist.{hint}")
     try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
-    except _Duplicate as exc:
-        raise ConfigError(f"config file '{p}': {exc}") from None
+        data = load_yaml(p.read_text(encoding="utf-8"), f"config file '{p}'")
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from None
     if data is None:

@@ -173,3 +173,36 @@ def test_the_command_line_empties_a_presets_model_kwargs(clear, tmp_path):
     assert dict(cfg.model.kwargs) == {"channels": [16, 32, 64, 128]}  # the preset's
     _, cfg = build_config("pretrain", ["--config", "demo", clear, f"out_dir={tmp_path}"])
     assert dict(cfg.model.kwargs) == {} and cfg.model.arch == "resnet18" and cfg.objective.alpha == 0.1
+
+
+def _alias_bomb() -> str:
+    """The 'billion laughs' of YAML: nine levels of nine aliases, under 1 KB, 9**9 values once expanded (under
+    model.kwargs, which takes any key, so that nothing else stops it first)."""
+    lines = ['a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]']
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "model:\n  kwargs:\n" + "".join(f"    {line}\n" for line in lines)
+
+
+def test_a_yaml_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb())
+    assert bomb.stat().st_size < 1024
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb.yaml': its aliases expand the value at line \d+ past 100,000"):
+        read_yaml(bomb)
+    assert time.perf_counter() - start < 0.2
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("optim: &a {name: sgd, again: *a}\n")
+    with pytest.raises(ConfigError, match="refers to a value that holds it"):
+        read_yaml(loop)
+    with pytest.raises(ConfigError, match="its aliases expand"):  # the same bomb as one value on the command line
+        parse_overrides(["model.kwargs={" + ", ".join(_alias_bomb().strip().splitlines()[2:]) + "}"])
+    # the whole command: one line, exit 2, at once (on main it hung with no output)
+    run = subprocess.run([sys.executable, "-m", "infoview", "pretrain", "--config", str(bomb)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and "alias bomb" in run.stderr

@@ -123,4 +123,4 @@ COMMAND = Command(
 def run(cfg) -> dict | None:
     from infoview.pretrain.engine import run as pretrain
 
-    return pretrain(pretrain_config(cfg))
+    return pretrain(pretrain_config(cfg), command="distill")

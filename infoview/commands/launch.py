@@ -31,6 +31,12 @@ an entry that sets no out_dir runs in <out_dir>/sweep<i>.
 launch.dry_run=true prints the sbatch script and submits nothing;
 launch.wait=true waits for the jobs and prints their states as they change.
 
+Launch values reach a shell script (the sbatch script's #SBATCH lines, its
+setup block, its paths), and submitit quotes them but keeps an embedded
+newline, after which the rest of the value is a command line of its own. So a
+launch value that holds a control character is refused (script_value);
+launch.setup lines are shell commands by design and run as written.
+
 Example: infoview launch pretrain --config mocov2_infonce_imagenet launch.nodes=2 launch.gpus_per_node=8
 """
 from __future__ import annotations
@@ -43,6 +49,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from omegaconf import ListConfig
 
 from infoview import schema
 from infoview.commands import Command, build_config, load_command, names, spec
@@ -94,11 +102,31 @@ def split_args(args: Sequence[str]) -> tuple[str, list[str], list[str]]:
     return command, [a for a in rest if not a.startswith("launch.")], launch
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def script_value(key: str, value: Any) -> Any:
+    """``value`` of ``launch.<key>`` (a string, or a list of them), refused if it holds a control character.
+
+    Every launch value may reach the job's shell script; a newline there would end the quoted value and make
+    the rest a line of the script.
+    """
+    items = value if isinstance(value, (list, tuple, ListConfig)) else [value]
+    for item in items:
+        found = _CONTROL.search(item) if isinstance(item, str) else None
+        if found:
+            raise ConfigError(f"launch.{key} holds a control character ({found.group()!r} in {item!r}): a launch "
+                              "value reaches the job's shell script, where it could start a command of its own")
+    return value
+
+
 def launch_config(overrides: Sequence[str], command: str = "", declared: Command | None = None):
     """The ``launch.*`` keys, checked, and checked against what ``command`` declares (``declared``)."""
     cfg = resolve(schema.defaults(DEFAULTS), None, parse_overrides(overrides))
     schema.check(cfg, DEFAULTS)
     lc = cfg.launch  # its choices and bounds are checked above (DEFAULTS)
+    for key, value in lc.items():
+        script_value(key, value)
     if lc.executor == "local" and lc.nodes != 1:
         raise ConfigError("launch.executor=local runs on this machine: launch.nodes must be 1")
     if declared is not None and not declared.distributed:
@@ -199,14 +227,49 @@ def first_failed_rank(stderr: Path) -> tuple[int, str, str] | None:
     return (int(match.group(2)), match.group(1), match.group(3).strip()) if match else None
 
 
+# the line a Python traceback ends with ("infoview.errors.InfoviewError: folder x does not exist"), also as torch's
+# DDP prints it ("[rank3]: RuntimeError: ..."); the exception's name ends as Python's own do
+_ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit|"
+                         r"Interrupted)))(?::\s*(.*))?$")
+#: infoview's own errors, whose message is said without their class (as the CLI says them)
+_OWN_ERRORS = ("InfoviewError", "ConfigError", "Interrupted")
+
+
+def last_error_line(text: str) -> str | None:
+    """The last exception line of a task's log (or of a traceback): ``RuntimeError: ...``, or an infoview
+    error's message alone; None when there is none."""
+    for line in reversed(text.splitlines()):
+        found = _ERROR_LINE.match(line.strip())
+        if found:
+            name, message = found.group(2), (found.group(3) or "").strip()
+            if name in _OWN_ERRORS and message:
+                return message
+            return f"{name}: {message}" if message else name
+    return None
+
+
+def _log_error(path: Path, tail: int = 1 << 16) -> str | None:
+    """:func:`last_error_line` of the last ``tail`` bytes of the log at ``path`` (None if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(f.seek(0, 2) - tail, 0))
+            return last_error_line(f.read().decode("utf-8", "replace"))
+    except OSError:
+        return None
+
+
 def _failure(job, state: str, error: str | None) -> str | None:
-    """What a failed job says: the rank that ended first (srun's report) and, for rank 0, its own error."""
+    """What a failed job says: the rank that ended first (srun's report) with its own last error line and log."""
     failed = first_failed_rank(Path(job.paths.stderr)) if state != "COMPLETED" or error else None
     if failed is None:
         return error
     rank, node, how = failed
-    said = f": {error}" if rank == 0 and error else f"; its log: {_task_log(job, rank)}"
-    return f"rank {rank} on node {node} ended first ({how}) and the other ranks stopped with it{said}"
+    own = error if rank == 0 and error else _log_error(_task_log(job, rank))
+    said = f": {own}" if own else ""
+    if getattr(job, "num_tasks", 2) == 1:
+        return f"{own or how} (on node {node}); its log: {_task_log(job, rank)}"
+    return (f"rank {rank} on node {node} ended first ({how}) and the other ranks stopped with it{said}; "
+            f"its log: {_task_log(job, rank)}")
 
 
 def _task_log(job, rank: int) -> Path:
@@ -232,8 +295,10 @@ def _outcome(job, executor_kind: str, state: str, grace_s: float = 10.0) -> tupl
             return None, "task 0 left no result (killed before it could report)"
     try:
         return task.results()[0], None  # task 0 reports
-    except Exception as exc:  # the job's own error, as submitit reports it
-        return None, str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # the job's own error: the last error line of the trace submitit reports, or its log
+        text = str(exc).strip()
+        return None, (last_error_line(text) or _log_error(Path(task.paths.stderr))
+                      or (text.splitlines()[0] if text else type(exc).__name__))
 
 
 def wait_for(jobs, executor_kind: str, poll_s: float = 2.0, log=print) -> list[dict]:
@@ -247,18 +312,20 @@ def wait_for(jobs, executor_kind: str, poll_s: float = 2.0, log=print) -> list[d
             if executor_kind == "slurm":
                 state = _scontrol_state(job.job_id)
                 done = state in TERMINAL
-            else:
+            else:  # submitit's local states: RUNNING, FINISHED (with a result or an error), INTERRUPTED
                 done = job.done()
-                state = "COMPLETED" if done else "RUNNING"
-            if state != states[job.job_id]:
-                log(f"job {job.job_id}: {state}")
-                states[job.job_id] = state
-            if done:
+                state = {"FINISHED": "COMPLETED"}.get(job.state, job.state) if done else "RUNNING"
+            result = error = None
+            if done:  # its outcome before its state is said: a job that failed is not first said COMPLETED
                 result, error = _outcome(job, executor_kind, state)
                 if error and state == "COMPLETED":
                     state = "FAILED"
                 if executor_kind == "slurm":
                     error = _failure(job, state, error)
+            if state != states[job.job_id]:
+                log(f"job {job.job_id}: {state}")
+                states[job.job_id] = state
+            if done:
                 finished[job.job_id] = {"id": job.job_id, "state": state, "result": result, "error": error}
         if len(finished) < len(jobs):
             time.sleep(poll_s)

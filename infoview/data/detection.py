@@ -40,7 +40,9 @@ What is handled, and how:
   :class:`InfoviewError` naming the first missing file and how many are
   missing, raised when the source is opened, so before any training; so is an
   image whose size differs from the one the JSON gives (its polygons would not
-  fit it), when that image is read.
+  fit it), when that image is read;
+- a COCO image without ``id`` or ``file_name`` is an error naming it; annotations of an image or a category
+  the file does not list are left out, counted in one line on stderr (``schemes/coco.py``).
 """
 from __future__ import annotations
 

@@ -24,7 +24,9 @@ from infoview.eval.detection_train import train
 from infoview.runtime import distributed as D
 from infoview.runtime.backbone import default_out_dir, load_backbone_spec
 from infoview.runtime.loop import FitResult
-from infoview.utils.io import atomic_write_text, claim_out_dir
+from infoview.runtime.memory import out_of_memory_said
+from infoview.utils.io import atomic_write_text
+from infoview.utils.lock import hold_result_folder
 
 def _check(cfg) -> None:
     """What the keys' schema (infoview.commands.detect) cannot say: how keys relate to each other."""
@@ -167,7 +169,16 @@ def _write(cfg, out, log: list[dict], result: dict) -> None:
 def run(cfg) -> dict | None:
     _check(cfg)
     require_pycocotools()
-    out = claim_out_dir(cfg.out_dir or default_out_dir(cfg.backbone, "detect"), "detect.json", cfg.overwrite)
+    with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "detect"), "detect.json", cfg.overwrite,
+                            "detect", holder=D.env_info().is_main) as out:
+        m = cfg.model
+        with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} (the global batch) of images resized to "
+                                f"model.min_size={m.min_size} px (long side at most model.max_size={m.max_size})",
+                                "data.batch_size, or model.min_size and model.max_size"):
+            return _run(cfg, out)
+
+
+def _run(cfg, out) -> dict | None:
     t = cfg.train
     if t.threads:
         torch.set_num_threads(int(t.threads))

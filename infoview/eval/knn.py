@@ -6,13 +6,22 @@ import json
 from infoview.config import save_config
 from infoview.runtime.backbone import default_out_dir, frozen_splits
 from infoview.runtime.knn import _check_temperature, _positive_int, knn_accuracy
-from infoview.utils.io import atomic_write_text, claim_out_dir
+from infoview.runtime.memory import out_of_memory_said
+from infoview.utils.io import atomic_write_text
+from infoview.utils.lock import hold_result_folder
 
 
 def run(cfg) -> dict:
     _positive_int(cfg.knn.k, "k")  # the cheap checks, before any extraction
     _check_temperature(cfg.knn.temperature)
-    out = claim_out_dir(cfg.out_dir or default_out_dir(cfg.backbone, "knn"), "knn.json", cfg.overwrite)
+    with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "knn"), "knn.json", cfg.overwrite,
+                            "knn") as out:
+        with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} images per batch of the frozen encoder",
+                                "data.batch_size"):
+            return _run(cfg, out)
+
+
+def _run(cfg, out) -> dict:
     bb, device, (xtr, ytr), (xte, yte), (source, test_source) = frozen_splits(cfg, "knn")
     scores = knn_accuracy(xtr.to(device), ytr.to(device), xte.to(device), yte.to(device), k=cfg.knn.k,
                           temperature=cfg.knn.temperature)

@@ -51,9 +51,11 @@ from infoview.errors import ConfigError, InfoviewError
 from infoview.runtime.backbone import default_out_dir, frozen_splits
 from infoview.runtime.features import check_features, encoder_device_dtype, eval_mode
 from infoview.runtime.loop import fit
+from infoview.runtime.memory import out_of_memory_said
 from infoview.runtime.optim import cosine_factor
 from infoview.utils.device import resolve_device
-from infoview.utils.io import atomic_write_text, claim_out_dir
+from infoview.utils.io import atomic_write_text
+from infoview.utils.lock import hold_result_folder
 
 NORMALIZE = ("standardize", "none")
 BN_EPS = 1e-5
@@ -331,7 +333,16 @@ PROBE_VIEW_OVERRIDES = {"jitter.p": 0.0, "grayscale.p": 0.0, "blur.p": 0.0, "sol
 def run(cfg) -> dict:
     t = cfg.train
     _check_settings(t.epochs, t.batch_size, t.lr, t.weight_decay, 0.9, "standardize")  # before any extraction
-    out = claim_out_dir(cfg.out_dir or default_out_dir(cfg.backbone, "linear"), "linear.json", cfg.overwrite)
+    with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "linear"), "linear.json", cfg.overwrite,
+                            "linear") as out:
+        with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} images per batch of the frozen encoder and "
+                                f"train.batch_size={t.batch_size} for the classifier",
+                                "data.batch_size or train.batch_size"):
+            return _run(cfg, out)
+
+
+def _run(cfg, out) -> dict:
+    t = cfg.train
     bb, device, (xtr, ytr), (xte, yte), (source, test_source) = frozen_splits(cfg, "linear")
     d = cfg.data
     settings = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, seed=t.seed,

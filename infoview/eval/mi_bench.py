@@ -24,6 +24,7 @@ from infoview.eval.mi_bench_train import CRITICS, level_means, train_staircase
 from infoview.objectives import alpha_floor
 from infoview.utils.device import resolve_device
 from infoview.utils.io import atomic_write_text
+from infoview.utils.lock import hold_folder
 from infoview.utils.provenance import provenance
 
 
@@ -171,11 +172,10 @@ def run(cfg) -> dict:
     objectives = build_objectives(specs)
 
     device = resolve_device(c["device"])
-    out_dir = Path(c["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trained, threads, seconds = _train(c, objectives, [s.key for s in specs], device)
-    results = _results(c, specs, trained, device, threads, seconds)
-    _write(cfg, c, specs, trained, results, out_dir)
+    with hold_folder(Path(c["out_dir"]), "mi-bench") as out_dir:
+        trained, threads, seconds = _train(c, objectives, [s.key for s in specs], device)
+        results = _results(c, specs, trained, device, threads, seconds)
+        _write(cfg, c, specs, trained, results, out_dir)
     summary = {k: v for k, v in results.items() if k not in ("provenance", "estimators", "medians", "ceilings")}
     summary["out_dir"] = str(out_dir)
     return summary

@@ -26,9 +26,11 @@ from infoview.eval.segmentation_model import SegmentationModel, dilated_backbone
 from infoview.eval.segmentation_plot import plot_predictions
 from infoview.runtime.backbone import default_out_dir, load_backbone_spec
 from infoview.runtime.loop import fit
+from infoview.runtime.memory import out_of_memory_said
 from infoview.runtime.optim import build_optimizer, poly_factor
 from infoview.utils.device import resolve_device
-from infoview.utils.io import atomic_write_text, claim_out_dir
+from infoview.utils.io import atomic_write_text
+from infoview.utils.lock import hold_result_folder
 
 def _check(cfg) -> None:
     """What the keys' schema (infoview.commands.segment) cannot say: how keys relate to each other."""
@@ -254,7 +256,14 @@ def _write(cfg, out: Path, result: dict, samples, bb, data: _Data, n_val: int, s
 def run(cfg) -> dict:
     start = time.perf_counter()
     _check(cfg)
-    out = claim_out_dir(cfg.out_dir or default_out_dir(cfg.backbone, "segment"), "segment.json", cfg.overwrite)
+    with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "segment"), "segment.json",
+                            cfg.overwrite, "segment") as out:
+        with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} images of data.size={cfg.data.size} px",
+                                "data.batch_size or data.size"):
+            return _run(cfg, out, start)
+
+
+def _run(cfg, out, start: float) -> dict:
     t = cfg.train
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)

@@ -227,6 +227,63 @@ def _backbone(timm, arch: str, cifar_stem: bool, img_size: int | None, pretraine
     return backbone, img_size
 
 
+#: keyword arguments of timm's builders that load, fetch or reshape rather than describe the architecture
+#: (with those of timm.create_model's own signature, read at run time): never taken from a config
+TIMM_LOADING_KEYS = ("pretrained_strict", "pretrained_filter_fn", "pretrained_model_args", "kwargs_filter",
+                     "model_cfg", "feature_cfg", "features_only", "feature_cls", "out_indices", "pruned")
+#: build_encoder's own parameters, which a config records under their own names, not among the timm kwargs
+OWN_PARAMETERS = ("cifar_stem", "img_size", "pretrained", "streams", "input_mean", "input_std")
+
+
+def architecture_kwargs(arch: str, kwargs: Any, where: str) -> dict[str, Any]:
+    """``kwargs`` (timm keyword arguments read from a config, an export's config.json or a checkpoint), checked
+    to be architecture keyword arguments of ``arch`` only; anything else is one ConfigError naming ``where``.
+
+    An allow-list: a key is taken when some timm module class of ``arch``'s model module (the model's own class,
+    its blocks, the layers it imports) has a keyword parameter of that name, and is not one of timm's loading
+    keys (``timm.create_model``'s own parameters: ``pretrained``, ``pretrained_cfg``,
+    ``pretrained_cfg_overlay``, ``checkpoint_path``, ``cache_dir``, ...; :data:`TIMM_LOADING_KEYS`) or a
+    parameter of :func:`build_encoder` recorded under its own name. Loading keys reach ``create_model`` or
+    ``build_model_with_cfg``, never a model class, so a deny-list of them would miss whatever a later timm
+    adds; the classes' parameters are what an architecture can be described with.
+    """
+    import timm
+
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ConfigError(f"{where}: expected a mapping of timm keyword arguments, got {kwargs!r}")
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        return dict(kwargs)  # build_encoder names the unknown arch
+    allowed = _architecture_keywords(timm, arch)
+    refused = sorted(k for k in kwargs if k not in allowed)
+    if refused:
+        loading = sorted(set(refused) & _loading_keys(timm))
+        why = (f" ({', '.join(loading)}: timm would load or fetch weights or files; the weights are infoview's own)"
+               if loading else "")
+        raise ConfigError(f"{where}: {', '.join(map(repr, refused))} is not an architecture keyword argument of "
+                          f"timm's '{arch}'{why}; only those are taken from a config")
+    return dict(kwargs)
+
+
+def _loading_keys(timm) -> set[str]:
+    return (set(inspect.signature(timm.create_model).parameters) - {"model_name", "kwargs"}) | set(TIMM_LOADING_KEYS)
+
+
+def _architecture_keywords(timm, arch: str) -> set[str]:
+    """The keyword parameters of the timm module classes in ``arch``'s model module, less the loading keys."""
+    module = sys.modules[timm.models.model_entrypoint(arch).__module__]
+    names: set[str] = set()
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, nn.Module) and value.__module__.startswith("timm."):
+            try:
+                params = inspect.signature(value.__init__).parameters.values()
+            except (TypeError, ValueError):
+                continue
+            names.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return names - {"self"} - _loading_keys(timm) - set(OWN_PARAMETERS)
+
+
 # --------------------------------------------------------------------------- helpers
 
 

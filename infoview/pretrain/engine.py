@@ -23,6 +23,7 @@ from infoview.data import build_loader
 from infoview.data.resident import cap_bytes
 from infoview.errors import ConfigError, InfoviewError, Interrupted
 from infoview.objectives import build
+from infoview.pretrain.folder import run_folder
 from infoview.pretrain.methods import check_method_sections, get_method, objective_settings
 from infoview.pretrain.monitor import OnlineEvalFactory, Report
 from infoview.pretrain.resume import resume_state
@@ -435,18 +436,20 @@ class Trainer:
         return result
 
 
-def _fit(cfg) -> tuple[dict, bool]:
-    trainer = Trainer(cfg)
-    result = trainer.fit()
-    # no rank tears the group down while another still writes (rank 0: pretrain.json, curves.png); gloo
-    # aborted the process ("terminate called without an active exception") when one left early
-    D.barrier()
+def _fit(cfg, command: str) -> tuple[dict, bool]:
+    with run_folder(cfg, command, D.env_info().is_main):  # one run per folder; running out of memory is one line
+        trainer = Trainer(cfg)
+        result = trainer.fit()
+        # no rank tears the group down while another still writes (rank 0: pretrain.json, curves.png); gloo
+        # aborted the process ("terminate called without an active exception") when one left early
+        D.barrier()
     return result, trainer.info.is_main
 
 
-def run(cfg) -> dict | None:
+def run(cfg, command: str = "pretrain") -> dict | None:
+    """Pretrain as ``infoview <command>`` (pretrain, distill): the run holds ``cfg.out_dir`` while it trains."""
     try:
-        result, is_main = _fit(cfg)
+        result, is_main = _fit(cfg, command)
         return result if is_main else None  # one rank reports
     finally:
         # reference cycles (the report) kept the DDP wrapper, and the process group, past destroy_process_group;

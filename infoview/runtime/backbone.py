@@ -71,9 +71,10 @@ def _from_export(folder: Path, trained: bool, seed: int) -> Backbone:
         torch.manual_seed(int(pretrain.get("train", {}).get("seed", seed)))  # what the run started from
         if pretrain.get("model") and pretrain.get("augment"):
             encoder = build_encoder_from_config(pretrain["model"], int(pretrain["augment"]["size"]),
-                                                pretrain["augment"].get("normalize"))
+                                                pretrain["augment"].get("normalize"),
+                                                where=f"{folder / CONFIG}: pretrain_config.model.kwargs")
         else:
-            encoder = build_export_encoder(config)
+            encoder = build_export_encoder(config, str(folder / CONFIG))
     source = config.get("source") or {}
     what = "exported" if trained else "random init of export"
     step = f" (step {source['step']})" if trained and "step" in source else ""

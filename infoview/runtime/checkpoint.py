@@ -27,12 +27,15 @@ from infoview.utils.io import atomic_path
 
 LAST, PREV = "last.pt", "prev.pt"
 FORMAT = "infoview-pretrain-1"
+#: how a file torch.save wrote starts: a zip archive (torch >= 1.6), or a pickle (protocol 2+, the legacy format)
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike, keep_previous: bool = True) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+        with open(tmp, "wb") as f:  # through a Python file, a full disk is an OSError torch's error chains to
+            torch.save({"format": FORMAT, **state}, f)
         if keep_previous and path.exists():
             os.replace(path, path.with_name(PREV))
     return path
@@ -70,6 +73,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise InfoviewError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise InfoviewError(f"checkpoint {path} is empty (0 bytes){hint}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(TORCH_MAGIC):  # text, an image, ...: no torch file, whatever unpickling would say
+        raise InfoviewError(
+            f"{path} is not a checkpoint or an export: a checkpoint is a file torch.save wrote "
+            "(runs/<run>/checkpoints/last.pt, or the run folder), an export a folder with config.json and "
+            f"model.safetensors; this file starts with {head!r}"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many kinds on foreign bytes (a text file gives KeyError)

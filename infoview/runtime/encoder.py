@@ -9,17 +9,23 @@ import torch
 from infoview.augment.recipes import normalization
 from infoview.errors import ConfigError, InfoviewError
 from infoview.models import build_encoder
+from infoview.models.encoder import architecture_kwargs
 from infoview.runtime.checkpoint import load_checkpoint
 
 
-def build_encoder_from_config(model_cfg, size: int, normalize: str | None = None):
+def build_encoder_from_config(model_cfg, size: int, normalize: str | None = None, where: str = "model.kwargs"):
     """The encoder a config's ``model`` section describes at input size ``size``.
+
+    ``model.kwargs`` may hold architecture keyword arguments only (``where`` names them in the error):
+    timm's loading keys (``pretrained``, ``checkpoint_path``, ...) are refused, so a config or a checkpoint
+    from elsewhere cannot make timm fetch or open anything.
 
     ``normalize``: the ``augment.normalize`` preset its input is normalised with. Only a
     ``model.streams=lab`` encoder (CMC's L and ab halves) needs it, to undo it before the Lab conversion;
     a config written before ``model.streams`` existed is ``rgb``.
     """
-    kwargs = dict(model_cfg.get("kwargs") or {})
+    raw = model_cfg.get("kwargs") or {}
+    kwargs = architecture_kwargs(model_cfg["arch"], dict(raw) if hasattr(raw, "items") else raw, where)
     streams = str(model_cfg.get("streams") or "rgb")
     if streams != "rgb":
         if not normalize:
@@ -52,7 +58,8 @@ def encoder_from_checkpoint(path: str | os.PathLike, trained: bool = True, state
         state = load_checkpoint(path)
     cfg = state["config"]
     torch.manual_seed(int(cfg["train"]["seed"]))  # what the pretraining run started from
-    encoder = build_encoder_from_config(cfg["model"], int(cfg["augment"]["size"]), cfg["augment"].get("normalize"))
+    encoder = build_encoder_from_config(cfg["model"], int(cfg["augment"]["size"]), cfg["augment"].get("normalize"),
+                                        where=f"checkpoint {path}: model.kwargs")
     if trained:
         prefix = "encoder."
         weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}

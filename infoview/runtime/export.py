@@ -15,9 +15,10 @@ import torch
 from infoview.augment.recipes import normalization
 from infoview.config import did_you_mean
 from infoview.errors import ConfigError, InfoviewError
-from infoview.models.encoder import build_encoder, is_vit_arch
+from infoview.models.encoder import architecture_kwargs, build_encoder, is_vit_arch
 from infoview.runtime.encoder import encoder_from_checkpoint, resolve_checkpoint
 from infoview.utils.io import atomic_path, atomic_write_text
+from infoview.utils.lock import LOCK_NAME, hold_folder
 from infoview.utils.provenance import provenance
 
 FORMATS = ("timm", "torchvision")
@@ -57,6 +58,17 @@ def export_backbone(
     "plain_timm_loadable", "sha256"}``.
     """
     out = _check_out_dir(out_dir, format, overwrite)
+    with hold_folder(out, "export"):  # one export into a folder at once; a failed one leaves no empty folder
+        fresh = not (out / WEIGHTS).exists()
+        try:
+            return _export(ckpt_path, out, format)
+        except BaseException:
+            if fresh:  # weights without their config.json are no export (an overwritten one: its sha256 says so)
+                (out / WEIGHTS).unlink(missing_ok=True)
+            raise
+
+
+def _export(ckpt_path: str | os.PathLike, out: Path, format: str) -> dict:  # noqa: A002
     ckpt = resolve_checkpoint(ckpt_path)
     encoder, state = encoder_from_checkpoint(ckpt, trained=True)
     weights = {k: v.detach().to("cpu").contiguous() for k, v in encoder.backbone.state_dict().items()}
@@ -98,7 +110,7 @@ def _check_out_dir(out_dir: str | os.PathLike, format: str, overwrite: bool) -> 
     if out.exists() and not out.is_dir():
         raise InfoviewError(f"export folder {out} is a file; expected a folder (new or empty)")
     if out.is_dir() and not overwrite:
-        held = sorted(p.name for p in out.iterdir())
+        held = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
         if held:
             shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
             raise InfoviewError(
@@ -350,7 +362,7 @@ def load_export(export_dir: str | os.PathLike, verify: bool = True):
         raise InfoviewError(f"{weights_path} is not a readable safetensors file ({exc})") from None
     if config.get("weights_format") == "torchvision":
         weights = from_torchvision(weights)
-    encoder = build_export_encoder(config)
+    encoder = build_export_encoder(config, str(folder / CONFIG))
     try:
         encoder.backbone.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
@@ -368,11 +380,13 @@ def load_export(export_dir: str | os.PathLike, verify: bool = True):
     return encoder, config
 
 
-def build_export_encoder(config: dict):
+def build_export_encoder(config: dict, where: str = CONFIG):
     """The architecture an export's config describes, at random init (the global RNG draws the weights).
 
-    A ``streams=lab`` export (CMC's L and ab halves) takes the RGB input the config's mean and std describe."""
-    kwargs = dict(config.get("kwargs") or {})
+    A ``streams=lab`` export (CMC's L and ab halves) takes the RGB input the config's mean and std describe.
+    Its ``kwargs`` are data: only architecture keyword arguments are taken (``architecture_kwargs``; ``where``
+    names the file in the error), so an export cannot make timm download weights or open a file."""
+    kwargs = architecture_kwargs(config["arch"], config.get("kwargs") or {}, f"{where}: kwargs")
     streams = config.get("streams") or "rgb"  # exports written before model.streams are rgb
     if streams != "rgb":
         kwargs.update(streams=streams, input_mean=config["mean"], input_std=config["std"])

@@ -1,6 +1,7 @@
 """The metrics log every training loop writes: metrics.csv (fixed columns), TensorBoard, a plot."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -8,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from infoview.utils.io import atomic_write_text
+from infoview.utils.io import atomic_write_text, cannot_write, os_error_of
 
 
 class MetricsLog:
@@ -50,20 +51,29 @@ class MetricsLog:
         unknown = set(row) - set(self.columns)
         if unknown:
             raise KeyError(f"metrics: unknown columns {sorted(unknown)}")
-        self._csv.writerow({k: _fmt(row.get(k)) for k in self.columns})
-        self._file.flush()
+        try:
+            self._csv.writerow({k: _fmt(row.get(k)) for k in self.columns})
+            self._file.flush()
+        except OSError as exc:  # a full disk: one line naming the file, not a traceback
+            raise cannot_write(self.path, exc, kept=False) from None
         if self.tb is not None:
             step = int(row["step"])
             for key, value in row.items():
                 if key in ("step",) or value is None:
                     continue
                 tag = key.replace("online_", "online/", 1) if key.startswith("online_") else f"train/{key}"
-                self.tb.add_scalar(tag, float(value), step)
+                with _writing(self.path.parent / "tb"):
+                    self.tb.add_scalar(tag, float(value), step)
 
     def close(self) -> None:
-        self._file.close()
-        if self.tb is not None:
-            self.tb.close()
+        try:
+            self._file.close()
+        except OSError as exc:
+            raise cannot_write(self.path, exc, kept=False) from None
+        finally:
+            if self.tb is not None:
+                with _writing(self.path.parent / "tb"):
+                    self.tb.close()
 
     def flush_plot(self) -> None:
         """Redraw the run's plot (``plot(out_dir)``, curves.png) from metrics.csv, when the log has one.
@@ -80,6 +90,18 @@ class MetricsLog:
         except Exception as exc:  # noqa: BLE001 - a plot is not worth a run
             print(f"infoview: could not draw {self.path.parent / 'curves.png'}: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """TensorBoard's writer over a full disk: one line naming its folder, not a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        error = os_error_of(exc)
+        if error is None:
+            raise
+        raise cannot_write(path, error, kept=False) from None
 
 
 def _fmt(value) -> str:

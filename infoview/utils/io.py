@@ -7,17 +7,55 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")
+
+
+def os_error_of(exc: BaseException) -> OSError | None:
+    """The file system's own error behind ``exc``: ``exc`` itself, one it was raised from or during (torch's
+    ``RuntimeError`` over a full disk), or one a library names in its text (safetensors' ``(os error 28)``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return current
+        found = _OS_ERROR_IN_TEXT.search(str(current))
+        if found:
+            code = int(found.group(1))
+            return OSError(code, os.strerror(code))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def cannot_write(path: str | os.PathLike, error: OSError, kept: bool = True):
+    """The one-line error for a file that could not be written: the path and what the file system said
+    (``kept``: the file was being replaced whole, so a previous one is still there as it was)."""
+    from infoview.errors import InfoviewError
+
+    path = Path(path)
+    kept = f"; the previous {path.name} there is kept as it was" if kept and path.is_file() else ""
+    return InfoviewError(f"cannot write {path} ({error.strerror or error}){kept}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` on success."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success.
+
+    A write that the file system refuses (a full disk, a read-only or missing folder, a file in a folder's
+    place), here or in the caller's writing, is one InfoviewError naming ``path``; ``path`` keeps what it
+    held, and the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -28,6 +66,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mode any new file gets, just before it takes its name
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
+    except Exception as exc:
+        error = os_error_of(exc)
+        if error is None:
+            raise
+        raise cannot_write(path, error) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -69,6 +69,41 @@ def test_the_local_executor_runs_the_command_here(tmp_path, capsys):
     assert (tmp_path / "run" / "pretrain.json").exists()
 
 
+@pytest.mark.slow
+def test_a_failed_local_job_says_so_with_its_own_error_line_never_completed_first(tmp_path, capsys):
+    assert main(["launch", "pretrain", "data.source=folder:/nonexistent", f"out_dir={tmp_path / 'run'}",
+                 f"launch.folder={tmp_path / 'l'}", "launch.executor=local", "launch.wait=true",
+                 "launch.poll_s=0.2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not any(line.endswith(": COMPLETED") for line in err), err
+    assert err[-2].endswith(": FAILED")
+    assert "ended FAILED: folder /nonexistent does not exist; logs in" in err[-1]
+
+
+def test_the_failing_ranks_own_last_error_line_is_read_from_its_log(tmp_path):
+    """srun names the rank that ended first; its own log says why (here rank 3's, not rank 0's)."""
+    from types import SimpleNamespace
+
+    from infoview.commands.launch import _failure, last_error_line
+
+    folder = tmp_path / "7"
+    folder.mkdir()
+    (folder / "7_0_log.err").write_text("srun: error: node2: task 3: Exited with exit code 1\n"
+                                        "srun: error: node1: tasks 0-2: Terminated\n")
+    (folder / "7_3_log.err").write_text(
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+        "[rank3]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+        "submitit ERROR (2026-01-01 00:00:00,000) - Submitted job triggered an exception\n")
+    job = SimpleNamespace(job_id="7", paths=SimpleNamespace(stderr=folder / "7_0_log.err", folder=folder))
+    said = _failure(job, "FAILED", None)
+    assert said.startswith("rank 3 on node node2 ended first (Exited with exit code 1) and the other ranks stopped "
+                           "with it: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB; its log: ")
+    assert said.endswith(str(folder / "7_3_log.err"))
+    assert last_error_line("Traceback ...\ninfoview.errors.ConfigError: data.batch_size=3 is the global batch") == \
+        "data.batch_size=3 is the global batch"
+    assert last_error_line("all went well\n") is None
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "launch needs a command"),
     (["launch"], "cannot launch itself"),
@@ -112,3 +147,31 @@ def test_a_preempted_job_requeues_only_when_its_command_can_resume(monkeypatch, 
     assert "'segment' cannot resume, so the job is not requeued" in capsys.readouterr().err
     delayed = job.checkpoint("pretrain", ["--config", "c.yaml"])  # no trainer running here: nothing to save
     assert delayed.args == ("pretrain", ["--config", "c.yaml", "train.resume=auto"])
+
+
+@pytest.mark.parametrize("override", [
+    r'launch.partition="gpu\ntouch /tmp/pwned\n#"',
+    r'launch.comment="a\ntouch /tmp/pwned"',
+    r'launch.job_name="x\rtouch /tmp/pwned"',
+    r'launch.account="a\ntouch /tmp/pwned"',
+    r'launch.qos="a\x1b[2Jb"',
+    r'launch.constraint="a\ttouch /tmp/pwned"',
+    r'launch.setup=["module load x\ntouch /tmp/pwned"]',
+])
+def test_a_launch_value_with_a_control_character_never_reaches_the_script(override, tmp_path, capsys):
+    """submitit quotes a value but keeps its newline, after which the rest would be a line of the script.
+
+    The overrides are written as a shell passes them: YAML's double quotes turn the two characters \\n into a newline.
+    """
+    assert main(["launch", "pretrain", "--config", "demo", "launch.dry_run=true", override,
+                 f"launch.folder={tmp_path}"]) == 2
+    out, err = capsys.readouterr()
+    assert "touch" not in out and "#SBATCH" not in out
+    key = override.split("=", 1)[0]
+    assert len(err.strip().splitlines()) == 1 and f"{key} holds a control character" in err
+
+
+def test_setup_lines_are_commands_by_design(tmp_path, capsys):
+    assert main(["launch", "pretrain", "launch.dry_run=true", 'launch.setup=["module load cuda", "export A=1"]',
+                 f"launch.folder={tmp_path}"]) == 0
+    assert "\nmodule load cuda\nexport A=1\n" in capsys.readouterr().out

@@ -80,6 +80,16 @@ def test_a_sweep_runs_one_job_per_config(slurm_cluster, slurm_jobs, tiny, tmp_pa
     assert names == ["infonce", "ring"]
 
 
+def test_a_failed_job_says_failed_with_its_own_error_line(slurm_cluster, slurm_jobs, tiny, tmp_path, capsys):
+    """Each rank fails in the job (the data is not there): the first rank's own last error line is said, and the
+    job is never said to be COMPLETED first."""
+    code = main(["launch", "pretrain", *slurm_jobs.common(tmp_path, tiny), "data.source=folder:/nonexistent",
+                 "launch.tasks_per_node=2", "launch.timeout_min=5", "launch.wait=true", "launch.poll_s=0.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not any(line.endswith(": COMPLETED") for line in err), err
+    assert "ended FAILED: rank " in err[-1] and ": folder /nonexistent does not exist; its log: " in err[-1], err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

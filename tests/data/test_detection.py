@@ -67,6 +67,47 @@ def test_missing_images_error(make_coco, tmp_path):
         CocoDetection(str(images), str(ann))
 
 
+def test_a_coco_image_without_file_name_is_one_line_naming_it(make_coco, tmp_path, capsys):
+    import json
+
+    from infoview.cli import main
+    from infoview.data import open_source
+
+    images, ann = make_coco(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    del data["images"][2]["file_name"]
+    ann.write_text(json.dumps(data))
+    for open_ in (lambda: open_source(f"coco:{images}:{ann}"), lambda: open_detection_source(f"coco:{images}:{ann}")):
+        with pytest.raises(InfoviewError, match=r"instances.json: image 2 of 'images' \(.*\"id\": 30.*\) has no "
+                                                r"file_name; each image needs an id and a file_name"):
+            open_()
+    assert main(["prepare", f"coco:{images}:{ann}", str(tmp_path / "x.beton")]) == 2  # a command: one line
+    assert "has no file_name" in capsys.readouterr().err
+
+
+def test_coco_annotations_of_unknown_images_or_categories_are_counted_and_left_out(make_coco, tmp_path, capsys):
+    import json
+
+    from infoview.data import open_source
+
+    images, ann = make_coco(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    stray = [{"id": 90, "image_id": 999, "category_id": 3, "bbox": [1, 1, 5, 5], "area": 25.0, "iscrowd": 0},
+             {"id": 91, "image_id": 10, "category_id": 99, "bbox": [1, 1, 5, 5], "area": 25.0, "iscrowd": 0},
+             {"id": 92, "image_id": 10, "category_id": 99, "bbox": [2, 2, 5, 5], "area": 25.0, "iscrowd": 0}]
+    data["annotations"] += stray
+    ann.write_text(json.dumps(data))
+    ds = open_detection_source(f"coco:{images}:{ann}")
+    said = capsys.readouterr().err.strip()
+    assert said.endswith("of its annotations, 1 name an image_id that is not in 'images' (999) and 2 name a "
+                         "category_id that is not in 'categories' (99); those are left out")
+    assert len(said.splitlines()) == 1
+    assert [a["id"] for a in ds.records[0]["anns"]] == [1, 2]  # image 10's own two, not the stray ones
+    assert len(ds.coco_gt().dataset["annotations"]) == 6
+    assert open_source(f"coco:{images}:{ann}")[0][1] == 0  # the images kind: 'box', as without the stray ones
+    assert "those are left out" in capsys.readouterr().err
+
+
 def test_shapes_detection_boxes_are_the_masks_boxes():
     ds = open_detection_source("shapes")
     assert isinstance(ds, ShapesDetection) and len(ds) == 2000 and ds.num_classes == 4

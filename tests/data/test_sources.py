@@ -1,6 +1,8 @@
 """Sources: what a user gets from each source string, and the errors for bad input."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -87,6 +89,23 @@ def test_folder_errors_are_clear(tmp_path, image_folder):
     Image.new("RGB", (8, 8)).save(loose / "a.png")
     with pytest.raises(InfoviewError, match=r"holds images directly .*one subfolder per class"):
         open_source(f"folder:{loose}")
+
+
+def test_each_image_of_a_folder_source_is_listed_once_by_its_real_path(image_folder):
+    """A link loop listed 40 images as 840 on main; a second link to a file or folder counted it again."""
+    assert len(open_source(f"folder:{image_folder}")) == 12  # 3 classes of 4
+    (image_folder / "cat" / "loop").symlink_to(image_folder / "cat")  # a loop
+    (image_folder / "dog" / "again").symlink_to(image_folder / "dog")
+    (image_folder / "dog" / "twice.png").symlink_to(image_folder / "dog" / "001.png")  # one file, two names
+    source = open_source(f"folder:{image_folder}")
+    assert len(source) == 12 and sorted(source.classes) == ["cat", "dog", "emu"]
+    assert len({os.path.realpath(f) for f in source.files}) == 12
+
+
+def test_one_image_under_two_classes_is_an_error_naming_it(image_folder):
+    (image_folder / "emu" / "cat_or_emu.png").symlink_to(image_folder / "cat" / "002.png")
+    with pytest.raises(InfoviewError, match=r"the image .*cat/002.png is under two classes, 'cat' .* and 'emu'"):
+        open_source(f"folder:{image_folder}")
 
 
 def test_corrupt_image_error_names_the_file(image_folder):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,40 @@ def test_a_cifar_stem_backbone_is_said_to_be_slow_on_photos(cifar_checkpoint, tm
                  f"out_dir={tmp_path}"]) == 0
     err = capsys.readouterr().err
     assert "has the CIFAR stem" in err and "about 10x more" in err and "model.cifar_stem=false" in err
+
+
+_IN_ONE_LONG_CALL = """
+import hashlib, sys
+from infoview.cli import main
+from infoview.eval import detection
+
+def train(*args, **kwargs):  # a step that stays inside one C call, as a detector's backward pass on a CPU does
+    print("in the long call", flush=True)
+    hashlib.pbkdf2_hmac("sha256", b"x", b"salt", 50_000_000)  # about 20 s, holding off Python's own handler
+    raise AssertionError("the long call ended before Ctrl-C was answered")
+
+detection.train = train
+sys.exit(main(["detect", *sys.argv[1:]]))
+"""
+
+
+def test_ctrl_c_stops_detect_within_seconds_while_it_is_inside_one_long_c_call(tmp_path):
+    """Python runs its Ctrl-C handler only between two bytecodes: on main, detect went on to the end of the
+    call (its backward pass), 30 s and more. A thread of infoview's own answers at once."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _IN_ONE_LONG_CALL, *TINY, "backbone=random:resnet18",
+                             "data.holdout=3", f"out_dir={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "in the long call", proc.stderr.read()[-2000:]
+        time.sleep(0.5)
+        asked = time.time()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        took = time.time() - asked
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert proc.returncode == 130 and took < 8, (took, err[-2000:])
+    assert err.strip().splitlines()[-1] == "infoview detect: interrupted"
+    assert not out.exists()  # the folder it held is let go of, and it was empty

@@ -206,3 +206,20 @@ def test_the_void_class_is_read_from_the_datasets_description_and_said(tmp_path,
     r = _segment(capsys, tmp_path / "out", "backbone=random:resnet18", f"data.source={_source(tmp_path)}",
                  "data.size=32", "train.max_steps=1", "data.batch_size=2")
     assert r["ignore_index"] == 11 and "names 11 'void'" in r["ignore_index_from"]
+
+
+def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, capsys, monkeypatch):
+    from infoview.eval import segmentation
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(segmentation, "train_head", out_of_memory)
+    out = tmp_path / "out"
+    assert main(["segment", *QUIET, "backbone=random:resnet18", "data.size=32", "data.batch_size=64",
+                 f"out_dir={out}", "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # (a note on the void class, then the error)
+    assert err[-1] == ("infoview segment: error: out of GPU memory with data.batch_size=64 images of data.size=32 px; "
+                       "lower data.batch_size or data.size")
+    assert not any("Traceback" in line for line in err)
+    assert not out.exists()

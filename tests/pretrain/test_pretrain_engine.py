@@ -349,3 +349,215 @@ def test_epoch_end_checkpoints_every_n_epochs_and_always_at_the_end(tiny, tmp_pa
                      "train.ckpt_every_epochs=2", "train.ckpt_every_steps=30"]) == 0
     # every 30 steps, but where an epoch's end saves; epochs 2 and 4; the end (epoch 5)
     assert saved == [30, 44, 60, 88, 90, 110]
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder_and_a_killed_runs_folder_is_reclaimed(
+        tiny, tmp_path, capsys, cifar_checkpoint):
+    """Two runs into one out_dir would write over each other's checkpoints and results: one run per folder."""
+    import socket
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "infoview.cli", "pretrain", *tiny, f"out_dir={out}", "train.max_steps=100000",
+           "train.ckpt_every_steps=0", "train.log_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not (
+                (out / "metrics.csv").exists() and len(read_metrics(out)) >= 1):
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]  # the first run is going
+        assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=2"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"out_dir {out} is in use by infoview pretrain (pid {proc.pid} on host {socket.gethostname()}" in err
+        assert main(["knn", f"backbone={cifar_checkpoint}", f"out_dir={out}", "data.num_workers=0",
+                     "train.progress=false"]) == 2  # an evaluator too
+        assert f"in use by infoview pretrain (pid {proc.pid}" in capsys.readouterr().err
+        assert not (out / "knn.json").exists()
+    finally:
+        proc.kill()  # SIGKILL: it cannot let go of the folder itself
+        proc.wait(timeout=60)
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=2"]) == 0  # reclaimed from the dead run
+    assert not (out / ".infoview.lock").exists()
+
+
+class _FullDisk:
+    """A file on a disk with ``room`` bytes left: what a write past them meets (ENOSPC)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        import errno
+
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def test_a_full_disk_while_saving_is_one_line_and_the_previous_checkpoint_is_kept(tiny, tmp_path, capsys,
+                                                                                    monkeypatch):
+    from infoview.runtime import checkpoint
+
+    real_save, saves = torch.save, []
+
+    def save_onto_a_disk_that_fills_up(obj, f, *args, **kwargs):  # the first checkpoint fits, the next does not
+        saves.append(obj["step"])
+        if len(saves) == 1:
+            return real_save(obj, f, *args, **kwargs)
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "wb") as file:
+                return real_save(obj, _FullDisk(file, 4096), *args, **kwargs)
+        return real_save(obj, _FullDisk(f, 4096), *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_onto_a_disk_that_fills_up)
+    out = tmp_path / "run"
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=3", "train.ckpt_every_steps=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"infoview pretrain: error: cannot write {out / 'checkpoints' / 'last.pt'} (No space "
+                                "left on device); the previous last.pt there is kept as it was"]
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"]  # no half-written temp
+
+
+@pytest.mark.parametrize("where", ["a file", "/proc", "/proc/self"])
+def test_an_out_dir_that_cannot_be_written_is_one_line_naming_it(tiny, tmp_path, capsys, where):
+    """As root (CI), chmod stops nothing: a file in the folder's place, and /proc (read-only to everyone)."""
+    out = {"a file": tmp_path / "file" / "run", "/proc": Path("/proc/infoview-test/run"),
+           "/proc/self": Path("/proc/self")}[where]
+    (tmp_path / "file").write_text("")
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"infoview pretrain: error: out_dir {out}"), err
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total capacity)"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)"),
+], ids=["cuda_oom", "cpu_oom"])
+def test_out_of_memory_is_one_line_naming_what_to_lower_and_leaves_no_half_started_folder(
+        tiny, tmp_path, capsys, monkeypatch, error):
+    from infoview.pretrain.engine import Trainer
+
+    real_step, steps = Trainer.train_step, []
+
+    def step(self, *args, **kwargs):
+        steps.append(self.step)
+        if self.step + 1 == fail_at:
+            raise error
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    device = "GPU" if isinstance(error, torch.OutOfMemoryError) else "CPU"
+    fail_at, out = 1, tmp_path / "runs" / "a"
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"infoview pretrain: error: out of {device} memory with data.batch_size=16 (the global batch) of "
+                   "augment.num_views=2 views at augment.size=16 px; lower data.batch_size (optim.lr follows it by "
+                   "optim.lr_scaling) or augment.size (data.resolution), or choose a smaller model.arch; on a GPU "
+                   "train.precision=bf16 halves the activations"]
+    assert not (tmp_path / "runs").exists()  # nothing for the rerun to meet
+    fail_at = 3  # a run that saved a checkpoint first keeps it, and all it wrote
+    assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=3", "train.ckpt_every_steps=1"]) == 2
+    assert "out of" in capsys.readouterr().err
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+    assert {"config.yaml", "metrics.csv", "tb"} <= {p.name for p in out.iterdir()}
+
+
+def test_ctrl_c_with_its_output_piped_to_a_reader_that_is_gone_still_saves_at_the_step_it_stops(tiny, tmp_path):
+    """`infoview pretrain ... 2>&1 | tee log`: Ctrl-C ends tee too, and the progress bar then writes into a closed
+    pipe. The run goes on to the end of its step, saves there, and says nothing more (no one reads it)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "infoview.cli", "pretrain", *tiny, f"out_dir={out}", "train.max_steps=1000",
+           "train.ckpt_every_steps=1000", "train.log_every=1", "train.progress=true"]
+    read, write = os.pipe()
+    proc = subprocess.Popen(cmd, stdout=write, stderr=write, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    os.close(write)
+    rows = lambda: len(read_metrics(out)) if (out / "metrics.csv").exists() else 0  # noqa: E731
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and rows() < 3:
+        os.read(read, 1 << 16)  # the reader (tee) is there ...
+    os.close(read)  # ... and is gone
+    seen = rows()
+    while time.time() < deadline and proc.poll() is None and rows() < seen + 2:
+        time.sleep(0.02)  # steps that write their bar into the closed pipe
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    last_row = int(read_metrics(out)[-1]["step"])
+    assert last_row >= seen + 2
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == last_row
+
+
+_STEP_IN_ONE_LONG_CALL = """
+import hashlib, sys
+from infoview.cli import main
+from infoview.pretrain.engine import Trainer
+
+real = Trainer.train_step
+
+def step(self, *args, **kwargs):  # step 3 stays inside one C call (a long backward pass on a CPU)
+    if self.step == 2:
+        print("in the long call", flush=True)
+        hashlib.pbkdf2_hmac("sha256", b"x", b"salt", int(sys.argv[1]))
+    return real(self, *args, **kwargs)
+
+Trainer.train_step = step
+sys.exit(main(["pretrain", *sys.argv[2:]]))
+"""
+
+
+def test_ctrl_c_in_a_long_step_is_answered_at_once_and_saves_after_it_or_stops_at_once_when_pressed_again(
+        tiny, tmp_path):
+    out = tmp_path / "run"
+    args = [*tiny, f"out_dir={out}", "train.max_steps=100", "train.ckpt_every_steps=1000", "train.log_every=1"]
+
+    def start(iterations: int) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", _STEP_IN_ONE_LONG_CALL, str(iterations), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        assert proc.stdout.readline().strip() == "in the long call", proc.stderr.read()[-2000:]
+        time.sleep(0.5)
+        return proc
+
+    proc = start(15_000_000)  # a few seconds
+    proc.send_signal(signal.SIGINT)
+    first = proc.stderr.readline()  # said at once, while the call goes on
+    assert "Ctrl-C: saving between two steps, then stopping" in first
+    assert proc.poll() is None
+    assert proc.wait(timeout=120) == 130
+    said = proc.stderr.read()  # (every rank stops after the same step: the one after the step it was asked in)
+    stopped = int(said.split("stopped by SIGINT at step ")[1].split()[0])
+    assert stopped in (3, 4) and torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == stopped
+
+    (out / "checkpoints" / "last.pt").unlink()  # (so that the run starts again at step 0 and meets the call)
+    proc = start(50_000_000)  # about 20 s
+    asked = time.time()
+    proc.send_signal(signal.SIGINT)
+    assert "Ctrl-C: saving between" in proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130 and time.time() - asked < 8
+    assert proc.stderr.read().strip().splitlines()[-1] == ("infoview pretrain: interrupted at once; not saved since "
+                                                          "the last checkpoint")
+    assert not (out / "checkpoints" / "last.pt").exists() and not (out / ".infoview.lock").exists()
+
+
+def test_ctrl_c_from_a_terminal_reaches_the_loader_workers_too_and_the_run_still_saves(tiny, tmp_path):
+    """A terminal's Ctrl-C goes to the whole process group, DataLoader workers included: still one press, also
+    while a step is inside one long call (a press counted twice would stop the run at once, unsaved)."""
+    out = tmp_path / "run"
+    args = [*tiny, "data.num_workers=2", f"out_dir={out}", "train.max_steps=1000", "train.ckpt_every_steps=1000"]
+    proc = subprocess.Popen([sys.executable, "-c", _STEP_IN_ONE_LONG_CALL, "12000000", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)
+    assert proc.stdout.readline().strip() == "in the long call", proc.stderr.read()[-2000:]
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "stopped by SIGINT at step" in err, err[-2000:]
+    stopped = int(err.split("stopped by SIGINT at step ")[1].split()[0])
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == stopped

@@ -80,8 +80,25 @@ def test_an_unsafe_pickle_is_refused_as_unsafe_and_no_one_is_told_to_unpickle_it
 def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello")
+    with pytest.raises(InfoviewError, match="notes.txt is not a checkpoint or an export: .* starts with b'hell'"):
+        load_checkpoint(path)
+    path.write_bytes(b"PK\x03\x04 cut short")  # a torch file's start, and then nothing that reads
     with pytest.raises(InfoviewError, match="notes.txt is truncated or corrupt, or not a checkpoint"):
         load_checkpoint(path)
+    torch.save({"format": "infoview-pretrain-1", **state(4)}, path,
+               _use_new_zipfile_serialization=False)  # torch's legacy format still loads
+    assert load_checkpoint(path)["step"] == 4
+
+
+def test_a_text_file_as_backbone_is_said_to_be_no_checkpoint_not_an_unsafe_pickle(capsys):
+    from pathlib import Path
+
+    from infoview.cli import main
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    assert main(["knn", f"backbone={readme}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"infoview knn: error: {readme} is not a checkpoint or an export") and "run any code" not in err
 
 
 def test_a_forged_checkpoint_that_lacks_its_config_is_a_clear_error(tmp_path):

@@ -211,6 +211,69 @@ def test_a_bad_export_folder_is_a_clear_error(cifar_export, tmp_path):
         load_backbone(partial)
 
 
+@pytest.mark.parametrize("kwarg, value", [("pretrained", True), ("checkpoint_path", "README.md"),
+                                          ("pretrained_cfg_overlay", {"url": "https://example.com/w.pth"}),
+                                          ("cache_dir", "/tmp/elsewhere"), ("features_only", True)])
+def test_an_export_steers_timm_with_architecture_kwargs_only(cifar_export, tmp_path, capsys, monkeypatch, kwarg,
+                                                             value):
+    """An export's config.json is data: a timm loading key in its kwargs is refused before timm sees it."""
+    import timm
+
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / WEIGHTS).write_bytes((cifar_export / WEIGHTS).read_bytes())
+    config = json.loads((cifar_export / "config.json").read_text())
+    config["kwargs"][kwarg] = value
+    config["pretrain_config"]["model"]["kwargs"][kwarg] = value
+    (hostile / "config.json").write_text(json.dumps(config))
+    built = []
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda *a, **kw: built.append(kw) or real(*a, **kw))
+    for spec in (str(hostile), f"random:{hostile}"):
+        assert main(["knn", f"backbone={spec}", f"out_dir={tmp_path / 'knn'}", "data.num_workers=0",
+                     "train.progress=false"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"'{kwarg}' is not an architecture keyword argument" in err, err
+        assert str(hostile / "config.json") in err
+    assert not any(kwarg in kw for kw in built)
+    assert not (tmp_path / "knn").exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "/proc", "/proc/self"])
+def test_an_export_folder_that_cannot_be_written_is_one_line_naming_it(cifar_checkpoint, tmp_path, capsys, where):
+    """As root (CI), chmod stops nothing: a file in the folder's place, and /proc (read-only to everyone)."""
+    out = {"a file": tmp_path / "file" / "export", "/proc": Path("/proc/infoview-test/export"),
+           "/proc/self": Path("/proc/self")}[where]
+    (tmp_path / "file").write_text("")
+    assert main(["export", str(cifar_checkpoint), str(out), "overwrite=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err, err
+
+
+def test_a_full_disk_while_exporting_is_one_line_and_leaves_the_previous_export_or_nothing(
+        cifar_checkpoint, cifar_export, tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):  # safetensors' own words over a full disk
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    fresh = tmp_path / "new" / "export"
+    assert main(["export", str(cifar_checkpoint), str(fresh)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"infoview export: error: cannot write {fresh / WEIGHTS} (No space left on device)"]
+    assert not (tmp_path / "new").exists()  # no half-made export folder
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    for name in (WEIGHTS, "config.json"):
+        (previous / name).write_bytes((cifar_export / name).read_bytes())
+    assert main(["export", str(cifar_checkpoint), str(previous), "overwrite=true"]) == 2
+    assert "the previous model.safetensors there is kept as it was" in capsys.readouterr().err
+    assert sorted(p.name for p in previous.iterdir()) == ["config.json", WEIGHTS]
+    assert torch.equal(features(load_backbone(previous), 16), features(load_backbone(cifar_export), 16))
+
+
 def test_evaluators_accept_an_export_and_its_random_init(cifar_checkpoint, cifar_export, tmp_path, capsys):
     exported = load_backbone_spec(str(cifar_export))
     trained = load_backbone_spec(str(cifar_checkpoint))

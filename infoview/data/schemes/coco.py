@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -51,6 +52,47 @@ def coco_format_errors(ann_path: Path):
         ) from None
 
 
+def coco_contents(images: str, annotations: str) -> tuple[Path, Path, list[dict], list[dict], dict[int, list]]:
+    """``(image folder, annotation file, categories by id, images by id, {image id: its annotations})`` of a
+    ``coco:<images>:<json>`` source, checked.
+
+    An image without an ``id`` or a ``file_name`` is an error naming it. An annotation whose ``image_id`` is
+    not among the images, or whose ``category_id`` is not among the categories, cannot be used: they are left
+    out, and counted in one line on stderr (not in silence: they would change what is trained and scored).
+    """
+    img_root, ann_path, data = read_coco_instances(images, annotations)
+    with coco_format_errors(ann_path):
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        listed = data["images"]
+        for i, im in enumerate(listed):
+            missing = [k for k in ("id", "file_name") if not isinstance(im, dict) or im.get(k) in (None, "")]
+            if missing:
+                raise InfoviewError(
+                    f"coco: {ann_path}: image {i} of 'images' ({json.dumps(im)[:80]}) has no "
+                    f"{' and no '.join(missing)}; each image needs an id and a file_name")
+        images_meta = sorted(listed, key=lambda im: im["id"])
+        image_ids, cat_ids = {im["id"] for im in images_meta}, {c["id"] for c in cats}
+        per_image: dict[int, list] = {}
+        unknown: dict[str, list] = {"image": [], "category": []}
+        for a in data.get("annotations") or []:
+            a["bbox"] = [float(v) for v in a["bbox"]]
+            a["category_id"] = int(a["category_id"])
+            if a["image_id"] not in image_ids:
+                unknown["image"].append(a["image_id"])
+            elif a["category_id"] not in cat_ids:
+                unknown["category"].append(a["category_id"])
+            else:
+                per_image.setdefault(a["image_id"], []).append(a)
+    said = [f"{len(ids)} name {what} that is not in '{where}' ({', '.join(map(str, sorted(set(ids), key=str)[:5]))}"
+            f"{', ...' if len(set(ids)) > 5 else ''})"
+            for what, where, ids in (("an image_id", "images", unknown["image"]),
+                                     ("a category_id", "categories", unknown["category"])) if ids]
+    if said:
+        print(f"infoview: coco: {ann_path}: of its annotations, {' and '.join(said)}; those are left out",
+              file=sys.stderr, flush=True)
+    return img_root, ann_path, cats, images_meta, per_image
+
+
 class CocoSource(FileListSource):
     """COCO photos with an instances JSON; image label = the most frequent category.
 
@@ -61,19 +103,11 @@ class CocoSource(FileListSource):
 
     def __init__(self, images: str, annotations: str):
         self.name = f"coco:{images}:{annotations}"
-        img_root, ann_path, data = read_coco_instances(images, annotations)
-        with coco_format_errors(ann_path):
-            cats = sorted(data["categories"], key=lambda c: c["id"])
-            images_meta = sorted(data["images"], key=lambda im: im["id"])
-            anns = data.get("annotations", [])
+        img_root, ann_path, cats, images_meta, per_image = coco_contents(images, annotations)
         cat_index = {c["id"]: i for i, c in enumerate(cats)}
-        per_image: dict[int, Counter] = {}
-        for a in anns:
-            if a.get("category_id") in cat_index:
-                per_image.setdefault(a["image_id"], Counter())[a["category_id"]] += 1
         files, labels = [], []
         for im in images_meta:
-            counts = per_image.get(im["id"])
+            counts = Counter(a["category_id"] for a in per_image.get(im["id"], []))
             if counts:
                 best = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
                 labels.append(cat_index[best])
@@ -97,20 +131,12 @@ class CocoDetection(DetectionDataset):
 
     def __init__(self, images: str, annotations: str):
         name = f"coco:{images}:{annotations}"
-        root, ann_path, data = read_coco_instances(images, annotations)
-        with coco_format_errors(ann_path):
-            cats = sorted(data["categories"], key=lambda c: c["id"])
-            images_meta = sorted(data["images"], key=lambda im: im["id"])
-            per_image: dict[int, list] = {}
-            for a in data.get("annotations") or []:
-                a["bbox"] = [float(v) for v in a["bbox"]]
-                a["category_id"] = int(a["category_id"])
-                per_image.setdefault(a["image_id"], []).append(a)
-            records = [
-                {"id": int(im["id"]), "name": str(im["file_name"]), "path": str(root / im["file_name"]),
-                 "height": im.get("height"), "width": im.get("width"), "anns": per_image.get(im["id"], [])}
-                for im in images_meta
-            ]
+        root, ann_path, cats, images_meta, per_image = coco_contents(images, annotations)
+        records = [
+            {"id": int(im["id"]), "name": str(im["file_name"]), "path": str(root / im["file_name"]),
+             "height": im.get("height"), "width": im.get("width"), "anns": per_image.get(im["id"], [])}
+            for im in images_meta
+        ]
         if not records:
             raise InfoviewError(f"coco: {ann_path} lists no images")
         if not cats:

@@ -15,6 +15,9 @@ from infoview.errors import InfoviewError
 class FolderSource(FileListSource):
     """ImageFolder layout: ``<root>/<class>/**/<image>``; classes sorted by name.
 
+    Symbolic links are followed, and each image file is listed once by its real path: a link loop or a second
+    link to a folder or file adds nothing, and one file under two classes is an error naming it.
+
     When the folder holds ``train/``, ``test/`` or ``val/`` subfolders (and only
     those), ``split`` picks one; otherwise the folder is the data, and asking
     for a ``test`` or ``val`` split is an error rather than a silent reuse.
@@ -58,11 +61,17 @@ class FolderSource(FileListSource):
             raise InfoviewError(f"folder {root} is empty: expected one subfolder per class with images in it")
         files: list[str] = []
         labels: list[int] = []
+        owner: dict[str, tuple[str, str]] = {}  # an image's real path -> (its class, the path it was found at)
         for label, cls in enumerate(subdirs):
-            found = []
-            for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f)]
+            found = _class_images(root / cls)
+            for path in found:
+                real = os.path.realpath(path)
+                other, first = owner.setdefault(real, (cls, path))
+                if other != cls:
+                    raise InfoviewError(
+                        f"folder {root}: the image {real} is under two classes, '{other}' ({first}) and "
+                        f"'{cls}' ({path}); an image belongs to one class: remove one of them"
+                    )
             if not found:
                 raise InfoviewError(
                     f"class folder {root / cls} has no images (looked for "
@@ -73,6 +82,27 @@ class FolderSource(FileListSource):
         self.files = files
         self._labels = np.asarray(labels, dtype=np.int64)
         self.classes = subdirs
+
+
+def _class_images(folder: Path) -> list[str]:
+    """The image files under one class folder, each once: links are followed, but a folder or file reached
+    again (a link loop, two links to one place) is not listed again. Sorted, as walked."""
+    found: list[str] = []
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # reached again through a link: walked already (a loop would never end)
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if is_image_file(name) and os.path.realpath(path) not in seen_files:
+                seen_files.add(os.path.realpath(path))
+                found.append(path)
+    return found
 
 
 @register_source("folder", kind="images", usage="folder:<path>",

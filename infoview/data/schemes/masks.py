@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 import yaml
 
+from infoview.config import load_yaml
 from infoview.data.images import image_size, load_mask_file, read_image
 from infoview.data.registry import register_source
 from infoview.data.segmentation import SegmentationSource, resolve_splits
@@ -66,7 +67,7 @@ def _read_class_names(masks_root: Path) -> dict[int, str]:
         if not path.is_file():
             continue
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml(path.read_text(encoding="utf-8"), str(path))  # an alias bomb is an error
         except (yaml.YAMLError, OSError, UnicodeDecodeError):
             continue
         classes = data.get("classes") if isinstance(data, dict) else None
