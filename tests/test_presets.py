@@ -107,7 +107,7 @@ def test_name_matches_method_and_objective(preset):
 def test_objective_builds_and_runs_at_the_presets_scale(preset):
     """The objective accepts the preset's keys and gives a finite loss on scores shaped
     like the real ones (K from the batch or the queue), at the start and at the end."""
-    from infoview.pretrain.engine import build_objective
+    from infoview.pretrain.building import build_objective
 
     name, cfg = preset
     objective = build_objective(cfg)
@@ -147,7 +147,7 @@ def test_views_resolve(preset):
 @pytest.mark.parametrize("name", CIFAR)
 def test_cifar_preset_builds_its_model(name):
     """The encoder and method build from the config, and a 32-px batch of 2 gives features."""
-    from infoview.pretrain.engine import build_method
+    from infoview.pretrain.building import build_method
     from infoview.runtime.encoder import build_encoder_from_config
 
     cfg = _resolve(CONFIGS / f"{name}.yaml")

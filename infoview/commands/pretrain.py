@@ -47,7 +47,7 @@ def _keys() -> dict[str, Any]:
     from infoview.augment.views import BACKENDS as VIEW_BACKENDS
     from infoview.data.loader import BACKENDS as LOADER_BACKENDS, DECODES
     from infoview.models.encoder import STREAMS
-    from infoview.pretrain.engine import PRECISIONS
+    from infoview.pretrain.building import PRECISIONS
     from infoview.runtime.optim import SCALING_RULES
 
     return {

@@ -8,11 +8,9 @@ from __future__ import annotations
 import gc
 import json
 import math
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -22,9 +20,9 @@ from infoview.config import save_config
 from infoview.data import build_loader
 from infoview.data.resident import cap_bytes
 from infoview.errors import ConfigError, InfoviewError, Interrupted
-from infoview.objectives import build
+from infoview.pretrain.building import build_method, precision_dtype, seed_all
 from infoview.pretrain.folder import run_folder
-from infoview.pretrain.methods import check_method_sections, get_method, objective_settings
+from infoview.pretrain.methods import get_method
 from infoview.pretrain.monitor import OnlineEvalFactory, Report
 from infoview.pretrain.resume import resume_state
 from infoview.runtime import distributed as D
@@ -37,50 +35,12 @@ from infoview.runtime.signals import signals_deferred, stop_requests
 from infoview.utils.io import atomic_write_text
 from infoview.utils.provenance import provenance
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-# --------------------------------------------------------------------------- building blocks
-
-
-def build_objective(cfg):
-    get_method(cfg.method)  # an unknown method is named before the objective is built
-    name = cfg.objective.name
-    try:
-        return build(name, **objective_settings(cfg))
-    except ValueError as exc:
-        raise ConfigError(f"objective.{name}: {exc}") from None
-
-
-def build_method(cfg, encoder, num_classes: int, num_samples: int = 0):
-    """The registered method ``cfg.method`` names, built; ``num_samples``: the split's size (a bank's rows)."""
-    cls = get_method(cfg.method)
-    check_method_sections(cfg)
-    return cls.from_config(cfg, encoder, build_objective(cfg), num_classes, num_samples=num_samples)
-
-
-def _precision(name: str, device: torch.device) -> torch.dtype | None:
-    if name not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{name}'")
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if name == "fp16" and device.type == "cpu":
-        raise ConfigError("train.precision=fp16 needs a GPU; use bf16 or fp32 on a CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
 _ACTIVE: list["Trainer"] = []  # the trainer whose fit() is running in this process
 
 
 def current_trainer() -> "Trainer | None":
     """The trainer running in this process, for a pre-emption hook (``infoview launch``)."""
     return _ACTIVE[-1] if _ACTIVE else None
-
-
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 # --------------------------------------------------------------------------- the run
@@ -111,7 +71,7 @@ class Trainer:
                 f"{world} process(es)"
             )
         self.global_batch, self.local_batch = gb, gb // world
-        self.amp_dtype = _precision(t.precision, self.device)
+        self.amp_dtype = precision_dtype(t.precision, self.device)
         state = self._resume_state()  # what to resume from is decided before anything is built
         self._build_data(source)
         self._build_method()
@@ -145,7 +105,7 @@ class Trainer:
     def _build_data(self, source) -> None:
         """The loader (seeded), the run's length in steps, and the views."""
         cfg, t, world, gb = self.cfg, self.cfg.train, self.info.world_size, self.global_batch
-        _seed_all(int(t.seed))
+        seed_all(int(t.seed))
         self.loader = build_loader(
             source if source is not None else cfg.data.source, self.local_batch, split=cfg.data.split, distributed=world > 1, rank=self.info.rank,
             world_size=world, seed=int(t.seed), device=self.device, num_workers=cfg.data.num_workers,
@@ -275,7 +235,7 @@ class Trainer:
                 f"infoview pretrain: resuming a run of {len(rngs)} process(es) on {self.info.world_size}: "
                 "random augmentations continue from a fresh seed, not the saved states", flush=True,
             )
-            _seed_all(int(self.cfg.train.seed) + self.step)
+            seed_all(int(self.cfg.train.seed) + self.step)
 
     def _dump_nonfinite(self, images, labels, stats, views_rng, index=None) -> Path:
         """Everything needed to replay the step whose loss was not finite (a bank method's image indices too)."""

@@ -8,7 +8,7 @@ import pytest
 from infoview.cli import main
 from infoview.commands import build_config
 from infoview.errors import ConfigError
-from infoview.pretrain.engine import build_objective
+from infoview.pretrain.building import build_objective
 from infoview.pretrain.methods import get_method
 
 
