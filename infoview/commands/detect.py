@@ -30,6 +30,8 @@ data.batch_size is the global batch (split across DDP processes).
 
 backbone: a pretraining checkpoint (or its run folder), random:<checkpoint>,
 random:<timm arch>, or whatever else infoview.runtime.backbone accepts.
+out_dir '' writes beside it: runs/x/detect (detect_random for random:), and
+runs/x/export_detect for an export folder runs/x/export, which holds the export only.
 
 Example: infoview detect backbone=runs/demo data.source=pennfudan:../shared/data/pennfudan train.max_steps=200
 """
@@ -43,7 +45,7 @@ from infoview.schema import Key
 from infoview.eval.choices import OPTIMIZERS, PRECISIONS, SCHEDULES, TASKS  # noqa: E402 - imports nothing
 
 DEFAULTS: dict[str, Any] = {
-    "out_dir": Key("", "where detect.json goes; '' = beside the backbone (runs/x/detect, detect_random)"),
+    "out_dir": Key("", "where detect.json goes; '' = beside the backbone (see above)"),
     "overwrite": Key(False, "replace a finished detect.json in out_dir"),
     "backbone": Key("", "a checkpoint or run folder, random:<checkpoint> or random:<timm arch> (see above)"),
     "task": Key("segm", "segm: Mask R-CNN (boxes and masks); bbox: Faster R-CNN (boxes)", choices=TASKS),
