@@ -25,7 +25,8 @@ side) / model.max_size (long side) and normalised as in pretraining.
 
 Training: SGD (or AdamW) with momentum, linear warm-up over train.warmup_steps,
 then step decay (x0.1 at train.milestones, fractions of the run) or cosine.
-train.max_steps > 0 sets the length in iterations, else train.epochs.
+train.max_steps > 0 sets the length in iterations, else train.epochs; a
+max_steps that cuts the run short scales the warm-up with it (said at start).
 data.batch_size is the global batch (split across DDP processes).
 
 backbone: a pretraining checkpoint (or its run folder), random:<checkpoint>,

@@ -9,6 +9,7 @@ import gc
 import json
 import math
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from infoview.runtime.checkpoint import (
     LAST, RESUME_KEYS, find_resume, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
 )
 from infoview.runtime.encoder import build_encoder_from_config
-from infoview.runtime.optim import build_optimizer, lr_factor, scaled_lr, set_lr
+from infoview.runtime.optim import build_optimizer, cut_schedule, lr_factor, scaled_lr, set_lr
 from infoview.runtime.signals import signals_deferred, stop_requests
 from infoview.utils.io import atomic_write_text
 from infoview.utils.provenance import provenance
@@ -161,10 +162,14 @@ class Trainer:
                 f"data.batch_size={gb} is larger than {cfg.data.source}'s {self.loader.dataset_size} images; "
                 "lower it"
             )
-        self.total_steps = int(t.max_steps) if t.max_steps > 0 else int(t.epochs) * self.steps_per_epoch
+        full = int(t.epochs) * self.steps_per_epoch
+        self.total_steps = int(t.max_steps) if t.max_steps > 0 else full
         if self.total_steps <= 0:
             raise ConfigError("nothing to train: set train.epochs or train.max_steps to a positive number")
-        self.warmup_steps = min(int(round(cfg.optim.warmup_epochs * self.steps_per_epoch)), self.total_steps)
+        self.warmup_steps, cut = cut_schedule(round(cfg.optim.warmup_epochs * self.steps_per_epoch), self.total_steps,
+                                              full, self.steps_per_epoch, cfg.objective.get("anneal_epochs"))
+        if cut and self.info.is_main:
+            print(f"infoview pretrain: {cut}", file=sys.stderr, flush=True)
 
         a = cfg.augment
         self.mean, self.std = normalization(a.normalize, None, None)

@@ -12,6 +12,7 @@ from infoview.errors import ConfigError
 from infoview.runtime.optim import (
     build_optimizer,
     cosine_factor,
+    cut_schedule,
     lr_factor,
     poly_factor,
     scaled_lr,
@@ -209,3 +210,15 @@ def test_detection_optimizer_is_the_old_one(name):
             opt.step()
     for (n, a), (_, b) in zip(old_model.named_parameters(), new_model.named_parameters()):
         assert torch.equal(a, b), n
+
+
+def test_a_run_cut_by_max_steps_keeps_the_warm_ups_fraction_of_it():
+    # detection's defaults: 100 warm-up steps of a 12-epoch run of 30 steps an epoch; max_steps=20 cuts it
+    warm, note = cut_schedule(100, 20, 360, 30)
+    assert warm == 6 and note.startswith("train.max_steps=20 cuts the run of 360 steps, train.epochs=12: ")
+    assert cut_schedule(100, 360, 360, 30) == (100, "")  # the whole run: as given
+    assert cut_schedule(100, 50, 0) == (50, "")  # no train.epochs: max_steps is the run, the warm-up at most it
+    assert cut_schedule(100, 500, 360, 30) == (100, "")  # a longer run is not cut
+    # ML-CPC's curriculum counts epochs: a run that ends before it says so
+    _, note = cut_schedule(1950, 150, 195000, 195, anneal_epochs=1000)
+    assert note.endswith("objective.anneal_epochs=1000 counts epochs and is not cut (the run ends at epoch 0.77)")
