@@ -173,3 +173,15 @@ def test_the_command_line_empties_a_presets_model_kwargs(clear, tmp_path):
     assert dict(cfg.model.kwargs) == {"channels": [16, 32, 64, 128]}  # the preset's
     _, cfg = build_config("pretrain", ["--config", "demo", clear, f"out_dir={tmp_path}"])
     assert dict(cfg.model.kwargs) == {} and cfg.model.arch == "resnet18" and cfg.objective.alpha == 0.1
+
+
+def test_a_presets_out_dir_is_named_when_the_command_line_gives_none(capsys):
+    from infoview.commands import build_config
+
+    # `--config demo` alone writes into make demo's runs/demo: say so, before anything runs
+    _, cfg = build_config("pretrain", ["--config", "demo"])
+    err = capsys.readouterr().err
+    assert cfg.out_dir == "runs/demo" and "out_dir=runs/demo comes from --config demo" in err
+    assert "give out_dir=<folder> for a new one" in err
+    build_config("pretrain", ["--config", "demo", "out_dir=runs/mine"])
+    assert "out_dir" not in capsys.readouterr().err

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 
 from infoview.commands import Command
-from infoview.config import CONFIG_DIR, did_you_mean
+from infoview.config import CONFIG_DIR, did_you_mean, read_yaml
 from infoview.errors import InfoviewError
 
 USAGE = "usage: infoview list presets|objectives|methods|sources|recipes|archs [PATTERN]"
@@ -28,11 +28,13 @@ def _first_line(text: str | None) -> str:
 
 
 def presets() -> list[str]:
+    """Each preset with the first line of its comment, and the out_dir it writes to unless given another."""
     rows = []
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         first = next((ln.lstrip("# ").strip() for ln in path.read_text(encoding="utf-8").splitlines()
                       if ln.startswith("#")), "")
-        rows.append((path.stem, first))
+        out_dir = read_yaml(path).get("out_dir")
+        rows.append((path.stem, first + (f" [out_dir: {out_dir}]" if out_dir else "")))
     width = max((len(n) for n, _ in rows), default=0)
     return [f"{name:<{width}}  {first}" for name, first in rows]
 

@@ -116,6 +116,7 @@ class Trainer:
             )
         self.global_batch, self.local_batch = gb, gb // world
         self.amp_dtype = _precision(t.precision, self.device)
+        build_objective(cfg)  # the method's and objective's names first: a typo is named, not a resume mismatch
         state = self._resume_state()  # what to resume from is decided before anything is built
         self._build_data(source)
         self._build_method()
