@@ -2,7 +2,7 @@
 
   infoview list presets             the configs/ presets, with their first line
   infoview list objectives          every objective, its parameters and defaults, and what its .mi certifies
-  infoview list methods             the pretraining methods
+  infoview list methods             the pretraining methods, each with a demo-sized command to try it
   infoview list sources             the data source schemes, with the kinds of data each gives
   infoview list recipes             the view recipes (augment.recipe)
   infoview list archs [PATTERN]     timm encoder names matching PATTERN (a glob, default *), one per line
@@ -54,9 +54,14 @@ def objectives() -> list[str]:
 
 
 def methods() -> list[str]:
+    """Each method, its first line, and a command that tries it on the demo's digits (the changes it needs)."""
     from infoview.pretrain.methods import available_methods, get_method
 
-    return [f"{m:<8} {_first_line(get_method(m).__doc__)}" for m in available_methods()]
+    lines = []
+    for m in available_methods():
+        cls = get_method(m)
+        lines.append(f"{m:<8} {_first_line(cls.__doc__)}" + (f"\n{'':<8} try: {cls.demo}" if cls.demo else ""))
+    return lines
 
 
 def sources() -> list[str]:

@@ -23,7 +23,7 @@ from infoview.config import save_config
 from infoview.data import build_loader
 from infoview.errors import ConfigError, InfoviewError, Interrupted
 from infoview.objectives import build, objective_params
-from infoview.pretrain.methods import check_method_sections, get_method, method_temperature
+from infoview.pretrain.methods import check_method_sections, check_needs, get_method, method_temperature
 from infoview.pretrain.monitor import OnlineEvalFactory, Report
 from infoview.pretrain.resume import resume_state
 from infoview.runtime import distributed as D
@@ -185,14 +185,9 @@ class Trainer:
         cfg, t, a, world = self.cfg, self.cfg.train, self.cfg.augment, self.info.world_size
         num_classes = self.loader.num_classes if cfg.monitor.probe else 0
         torch.manual_seed(int(t.seed))  # the same initial weights on every rank and in a resumed run
+        check_needs(cfg, len(self.views.specs), self.loader.dataset_size)  # every change it needs, in one error
         self.encoder = build_encoder_from_config(cfg.model, a.size, a.normalize)
         method = build_method(cfg, self.encoder, max(num_classes, 0), self.loader.dataset_size)
-        if method.num_views is not None and len(self.views.specs) != method.num_views:
-            raise ConfigError(f"method={cfg.method} takes augment.num_views={method.num_views} and a "
-                              f"{method.num_views}-view recipe")
-        if method.num_views is None and len(self.views.specs) < 2:
-            raise ConfigError(f"method={cfg.method} contrasts views of one image: augment.num_views must be at "
-                              f"least 2, got {len(self.views.specs)}")
         method.check_run(self.local_batch, world)
         if (cfg.model.sync_bn or method.sync_bn) and world > 1:
             method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)

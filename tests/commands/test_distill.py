@@ -94,7 +94,7 @@ def test_a_run_cut_by_max_steps_decays_within_it_and_says_so(teacher, tmp_path, 
     ("teacher=/no/such/run", "teacher=/no/such/run: backbone /no/such/run: no such checkpoint file or export folder"),
     ("student.arch=resnet1888", "unknown encoder arch 'resnet1888'; did you mean 'resnet18'?"),
     ("augment.size=32", "takes 16 px images and augment.size=32: set augment.size=16"),
-    ("crd.num_negatives=5000", "crd.num_negatives=5000 draws from the other images of the split, which has 1437"),
+    ("crd.num_negatives=5000", "crd.num_negatives=1024 or fewer (drawn from the split's 1,436 other images; got 5000"),
     ("augment.num_views=2", "method=crd takes augment.num_views=1"),
 ])
 def test_bad_input_is_a_one_line_error_before_anything_is_written(teacher, tmp_path, capsys, override, message):

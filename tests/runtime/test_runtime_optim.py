@@ -219,6 +219,7 @@ def test_a_run_cut_by_max_steps_keeps_the_warm_ups_fraction_of_it():
     assert cut_schedule(100, 360, 360, 30) == (100, "")  # the whole run: as given
     assert cut_schedule(100, 50, 0) == (50, "")  # no train.epochs: max_steps is the run, the warm-up at most it
     assert cut_schedule(100, 500, 360, 30) == (100, "")  # a longer run is not cut
+    assert cut_schedule(0, 20, 360, 30) == (0, "")  # no warm-up: the cosine already ended at max_steps
     # ML-CPC's curriculum counts epochs: a run that ends before it says so
     _, note = cut_schedule(1950, 150, 195000, 195, anneal_epochs=1000)
     assert note.endswith("objective.anneal_epochs=1000 counts epochs and is not cut (the run ends at epoch 0.77)")

@@ -91,6 +91,7 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     available_methods,
     check_method_sections,
+    check_needs,
     get_method,
     method_sections,
     method_temperature,
@@ -105,5 +106,5 @@ for _module in pkgutil.iter_modules(__path__):  # any other method file register
 
 __all__ = [
     "Method", "StepOutput", "register_method", "available_methods", "get_method", "method_sections",
-    "check_method_sections", "method_temperature", "SimCLR", "MoCo", "MOCO_BN", "resolve_moco_bn",
+    "check_method_sections", "check_needs", "method_temperature", "SimCLR", "MoCo", "MOCO_BN", "resolve_moco_bn",
 ]
