@@ -34,7 +34,7 @@ random:<timm arch>, or whatever else infoview.runtime.backbone accepts.
 out_dir '' writes beside it: runs/x/detect (detect_random for random:), and
 runs/x/export_detect for an export folder runs/x/export, which holds the export only.
 
-Example: infoview detect backbone=runs/demo data.source=pennfudan:../shared/data/pennfudan train.max_steps=200
+Example: infoview detect backbone=runs/demo data.source=pennfudan:data/PennFudanPed train.max_steps=200
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ in percent, written to OUT/segment.json and printed, with OUT/predictions.png
 
 data.source: masks:<images_root>:<masks_root> (one folder per split in each
 root, images and single-channel masks of class ids paired by file stem, as
-../shared/data/coco128/images and .../semantic_segmentation/masks), or shapes
+data/coco128/images and .../semantic_segmentation/masks, README: Data), or shapes
 (procedural, no files). data.train_split / data.val_split: "" picks the two
 split folders found, the one with "train" in its name for training.
 
@@ -33,7 +33,7 @@ out_dir '' writes beside the backbone: runs/x/segment (segment_random for
 random:), and runs/x/export_segment for an export folder runs/x/export, which
 holds the export only.
 
-Example: infoview segment backbone=runs/demo data.source=masks:../shared/data/coco128/images:../shared/data/coco128/semantic_segmentation/masks data.size=128 train.epochs=10
+Example: infoview segment backbone=runs/demo data.source=masks:data/coco128/images:data/coco128/semantic_segmentation/masks data.size=128 train.epochs=10
 """
 from __future__ import annotations
 
