@@ -20,6 +20,12 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["infoview", "infoview.*"]),
+    # The packages live under the project's root, said explicitly: setuptools' editable install (`pip install -e
+    # .`, as make does) then puts the root itself on sys.path (a .pth file), where the regular package is found
+    # first. Without it, it installs an import hook that runs after sys.path is searched, so a folder named
+    # infoview in the working directory (the clone's own, seen from its parent) was imported instead as an
+    # empty namespace package (tests/test_install.py).
+    package_dir={"": "."},
     install_requires=[
         "torch>=2.4",
         "torchvision",

@@ -206,3 +206,15 @@ def test_a_yaml_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
     run = subprocess.run([sys.executable, "-m", "infoview", "pretrain", "--config", str(bomb)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and "alias bomb" in run.stderr
+
+
+def test_a_presets_out_dir_is_named_when_the_command_line_gives_none(capsys):
+    from infoview.commands import build_config
+
+    # `--config demo` alone writes into make demo's runs/demo: say so, before anything runs
+    _, cfg = build_config("pretrain", ["--config", "demo"])
+    err = capsys.readouterr().err
+    assert cfg.out_dir == "runs/demo" and "out_dir=runs/demo comes from --config demo" in err
+    assert "give out_dir=<folder> for a new one" in err
+    build_config("pretrain", ["--config", "demo", "out_dir=runs/mine"])
+    assert "out_dir" not in capsys.readouterr().err

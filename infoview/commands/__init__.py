@@ -155,15 +155,19 @@ def build_config(name: str, args: Sequence[str]):
     config_file, rest = _split_config_flag(args)
     overrides = _overrides(name, command, rest)
     notes: list[str] = []
+    file_cfg = read_yaml(config_file) if config_file else None
     cfg = resolve(
         schema.defaults(module.DEFAULTS),
-        read_yaml(config_file) if config_file else None,
+        file_cfg,
         overrides,
         open_sections=command.open_sections,
         source=config_file or "",
         resets=command.section_resets or None,
         notes=notes,
     )
+    if file_cfg and file_cfg.get("out_dir") and "out_dir" not in overrides:
+        notes.append(f"out_dir={file_cfg['out_dir']} comes from --config {config_file}; a run already there is "
+                     "resumed or refused, never overwritten: give out_dir=<folder> for a new one")
     for note in notes:
         print(f"infoview {name}: {note}", file=sys.stderr)
     missing = [p for p in command.positional if cfg.get(p) in (None, "")]

@@ -17,7 +17,8 @@ a second .beton; by default data.source. Held-out data that is the training
 data, or whose class names differ from the training split's, is an error.
 
 out_dir: by default beside what is measured (runs/x/{command}, or
-runs/x/{command}_random for random:); a folder that already holds {result}
+runs/x/{command}_random for random:; runs/x/export_{command} for an export
+folder runs/x/export, which holds the export only); a folder that already holds {result}
 is an error unless overwrite=true. Both are checked before any work."""
 
 #: infoview.data.loader.BACKENDS, here without importing torch (tests/test_schema.py checks they agree)

@@ -25,13 +25,16 @@ side) / model.max_size (long side) and normalised as in pretraining.
 
 Training: SGD (or AdamW) with momentum, linear warm-up over train.warmup_steps,
 then step decay (x0.1 at train.milestones, fractions of the run) or cosine.
-train.max_steps > 0 sets the length in iterations, else train.epochs.
+train.max_steps > 0 sets the length in iterations, else train.epochs; a
+max_steps that cuts the run short scales the warm-up with it (said at start).
 data.batch_size is the global batch (split across DDP processes).
 
 backbone: a pretraining checkpoint (or its run folder), random:<checkpoint>,
 random:<timm arch>, or whatever else infoview.runtime.backbone accepts.
+out_dir '' writes beside it: runs/x/detect (detect_random for random:), and
+runs/x/export_detect for an export folder runs/x/export, which holds the export only.
 
-Example: infoview detect backbone=runs/demo data.source=pennfudan:../shared/data/pennfudan train.max_steps=200
+Example: infoview detect backbone=runs/demo data.source=pennfudan:data/PennFudanPed train.max_steps=200
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ from infoview.schema import Key
 from infoview.eval.choices import OPTIMIZERS, PRECISIONS, SCHEDULES, TASKS  # noqa: E402 - imports nothing
 
 DEFAULTS: dict[str, Any] = {
-    "out_dir": Key("", "where detect.json goes; '' = beside the backbone (runs/x/detect, detect_random)"),
+    "out_dir": Key("", "where detect.json goes; '' = beside the backbone (see above)"),
     "overwrite": Key(False, "replace a finished detect.json in out_dir"),
     "backbone": Key("", "a checkpoint or run folder, random:<checkpoint> or random:<timm arch> (see above)"),
     "task": Key("segm", "segm: Mask R-CNN (boxes and masks); bbox: Faster R-CNN (boxes)", choices=TASKS),

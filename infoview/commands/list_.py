@@ -2,7 +2,7 @@
 
   infoview list presets             the configs/ presets, with their first line
   infoview list objectives          every objective, its parameters and defaults, and what its .mi certifies
-  infoview list methods             the pretraining methods
+  infoview list methods             the pretraining methods, each with a demo-sized command to try it
   infoview list sources             the data source schemes, with the kinds of data each gives
   infoview list recipes             the view recipes (augment.recipe)
   infoview list archs [PATTERN]     timm encoder names matching PATTERN (a glob, default *), one per line
@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 
 from infoview.commands import Command
-from infoview.config import CONFIG_DIR, did_you_mean
+from infoview.config import CONFIG_DIR, did_you_mean, read_yaml
 from infoview.errors import InfoviewError
 
 USAGE = "usage: infoview list presets|objectives|methods|sources|recipes|archs [PATTERN]"
@@ -28,11 +28,13 @@ def _first_line(text: str | None) -> str:
 
 
 def presets() -> list[str]:
+    """Each preset with the first line of its comment, and the out_dir it writes to unless given another."""
     rows = []
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         first = next((ln.lstrip("# ").strip() for ln in path.read_text(encoding="utf-8").splitlines()
                       if ln.startswith("#")), "")
-        rows.append((path.stem, first))
+        out_dir = read_yaml(path).get("out_dir")
+        rows.append((path.stem, first + (f" [out_dir: {out_dir}]" if out_dir else "")))
     width = max((len(n) for n, _ in rows), default=0)
     return [f"{name:<{width}}  {first}" for name, first in rows]
 
@@ -52,9 +54,14 @@ def objectives() -> list[str]:
 
 
 def methods() -> list[str]:
+    """Each method, its first line, and a command that tries it on the demo's digits (the changes it needs)."""
     from infoview.pretrain.methods import available_methods, get_method
 
-    return [f"{m:<8} {_first_line(get_method(m).__doc__)}" for m in available_methods()]
+    lines = []
+    for m in available_methods():
+        cls = get_method(m)
+        lines.append(f"{m:<8} {_first_line(cls.__doc__)}" + (f"\n{'':<8} try: {cls.demo}" if cls.demo else ""))
+    return lines
 
 
 def sources() -> list[str]:

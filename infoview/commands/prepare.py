@@ -16,7 +16,7 @@ is an error naming the file, or, with skip_bad=true, is left out and counted.
 Prints a JSON summary: images written, skipped, bytes, seconds.
 
 Examples:
-  infoview prepare folder:../shared/data/cifar10 c10_train.beton split=train
+  infoview prepare folder:data/cifar10_jpeg c10_train.beton split=train
   infoview prepare cifar10:~/data c10_test.beton split=test write_mode=jpg jpeg_quality=95
 """
 from __future__ import annotations

@@ -14,7 +14,9 @@ data.batch_size is the global batch: each of W processes takes batch_size / W,
 and the peak learning rate is optim.lr scaled from optim.ref_batch to the global
 batch by optim.lr_scaling (linear or sqrt), so the same config trains alike on
 1 GPU or 16. Warm-up for optim.warmup_epochs, then cosine to optim.min_lr.
-train.max_steps > 0 sets the run's length in steps instead of train.epochs.
+train.max_steps > 0 sets the run's length in steps instead of train.epochs;
+one that cuts the run short keeps the warm-up's fraction of the run, so that
+the cosine fits the steps that happen (a line at start says so).
 
 The online monitors read data.eval_split of data.eval_source (by default
 data.source); held-out data that is the training data (a .beton holds one

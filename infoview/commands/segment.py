@@ -8,7 +8,7 @@ in percent, written to OUT/segment.json and printed, with OUT/predictions.png
 
 data.source: masks:<images_root>:<masks_root> (one folder per split in each
 root, images and single-channel masks of class ids paired by file stem, as
-../shared/data/coco128/images and .../semantic_segmentation/masks), or shapes
+data/coco128/images and .../semantic_segmentation/masks, README: Data), or shapes
 (procedural, no files). data.train_split / data.val_split: "" picks the two
 split folders found, the one with "train" in its name for training.
 
@@ -29,8 +29,11 @@ output_stride 8 as in FCN/DeepLabV3 where timm can (ResNets; 32 = as built);
 ViTs give their patch tokens as a map (the ViT is set to data.size, position
 embeddings resampled). freeze_backbone=true trains the head only on frozen
 features. Optimiser: SGD with momentum and a poly schedule (adamw for ViTs).
+out_dir '' writes beside the backbone: runs/x/segment (segment_random for
+random:), and runs/x/export_segment for an export folder runs/x/export, which
+holds the export only.
 
-Example: infoview segment backbone=runs/demo data.source=masks:../shared/data/coco128/images:../shared/data/coco128/semantic_segmentation/masks data.size=128 train.epochs=10
+Example: infoview segment backbone=runs/demo data.source=masks:data/coco128/images:data/coco128/semantic_segmentation/masks data.size=128 train.epochs=10
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ from infoview.schema import Key
 from infoview.eval.choices import HEADS, OPTIMIZERS  # noqa: E402 - imports nothing
 
 DEFAULTS: dict[str, Any] = {
-    "out_dir": Key("", "where segment.json goes; '' = beside the backbone (runs/x/segment, segment_random)"),
+    "out_dir": Key("", "where segment.json goes; '' = beside the backbone (see above)"),
     "overwrite": Key(False, "replace a finished segment.json in out_dir"),
     "backbone": Key("", "a checkpoint or run folder, random:<checkpoint> or random:<timm arch> (see above)"),
     "head": Key("fcn", "FCN or DeepLabV3 head on the last feature map", choices=HEADS),

@@ -1,13 +1,15 @@
 """The fine-tuning of `infoview detect`: optimiser, loader and the detector's step on the shared fit loop (runtime.loop)."""
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
 from infoview.data.detection import collate
 from infoview.runtime import distributed as D
 from infoview.runtime.loop import FitResult, fit
-from infoview.runtime.optim import build_optimizer, warmup_decay_factors
+from infoview.runtime.optim import build_optimizer, cut_schedule, warmup_decay_factors
 
 #: parameters without weight decay besides the 1-d ones: a ViT's position embedding, class and register tokens
 NO_DECAY = ("pos_embed", "cls_token", "reg_token")
@@ -48,6 +50,9 @@ def train(net: nn.Module, model: nn.Module, train_set, cfg, info: D.DistInfo, de
     that is not finite; the lr follows Detectron2's warm-up and decay.
     """
     t = cfg.train
+    warm, cut = cut_schedule(int(t.warmup_steps), total, int(t.epochs) * steps_per_epoch, steps_per_epoch)
+    if cut and info.is_main:
+        print(f"infoview detect: {cut}", file=sys.stderr, flush=True)
     optimizer = detection_optimizer(model, t)
     sampler, loader = _loader(train_set, cfg, info, device, per_rank, masks=cfg.task == "segm")
 
@@ -64,7 +69,7 @@ def train(net: nn.Module, model: nn.Module, train_set, cfg, info: D.DistInfo, de
     net.train()
     return fit(
         step, optimizer, epoch, steps=total, steps_per_epoch=steps_per_epoch,
-        schedule=lambda s: warmup_decay_factors(s, total, int(t.warmup_steps), t.schedule, t.milestones),
+        schedule=lambda s: warmup_decay_factors(s, total, warm, t.schedule, t.milestones),
         clip_grad=float(t.clip_grad), clip_params=[p for p in model.parameters() if p.requires_grad],
         amp_dtype=torch.bfloat16 if t.precision == "bf16" else None, reduce=D.all_reduce_mean,
         log_every=max(int(t.log_every), 1), progress=bool(t.progress and info.is_main), desc="detect",

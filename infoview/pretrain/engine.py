@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ from infoview.config import save_config
 from infoview.data import build_loader
 from infoview.data.resident import cap_bytes
 from infoview.errors import ConfigError, InfoviewError, Interrupted
-from infoview.pretrain.building import build_method, precision_dtype, seed_all
+from infoview.pretrain.building import build_method, build_objective, precision_dtype, seed_all
 from infoview.pretrain.folder import run_folder
-from infoview.pretrain.methods import get_method
+from infoview.pretrain.methods import check_needs, get_method
 from infoview.pretrain.monitor import OnlineEvalFactory, Report
 from infoview.pretrain.resume import resume_state
 from infoview.runtime import distributed as D
@@ -30,7 +31,7 @@ from infoview.runtime.checkpoint import (
     LAST, RESUME_KEYS, find_resume, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
 )
 from infoview.runtime.encoder import build_encoder_from_config
-from infoview.runtime.optim import build_optimizer, fused_choice, lr_factor, scaled_lr, set_lr
+from infoview.runtime.optim import build_optimizer, cut_schedule, fused_choice, lr_factor, scaled_lr, set_lr
 from infoview.runtime.signals import signals_deferred, stop_requests
 from infoview.utils.io import atomic_write_text
 from infoview.utils.provenance import provenance
@@ -72,6 +73,7 @@ class Trainer:
             )
         self.global_batch, self.local_batch = gb, gb // world
         self.amp_dtype = precision_dtype(t.precision, self.device)
+        build_objective(cfg)  # the method's and objective's names first: a typo is named, not a resume mismatch
         state = self._resume_state()  # what to resume from is decided before anything is built
         self._build_data(source)
         self._build_method()
@@ -119,10 +121,14 @@ class Trainer:
                 f"data.batch_size={gb} is larger than {cfg.data.source}'s {self.loader.dataset_size} images; "
                 "lower it"
             )
-        self.total_steps = int(t.max_steps) if t.max_steps > 0 else int(t.epochs) * self.steps_per_epoch
+        full = int(t.epochs) * self.steps_per_epoch
+        self.total_steps = int(t.max_steps) if t.max_steps > 0 else full
         if self.total_steps <= 0:
             raise ConfigError("nothing to train: set train.epochs or train.max_steps to a positive number")
-        self.warmup_steps = min(int(round(cfg.optim.warmup_epochs * self.steps_per_epoch)), self.total_steps)
+        self.warmup_steps, cut = cut_schedule(round(cfg.optim.warmup_epochs * self.steps_per_epoch), self.total_steps,
+                                              full, self.steps_per_epoch, cfg.objective.get("anneal_epochs"))
+        if cut and self.info.is_main:
+            print(f"infoview pretrain: {cut}", file=sys.stderr, flush=True)
 
         a = cfg.augment
         self.mean, self.std = normalization(a.normalize, None, None)
@@ -137,14 +143,9 @@ class Trainer:
         cfg, t, a, world = self.cfg, self.cfg.train, self.cfg.augment, self.info.world_size
         num_classes = self.loader.num_classes if cfg.monitor.probe else 0
         torch.manual_seed(int(t.seed))  # the same initial weights on every rank and in a resumed run
+        check_needs(cfg, len(self.views.specs), self.loader.dataset_size)  # every change it needs, in one error
         self.encoder = build_encoder_from_config(cfg.model, a.size, a.normalize)
         method = build_method(cfg, self.encoder, max(num_classes, 0), self.loader.dataset_size)
-        if method.num_views is not None and len(self.views.specs) != method.num_views:
-            raise ConfigError(f"method={cfg.method} takes augment.num_views={method.num_views} and a "
-                              f"{method.num_views}-view recipe")
-        if method.num_views is None and len(self.views.specs) < 2:
-            raise ConfigError(f"method={cfg.method} contrasts views of one image: augment.num_views must be at "
-                              f"least 2, got {len(self.views.specs)}")
         method.check_run(self.local_batch, world)
         if method.wants_split_labels:  # CRD with labels draws each image's negatives from the other classes
             method.set_split_labels(torch.as_tensor(self.loader.source.labels()))

@@ -96,8 +96,9 @@ def default_out_dir(spec: str, command: str) -> Path:
     """Where an evaluator writes when out_dir is not given: beside what it measured.
 
     ``runs/x`` or ``runs/x/checkpoints/last.pt`` -> ``runs/x/<command>``; an
-    export folder E -> ``E/<command>``; ``random:`` of either ->
-    ``.../<command>_random``; ``random:<timm arch>`` ->
+    export folder ``runs/x/E`` (it holds config.json) -> ``runs/x/E_<command>``,
+    beside it, since an export folder holds the export only; ``random:`` of
+    any -> ``..._random``; ``random:<timm arch>`` ->
     ``runs/<command>/random_<arch>``. So the pretrained and random baselines of
     one run never share a folder.
     """
@@ -107,6 +108,9 @@ def default_out_dir(spec: str, command: str) -> Path:
     name = f"{command}_random" if random else command
     if target.is_file():
         return (target.parent.parent if target.parent.name == "checkpoints" else target.parent) / name
+    if target.is_dir() and (target / CONFIG).is_file():
+        export = target if target.name not in ("", ".", "..") else target.resolve()
+        return export.parent / f"{export.name}_{name}"
     if target.is_dir():
         return target / name
     return Path("runs") / command / f"random_{target.name}"

@@ -64,6 +64,29 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float =
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def cut_schedule(warmup_steps: int, total_steps: int, full_steps: int, steps_per_epoch: int = 0,
+                 anneal_epochs: float | None = None) -> tuple[int, str]:
+    """``(warm-up steps, note)`` for a run of ``total_steps`` whose schedule is given for ``full_steps``
+    (``train.epochs`` of ``steps_per_epoch``). When ``train.max_steps`` cuts the run short, the warm-up keeps
+    its fraction of the run, so that the decay after it fits the run that happens, and ``note`` says so in
+    one line (and that an objective's ``anneal_epochs``, which count epochs, are not cut); otherwise the
+    warm-up is ``warmup_steps`` (at most the run). ``note`` is empty when nothing was cut. Without this, a
+    preset's 10-epoch warm-up took the whole of a 150-step run, which ended at its peak learning rate."""
+    if not 0 < total_steps < full_steps:
+        return min(int(warmup_steps), int(total_steps)), ""
+    warm = int(round(warmup_steps * total_steps / full_steps))
+    said = []
+    if warmup_steps > 0:
+        said.append(f"the warm-up takes {warm} of its steps ({int(warmup_steps):,} in the full run) and the decay "
+                    f"ends at step {total_steps}")
+    if steps_per_epoch and anneal_epochs and float(anneal_epochs) > total_steps / steps_per_epoch:
+        said.append(f"objective.anneal_epochs={float(anneal_epochs):g} counts epochs and is not cut (the run ends "
+                    f"at epoch {total_steps / steps_per_epoch:.2f})")
+    epochs = f", train.epochs={full_steps // steps_per_epoch}" if steps_per_epoch else ""
+    return warm, (f"train.max_steps={total_steps} cuts the run of {full_steps:,} steps{epochs}: " + "; ".join(said)
+                  if said else "")
+
+
 def warmup_decay_factors(
     step: int,
     total_steps: int,

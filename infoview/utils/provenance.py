@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
 
 import infoview
 
-ROOT = Path(infoview.__file__).resolve().parent.parent
+# From this file, not from ``infoview.__file__``: that is None when ``infoview`` was imported as a namespace
+# package, which a folder named infoview in the working directory (a clone's own folder) once made it.
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,9 +32,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+def version() -> str:
+    """infoview's version: the package's, or the installed metadata's when ``infoview`` is a namespace package."""
+    found = getattr(infoview, "__version__", None)
+    if found is None:
+        try:
+            found = importlib.metadata.version("infoview")
+        except importlib.metadata.PackageNotFoundError:
+            found = "unknown"
+    return found
+
+
 def provenance() -> dict:
     return {
-        "infoview_version": infoview.__version__,
+        "infoview_version": version(),
         "git_commit": git_commit(),
         "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]),
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

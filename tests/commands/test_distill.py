@@ -76,11 +76,25 @@ def test_ml_cpc_and_labels_train_too(teacher, tmp_path, capsys):
         assert all(float(r["online_probe_loss"]) > 0 for r in csv.DictReader(f))  # the student's cross-entropy
 
 
+def test_a_run_cut_by_max_steps_decays_within_it_and_says_so(teacher, tmp_path, capsys):
+    # a warm-up of 10 of the default 100 epochs (22 steps each): 220 steps, which filled the whole of a 6-step
+    # run, so that it ended at its peak lr (issue 23, item 16); the warm-up now keeps its tenth of the run
+    assert main(["distill", *STUDENT, f"teacher={teacher}", f"out_dir={tmp_path}", "train.max_steps=6",
+                 "optim.warmup_epochs=10"]) == 0
+    err = capsys.readouterr().err
+    assert "train.max_steps=6 cuts the run of 2,200 steps, train.epochs=100: the warm-up takes 1 of its steps " \
+           "(220 in the full run) and the decay ends at step 6" in err
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f) if r["lr"]]
+    peak = json.loads((tmp_path / "pretrain.json").read_text())["peak_lr"]
+    assert lrs[0] == pytest.approx(peak) and lrs[-1] < 0.15 * peak, lrs  # warmed up in 1 step, then the cosine
+
+
 @pytest.mark.parametrize("override, message", [
     ("teacher=/no/such/run", "teacher=/no/such/run: backbone /no/such/run: no such checkpoint file or export folder"),
     ("student.arch=resnet1888", "unknown encoder arch 'resnet1888'; did you mean 'resnet18'?"),
     ("augment.size=32", "takes 16 px images and augment.size=32: set augment.size=16"),
-    ("crd.num_negatives=5000", "crd.num_negatives=5000 draws from the other images of the split, which has 1437"),
+    ("crd.num_negatives=5000", "crd.num_negatives=1024 or fewer (drawn from the split's 1,436 other images; got 5000"),
     ("augment.num_views=2", "method=crd takes augment.num_views=1"),
 ])
 def test_bad_input_is_a_one_line_error_before_anything_is_written(teacher, tmp_path, capsys, override, message):

@@ -180,10 +180,14 @@ def test_default_out_dirs_sit_beside_what_is_measured(tmp_path):
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
     export.mkdir()
+    (export / "config.json").write_text("{}")
     assert default_out_dir(str(run_dir), "detect") == run_dir / "detect"
     assert default_out_dir(str(run_dir / "checkpoints" / "last.pt"), "segment") == run_dir / "segment"
     assert default_out_dir(f"random:{run_dir / 'checkpoints' / 'last.pt'}", "linear") == run_dir / "linear_random"
-    assert default_out_dir(str(export), "knn") == export / "knn"
+    # an export folder holds the export only: results go beside it
+    assert default_out_dir(str(export), "knn") == run_dir / "export_knn"
+    assert default_out_dir(f"random:{export}", "detect") == run_dir / "export_detect_random"
+    assert default_out_dir(str(export) + "/", "segment") == run_dir / "export_segment"
     assert str(default_out_dir("random:resnet18", "detect")) == "runs/detect/random_resnet18"
 
 

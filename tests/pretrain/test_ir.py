@@ -148,7 +148,7 @@ def test_trains_with_any_objective(tiny, tmp_path, capsys, objective, extra):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("ir.num_negatives=1437", "ir.num_negatives=1437 draws from the 1436 other images"),
+    ("ir.num_negatives=1437", "ir.num_negatives=1024 or fewer (drawn from the split's 1,436 other images; got 1437"),
     ("ir.num_negatives=-1", "ir.num_negatives"),
     ("ir.bank_momentum=1", "ir.bank_momentum"),
     ("ir.temperature=0", "ir.temperature"),

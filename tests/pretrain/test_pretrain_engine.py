@@ -305,6 +305,20 @@ def test_resuming_with_other_training_settings_is_refused_unless_asked_and_then_
     assert kept["optim"]["lr"] == 0.3 and yaml.safe_load(first)["optim"]["lr"] == 0.3
 
 
+@pytest.mark.parametrize("override, message", [
+    ("objective.name=rnig", "unknown objective 'rnig'; did you mean 'ring'?"),
+    ("method=simcrl", "unknown method 'simcrl'; did you mean 'simclr'?"),
+])
+def test_a_misspelt_name_is_named_before_the_saved_run_is_compared(tiny, tmp_path, capsys, override, message):
+    # a folder that holds a run (make demo's runs/demo, say): a typo was shown as a resume-settings difference
+    args = [*tiny, f"out_dir={tmp_path}", "train.max_steps=1"]
+    assert pretrain(args) == 0
+    capsys.readouterr()
+    assert pretrain([*args, override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "other settings" not in err and len(err.splitlines()) == 1, err
+
+
 def test_a_corrupt_image_stops_the_run_with_its_name_or_is_skipped_and_counted(tiny, tmp_path, capsys):
     from PIL import Image
 

@@ -12,6 +12,7 @@ from infoview.errors import ConfigError
 from infoview.runtime.optim import (
     build_optimizer,
     cosine_factor,
+    cut_schedule,
     lr_factor,
     poly_factor,
     scaled_lr,
@@ -241,3 +242,16 @@ def test_fused_is_on_a_gpu_where_torch_can_and_asking_for_it_elsewhere_is_clear(
     assert fused_choice(None, "lars", gpu) is None and fused_choice(False, "sgd", gpu) is False
     with pytest.raises(ConfigError, match=r"^optim.fused=true: lars has no fused kernel .*use optim.fused=null$"):
         build_optimizer("lars", torch.nn.Linear(2, 2), 0.1, fused=True)
+
+
+def test_a_run_cut_by_max_steps_keeps_the_warm_ups_fraction_of_it():
+    # detection's defaults: 100 warm-up steps of a 12-epoch run of 30 steps an epoch; max_steps=20 cuts it
+    warm, note = cut_schedule(100, 20, 360, 30)
+    assert warm == 6 and note.startswith("train.max_steps=20 cuts the run of 360 steps, train.epochs=12: ")
+    assert cut_schedule(100, 360, 360, 30) == (100, "")  # the whole run: as given
+    assert cut_schedule(100, 50, 0) == (50, "")  # no train.epochs: max_steps is the run, the warm-up at most it
+    assert cut_schedule(100, 500, 360, 30) == (100, "")  # a longer run is not cut
+    assert cut_schedule(0, 20, 360, 30) == (0, "")  # no warm-up: the cosine already ended at max_steps
+    # ML-CPC's curriculum counts epochs: a run that ends before it says so
+    _, note = cut_schedule(1950, 150, 195000, 195, anneal_epochs=1000)
+    assert note.endswith("objective.anneal_epochs=1000 counts epochs and is not cut (the run ends at epoch 0.77)")

@@ -93,6 +93,7 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     available_methods,
     check_method_sections,
+    check_needs,
     get_method,
     method_sections,
     method_temperature,
@@ -108,5 +109,6 @@ for _module in pkgutil.iter_modules(__path__):  # any other method file register
 
 __all__ = [
     "Method", "StepOutput", "register_method", "available_methods", "get_method", "method_sections",
-    "check_method_sections", "method_temperature", "objective_settings", "SimCLR", "MoCo", "MOCO_BN", "resolve_moco_bn",
+    "check_method_sections", "check_needs", "method_temperature", "objective_settings", "SimCLR", "MoCo", "MOCO_BN",
+    "resolve_moco_bn",
 ]

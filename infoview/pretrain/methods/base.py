@@ -142,7 +142,10 @@ class Method(nn.Module):
       method and the run's shape (per-process batch, number of processes);
     - optionally ``wants_split_labels`` and ``set_split_labels(labels)``: the label of every image of
       the training split, given by the engine before the first step;
-    - ``sync_bn``: True when it asks for SyncBatchNorm under DDP.
+    - ``sync_bn``: True when it asks for SyncBatchNorm under DDP;
+    - optionally ``needs(cfg, num_samples)``: every change a config needs before the method can train
+      on a split of ``num_samples`` images, all of them (:func:`check_needs` raises them in one error),
+      and ``demo``: a command that trains it on the demo's digits (``infoview list methods`` shows it).
     """
 
     name: str = ""
@@ -156,6 +159,8 @@ class Method(nn.Module):
     #: True when it needs the label of every image of the training split before its first step: the engine
     #: then calls ``set_split_labels`` (CRD with labels draws negatives from other classes)
     wants_split_labels: bool = False
+    #: a command that trains it on the demo's digits, in a minute or so on a CPU (``infoview list methods``)
+    demo: str = ""
 
     def __init__(self, encoder: nn.Module, projector: nn.Module, objective: Objective, num_classes: int = 0):
         super().__init__()
@@ -168,6 +173,12 @@ class Method(nn.Module):
     def from_config(cls, cfg, encoder: nn.Module, objective: Objective, num_classes: int,
                     num_samples: int = 0) -> "Method":
         raise NotImplementedError(f"method {cls.name} does not say how to build it from a config")
+
+    @classmethod
+    def needs(cls, cfg, num_samples: int) -> list[str]:
+        """What ``cfg`` must change before this method trains on a split of ``num_samples`` images: one
+        ``"key ... (why)"`` per change, every one of them; none by default."""
+        return []
 
     def check_run(self, local_batch: int, world: int) -> None:
         """Checks that need the built method and the run's shape; nothing by default."""
@@ -270,3 +281,26 @@ class Method(nn.Module):
             mi, ceiling = cert.mi, cert.ceiling
         estimate = out.estimate if out.estimate is not None else out.mi
         return StepOutput(loss, out.loss.detach(), mi, ceiling, estimate, probe_loss, correct.detach(), count.detach())
+
+
+def at_most(limit: int) -> int:
+    """The largest power of two up to ``limit`` (>= 1): what an error suggests for a count the split caps."""
+    return 1 << max(int(limit), 1).bit_length() - 1
+
+
+def check_needs(cfg, num_views: int, num_samples: int) -> None:
+    """Every change ``cfg.method`` needs to train on a split of ``num_samples`` images with a recipe of
+    ``num_views`` views, in one ConfigError, before anything is built: its view count and what the method's
+    ``needs`` says (a run that needed three changes was refused three times, one at a time)."""
+    cls = get_method(cfg.method)
+    found = []
+    if cls.num_views is not None and num_views != cls.num_views:
+        found.append(f"method={cfg.method} takes augment.num_views={cls.num_views} and a {cls.num_views}-view recipe")
+    elif cls.num_views is None and num_views < 2:
+        found.append(f"method={cfg.method} contrasts views of one image: augment.num_views must be at least 2, "
+                     f"got {num_views}")
+    found += cls.needs(cfg, num_samples)
+    if found:
+        raise ConfigError(f"method={cfg.method} on a split of {num_samples:,} images needs {len(found)} change(s): "
+                          + "; ".join(found) + ". `infoview list methods` shows a demo-sized run of each method")
+

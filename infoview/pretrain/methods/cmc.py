@@ -84,6 +84,20 @@ class CMC(Method):
     }
     num_views = 1
     needs_indices = True
+    demo = ("infoview pretrain --config demo method=cmc out_dir=runs/demo_cmc augment.num_views=1 model.streams=lab "
+            "augment.overrides.grayscale.p=0")
+
+    @classmethod
+    def needs(cls, cfg, num_samples: int) -> list[str]:
+        found = []
+        if cfg.model.streams != "lab":
+            found.append("model.streams=lab (it contrasts the L and ab halves of the encoder)")
+        a = cfg.augment
+        specs = resolve(a.recipe, int(a.size), int(a.num_views), overrides=OmegaConf.to_container(a.overrides) or None)
+        grey = max(float(s.ops["grayscale"]["p"]) for s in specs)
+        if grey > 0:
+            found.append(f"augment.overrides.grayscale.p=0 (a grey view has no ab to contrast with L; got {grey})")
+        return found
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "CMC":

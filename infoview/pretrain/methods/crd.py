@@ -14,6 +14,7 @@ from infoview.objectives import bank_logits
 from infoview.pretrain.methods.base import (
     Method,
     StepOutput,
+    at_most,
     method_temperature,
     projector_from_config,
     refuse_predictor,
@@ -109,6 +110,15 @@ class CRD(Method):
     }
     num_views = 1
     needs_indices = True
+    demo = "infoview distill --config distill_digits teacher=runs/demo out_dir=runs/demo_crd  (after make demo)"
+
+    @classmethod
+    def needs(cls, cfg, num_samples: int) -> list[str]:
+        k = cfg.crd.num_negatives
+        if num_samples >= 2 and k >= num_samples:
+            return [f"crd.num_negatives={at_most(num_samples - 1)} or fewer (drawn from the split's {num_samples - 1:,} "
+                    f"other images; got {k})"]
+        return []
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "CRD":

@@ -52,6 +52,7 @@ from infoview.models import EpochVisits, MemoryBank
 from infoview.pretrain.methods.base import (
     Method,
     StepOutput,
+    at_most,
     method_temperature,
     projector_from_config,
     refuse_predictor,
@@ -74,6 +75,16 @@ class InstanceRecognition(Method):
     }
     num_views = 1
     needs_indices = True
+    demo = ("infoview pretrain --config demo method=ir out_dir=runs/demo_ir augment.num_views=1 "
+            "ir.num_negatives=1024")
+
+    @classmethod
+    def needs(cls, cfg, num_samples: int) -> list[str]:
+        k, n = cfg.ir.num_negatives, num_samples
+        if n >= 2 and isinstance(k, int) and not 0 <= k < n:
+            return [f"ir.num_negatives={at_most(n - 1)} or fewer (drawn from the split's {n - 1:,} other images; "
+                    f"got {k}; 0: all of them)"]
+        return []
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "InstanceRecognition":

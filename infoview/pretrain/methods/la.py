@@ -12,6 +12,7 @@ from infoview.objectives import ObjectiveOutput
 from infoview.pretrain.methods.base import (
     Method,
     StepOutput,
+    at_most,
     method_temperature,
     projector_from_config,
     refuse_predictor,
@@ -158,6 +159,21 @@ class LocalAggregation(Method):
     # broadcast them from rank 0 every step (the bank itself is left out by Method)
     same_on_every_rank = ("cluster_labels", "cluster_epoch")
     needs_indices = True
+    demo = ("infoview pretrain --config demo method=la out_dir=runs/demo_la augment.num_views=1 objective.name=infonce "
+            "la.background_k=1024 la.k=100")
+
+    @classmethod
+    def needs(cls, cfg, num_samples: int) -> list[str]:
+        found = []
+        extra = {k: v for k, v in cfg.objective.items() if k != "name"}
+        if cfg.objective.name != "infonce" or extra:
+            got = f"objective.name={cfg.objective.name}" + "".join(f", objective.{k}={v}" for k, v in extra.items())
+            found.append(f"objective.name=infonce and no other objective.* key (it trains with its own loss; got {got})")
+        for key, value in (("background_k", cfg.la.background_k), ("k", cfg.la.k)):
+            if num_samples >= 2 and not 1 <= int(value) <= num_samples:
+                found.append(f"la.{key}={at_most(num_samples)} or fewer (at most the split's {num_samples:,} images; "
+                             f"got {value})")
+        return found
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "LocalAggregation":

@@ -41,6 +41,7 @@ class MoCo(Method):
         "symmetric": Key(False, "add the swapped pair (the second view as the query), as MoCo v3 does"),
     }
     num_views = 2
+    demo = "infoview pretrain --config demo method=moco out_dir=runs/demo_moco moco.queue_size=1024"
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "MoCo":

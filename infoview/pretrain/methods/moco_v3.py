@@ -113,6 +113,7 @@ class MoCoV3(Method):
                                   choices=FREEZE_CHOICES),
     }
     num_views = 2
+    demo = "infoview pretrain --config demo method=moco_v3 out_dir=runs/demo_moco_v3"
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "MoCoV3":

@@ -22,6 +22,7 @@ class SimCLR(Method):
 
     # unbounded here: method_temperature's check says why it must be positive ("... divides the scores")
     DEFAULTS = {"temperature": Key(0.2, "the cosine similarities are divided by it (positive)")}
+    demo = "infoview pretrain --config demo out_dir=runs/demo_simclr  (make demo's own run)"
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "SimCLR":
