@@ -34,6 +34,7 @@ results.jsonl (one line per run, the budget and machine in each), table.md
     python benchmarks/claims.py --budget gpu-r18-100ep --data DIR  # on a GPU
     python benchmarks/claims.py --runs simclr/infonce simclr/ml_cpc --seeds 0
     python benchmarks/claims.py --smoke --data DIR --out /tmp/x    # seconds: every stage runs
+    python benchmarks/claims.py --table                           # the runs finished so far; trains nothing
 """
 from __future__ import annotations
 
@@ -126,6 +127,27 @@ def table(results: list[dict], floor: dict | None, budget_name: str, where: str)
     return "\n".join(lines)
 
 
+def finished(run_dir: Path) -> bool:
+    return all((run_dir / p).is_file() for p in ("pretrain.json", "knn/knn.json", "linear/linear.json"))
+
+
+def finished_table(out: Path, args, where: str) -> str:
+    """The table of the plan's runs that have finished in ``out`` (and the floor, once scored)."""
+    results = []
+    for name, seed in plan(args.runs, args.seeds):
+        run_dir = out / f"{name.replace('/', '_')}_s{seed}"
+        if finished(run_dir):
+            results.append(summarise(name, seed, run_dir, args.budget, where))
+    random_dir = out / "random_init"
+    floor = None
+    if finished_floor := all((random_dir / p).is_file() for p in ("knn/knn.json", "linear/linear.json")):
+        floor = {k: json.loads((random_dir / f).read_text())["top1"] for k, f in
+                 (("knn_top1", "knn/knn.json"), ("linear_top1", "linear/linear.json"))}
+    done = f"{len(results)} of {len(plan(args.runs, args.seeds))} runs finished" + ("" if finished_floor else
+                                                                                    "; the floor not scored yet")
+    return table(results, floor, args.budget, where) + f"\n\n({done} in {out})"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--budget", choices=list(BUDGETS), default="cpu-r18half-10ep")
@@ -135,12 +157,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", nargs="+", choices=list(CLAIMS), default=list(CLAIMS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--smoke", action="store_true", help="a few steps on a few images: checks every stage")
+    ap.add_argument("--table", action="store_true", help="print the table of the runs finished so far, train nothing")
     args = ap.parse_args(argv)
+    budget = BUDGETS[args.budget]
+    out = args.out or ROOT / "runs" / "claims" / args.budget
+    where = oc.machine() if budget["device"] == "cpu" else "one GPU (see the run's pretrain.json)"
+    if args.table:
+        print(finished_table(out, args, where))
+        return
     if not (args.data / "train").is_dir() or not (args.data / "test").is_dir():
         sys.exit(f"error: --data {args.data} must hold train/ and test/ (ImageFolder layout); "
                  "CIFAR-10 as JPEGs is in ../shared/data/cifar10")
-    budget = BUDGETS[args.budget]
-    out = args.out or ROOT / "runs" / "claims" / args.budget
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/views.py: idle OpenMP threads must not spin
@@ -148,7 +175,6 @@ def main(argv: list[str] | None = None) -> None:
     linear_epochs = 2 if args.smoke else 100
     betons = oc.prepare(args.data.resolve(), out, env)
     data = oc.data_keys(betons)
-    where = oc.machine() if budget["device"] == "cpu" else "one GPU (see the run's pretrain.json)"
     epochs = budget["epochs"]
     results = []
     for name, seed in plan(args.runs, args.seeds):

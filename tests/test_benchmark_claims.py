@@ -1,6 +1,6 @@
 """benchmarks/claims.py, shortened (--smoke) on a few real CIFAR-10 images: a run goes through pretraining, kNN
-and the linear probe into results.jsonl and the table, names its budget and machine, and a second invocation
-reads the finished run instead of redoing it."""
+and the linear probe into results.jsonl and the table, names its budget and machine, a second invocation
+reads the finished run instead of redoing it, and --table shows the finished runs without training."""
 from __future__ import annotations
 
 import json
@@ -38,3 +38,6 @@ def test_a_claim_run_is_recorded_with_its_budget_and_kept(tiny_cifar10, tmp_path
     again = run(args)
     assert again.returncode == 0 and "$ infoview pretrain" not in again.stderr
     assert (out / "ir_infonce_s0" / "pretrain.json").stat().st_mtime_ns == stamp
+    shown = run(["--table", "--out", str(out), "--runs", "ir/infonce", "simclr/ring", "--seeds", "0"])
+    assert shown.returncode == 0 and "| ir/infonce | 0 |" in shown.stdout and "simclr/ring" not in shown.stdout
+    assert "(1 of 2 runs finished" in shown.stdout and not (out / "simclr_ring_s0").exists()  # nothing trained
