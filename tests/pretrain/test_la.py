@@ -186,7 +186,8 @@ def test_loss_falls_on_digits_and_mi_is_at_most_log_n(tiny, tmp_path):
 def test_la_trains_with_its_own_loss_only(tiny, tmp_path, capsys):
     assert pretrain_la([*tiny, *LA_RUN, f"out_dir={tmp_path}", "objective.name=ring"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "method=la trains with its own loss" in err[0] and "objective.name=ring" in err[0]
+    assert len(err) == 1 and "method=la" in err[0] and "trains with its own loss" in err[0]
+    assert "objective.name=ring" in err[0] and "objective.name=infonce" in err[0]  # what it got, what it needs
 
 
 class _Killed(Exception):
