@@ -29,7 +29,8 @@ from infoview.errors import ConfigError
 from infoview.utils.io import atomic_write_text
 from infoview.utils.provenance import provenance
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: the presets (``--config demo``), shipped inside the package so that every install has them
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -219,10 +220,12 @@ def read_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML config with the safe loader; errors name the file."""
     p = Path(path)
     if not p.exists() and not p.suffix and (CONFIG_DIR / f"{p}.yaml").exists():
-        p = CONFIG_DIR / f"{p}.yaml"  # ``--config demo`` finds configs/demo.yaml
+        p = CONFIG_DIR / f"{p}.yaml"  # ``--config demo`` finds infoview/configs/demo.yaml
     if not p.is_file():
         presets = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
         hint = f" Presets: {', '.join(presets)}" if presets else ""
+        if p.stem in presets:  # configs/demo.yaml, the presets' folder before they moved into the package
+            hint = f" The preset of that name is --config {p.stem}." + hint
         raise ConfigError(f"config file '{path}' does not exist.{hint}")
     try:
         data = load_yaml(p.read_text(encoding="utf-8"), f"config file '{p}'")

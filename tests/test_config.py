@@ -62,6 +62,15 @@ def test_bad_files(tmp_path):
         read_yaml(scalar)
 
 
+def test_presets_ship_in_the_package_and_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the preset comes from the package
+    assert read_yaml("demo")["objective"]["name"] == "ml_cpc"
+    # the presets' folder before they moved into the package: the error names the preset to give instead
+    with pytest.raises(ConfigError, match=r"'configs/demo.yaml' does not exist. The preset of that name is "
+                                          r"--config demo\. Presets: .*demo"):
+        read_yaml("configs/demo.yaml")
+
+
 def test_open_section_takes_any_key():
     cfg = resolve(DEFAULTS, None, parse_overrides(["objective.alpha=0.1"]), open_sections=["objective"])
     assert cfg.objective.alpha == 0.1

@@ -11,7 +11,7 @@ ml_cpc is the ML-CPC paper's distillation. Without labels it is pure
 self-supervised compression; with labels (``crd.ce_weight`` > 0) it is CRD's
 own setting: the student's cross-entropy plus 0.8 x CRD (``crd.weight``),
 each image's negatives drawn from the other classes
-(configs/distill_cifar100.yaml).
+(infoview/configs/distill_cifar100.yaml).
 
 The run is a pretraining run with ``method=crd``: the same engine, so it has
 DDP (torchrun, `infoview launch distill ...`), exact resume

@@ -1,6 +1,6 @@
 """`infoview list <what>`: what a config may name, without provoking an error to find out.
 
-  infoview list presets             the configs/ presets, with their first line
+  infoview list presets             the presets (infoview/configs/), with their first line
   infoview list objectives          every objective, its parameters and defaults, and what its .mi certifies
   infoview list methods             the pretraining methods, each with a demo-sized command to try it
   infoview list sources             the data source schemes, with the kinds of data each gives

@@ -6,7 +6,7 @@ Representations") train it with their objectives. Each image gets one
 augmented view (``augment.num_views=1``; CMC's recipe is a random resized
 crop of 0.2-1 of the area and a flip, no colour jitter: ``augment.recipe=mocov2``
 with ``jitter.p``, ``grayscale.p`` and ``blur.p`` overridden to 0 does that,
-configs/cmc_infonce_cifar10.yaml). The encoder is ``model.streams=lab``
+infoview/configs/cmc_infonce_cifar10.yaml). The encoder is ``model.streams=lab``
 (infoview.models.lab): it converts the view to CIELab and runs one copy of
 ``model.arch`` on L (1 channel) and one on ab (2 channels); each half has its
 own head (``model.proj_*``, CMC's is one Linear to 128) and its embedding is

@@ -19,7 +19,7 @@ batch take the batch's embeddings, gathered from every rank, so that every rank'
     bank[i] <- normalize(m * bank[i] + (1 - m) * q_i),    m = ir.bank_momentum
 
 m = 0.5 is the IR paper's (the default); m = 0 replaces the row, as the ring repository's configs do
-(configs/ir_cifar10.yaml). Under DDP every rank draws the negatives of the whole global batch from the
+(infoview/configs/ir_cifar10.yaml). Under DDP every rank draws the negatives of the whole global batch from the
 same random stream (the engine seeds every rank alike and checkpoints it) and keeps its own rows: the
 run is then the same function of the global batch as one process on it (tests/pretrain/test_ir.py).
 

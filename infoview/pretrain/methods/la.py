@@ -141,7 +141,7 @@ class LocalAggregation(Method):
 
     # the paper's ImageNet setting: 4096 background neighbours, 10 clusterings of 10000 clusters
     # (the authors' PyTorch imagenet_la.json: 30000), t 0.07, bank momentum 0.5; faiss's 20 iterations.
-    # The authors warm up with 10 epochs of instance discrimination (configs/la_cifar10.yaml: 10); the
+    # The authors warm up with 10 epochs of instance discrimination (infoview/configs/la_cifar10.yaml: 10); the
     # default warms up for 1, so that a short run is LA at all
     DEFAULTS = {
         "temperature": Key(0.07, "the embeddings' dot products with the bank are divided by it", above=0),
