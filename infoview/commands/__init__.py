@@ -148,12 +148,15 @@ def _overrides(name: str, command: Command, rest: list[str]) -> dict:
     return overrides
 
 
-def build_config(name: str, args: Sequence[str]):
-    """Parse a command's arguments into ``(module, effective config)``."""
+def build_config(name: str, args: Sequence[str], keys: dict[str, Any] | None = None):
+    """Parse a command's arguments into ``(module, effective config)``.
+
+    ``keys``: more overrides, given as Python values rather than text (``{"train": {"epochs": 1}}`` or
+    ``{"train.epochs": 1}``), applied after ``args``'s (``infoview.run``'s keyword arguments)."""
     module = load_command(name)
     command: Command = module.COMMAND
     config_file, rest = _split_config_flag(args)
-    overrides = _overrides(name, command, rest)
+    overrides = {**_overrides(name, command, rest), **(keys or {})}
     notes: list[str] = []
     file_cfg = read_yaml(config_file) if config_file else None
     cfg = resolve(

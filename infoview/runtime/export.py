@@ -34,11 +34,11 @@ TORCHVISION_RESNETS = (
 TORCHVISION_HEAD = ("fc.weight", "fc.bias")
 LAB_NOTE = (
     "model.streams=lab: two timm models, one on the L channel of CIELab (l.*, in_chans=1) and one on ab (ab.*, "
-    "in_chans=2), behind an RGB -> Lab conversion; load it with infoview.runtime.export.load_backbone(dir)"
+    "in_chans=2), behind an RGB -> Lab conversion; load it with infoview.load_backbone(dir)"
 )
 CIFAR_STEM_NOTE = (
     "cifar_stem=true replaced the ResNet stem (conv1: one 3x3 stride-1 conv, max-pool: identity), which "
-    "timm.create_model cannot rebuild from kwargs; load it with infoview.runtime.export.load_backbone(dir)"
+    "timm.create_model cannot rebuild from kwargs; load it with infoview.load_backbone(dir)"
 )
 
 
@@ -237,7 +237,7 @@ def _plain_timm(encoder, weights: dict) -> tuple[dict, bool, str]:
         )
         return kwargs, False, (
             f"timm.create_model('{encoder.arch}', num_classes=0, **timm_kwargs) does not match these weights "
-            f"({what}); load it with infoview.runtime.export.load_backbone(dir)"
+            f"({what}); load it with infoview.load_backbone(dir)"
         )
     return kwargs, True, ""
 
@@ -262,7 +262,7 @@ def _torchvision_name(arch: str, cifar_stem: bool) -> str:
         raise InfoviewError(
             f"format=torchvision: this {arch} has the CIFAR stem (conv1 3x3 stride 1, no max-pool), but "
             f"torchvision.models.{arch} has a 7x7 stride-2 conv1 and a max-pool: export it with format=timm "
-            "and load it with infoview.runtime.export.load_backbone"
+            "and load it with infoview.load_backbone"
         )
     return arch
 
