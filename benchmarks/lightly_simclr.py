@@ -71,9 +71,9 @@ def peer_parts():
 
 def our_model(device: torch.device, channels_last: bool) -> torch.nn.Module:
     """The preset's encoder and projection head, as infoview builds them."""
+    from infoview.backbones.encoder import build_encoder_from_config
     from infoview.commands import build_config
     from infoview.models.heads import projector
-    from infoview.runtime.encoder import build_encoder_from_config
 
     _, cfg = build_config("pretrain", ["--config", PRESET])
     m = cfg.model

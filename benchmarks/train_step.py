@@ -374,8 +374,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from infoview.commands import build_config
     from infoview.errors import InfoviewError
-    from infoview.runtime import distributed as D
     from infoview.pretrain.engine import Trainer
+    from infoview.training import distributed as D
 
     case_preset, case_overrides, case_min_steps = case_settings(args.case) if args.case else (None, [], 0)
     preset = args.config if args.config is not None else (case_preset if args.case else "demo")

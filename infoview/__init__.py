@@ -46,11 +46,11 @@ def __getattr__(name: str):
 
         return getattr(objectives, _OBJECTIVES[name])
     if name in _EXPORT:
-        from infoview.runtime import export
+        from infoview.backbones import export
 
         return getattr(export, name)
     if name == "load_backbone_spec":
-        from infoview.runtime.backbone import load_backbone_spec
+        from infoview.backbones.spec import load_backbone_spec
 
         return load_backbone_spec
     if name == "run":

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from infoview import schema
 from infoview.commands import build_config, load_command, names
 from infoview.errors import InfoviewError, Interrupted
-from infoview.runtime.signals import ctrl_c_answered
+from infoview.training.signals import ctrl_c_answered
 from infoview.version import __version__
 
 

@@ -18,8 +18,8 @@ def test_import_infoview_is_light_and_every_offered_name_resolves():
 
 
 def test_the_offered_names_are_the_package_functions():
+    from infoview.backbones.export import export_backbone, load_backbone
     from infoview.objectives import build, cross_view_pairs
-    from infoview.runtime.export import export_backbone, load_backbone
 
     assert infoview.build_objective is build and infoview.cross_view_pairs is cross_view_pairs
     assert infoview.load_backbone is load_backbone and infoview.export_backbone is export_backbone

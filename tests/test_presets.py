@@ -69,7 +69,7 @@ def test_the_recipe_presets_exist():
 
 
 def test_peak_lr_is_the_recipes(preset):
-    from infoview.runtime.optim import scaled_lr
+    from infoview.training.optim import scaled_lr
 
     name, cfg = preset
     assert name in EXPECTED_PEAK_LR, f"infoview/configs/{name}.yaml: add its recipe's peak lr to EXPECTED_PEAK_LR"
@@ -150,8 +150,8 @@ def test_views_resolve(preset):
 @pytest.mark.parametrize("name", CIFAR)
 def test_cifar_preset_builds_its_model(name):
     """The encoder and method build from the config, and a 32-px batch of 2 gives features."""
+    from infoview.backbones.encoder import build_encoder_from_config
     from infoview.pretrain.building import build_method
-    from infoview.runtime.encoder import build_encoder_from_config
 
     cfg = _resolve(CONFIGS / f"{name}.yaml")
     assert cfg.augment.size == 32 and cfg.model.cifar_stem, name

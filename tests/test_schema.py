@@ -113,10 +113,10 @@ def test_the_choices_copied_into_light_command_modules_are_the_work_modules_own(
     from infoview.commands import _frozen, prepare
     from infoview.data import beton, loader
     from infoview.eval import choices
-    from infoview.runtime import optim
+    from infoview.training import optim
 
     assert _frozen.LOADER_BACKENDS == loader.BACKENDS and prepare.WRITE_MODES == beton.WRITE_MODES
-    assert choices.SCHEDULES == optim.DECAYS  # detect's schedules are runtime's decays
+    assert choices.SCHEDULES == optim.DECAYS  # detect's schedules are training.optim's decays
 
 
 @pytest.mark.parametrize("args, message", [

@@ -30,7 +30,7 @@ max_steps that cuts the run short scales the warm-up with it (said at start).
 data.batch_size is the global batch (split across DDP processes).
 
 backbone: a pretraining checkpoint (or its run folder), random:<checkpoint>,
-random:<timm arch>, or whatever else infoview.runtime.backbone accepts.
+random:<timm arch>, or whatever else infoview.backbones.spec accepts.
 out_dir '' writes beside it: runs/x/detect (detect_random for random:), and
 runs/x/export_detect for an export folder runs/x/export, which holds the export only.
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from infoview.commands import Command
-from infoview.commands import pretrain as _pretrain
+from infoview.commands import pretrain as pretrain_command
 from infoview.schema import Key
 
 # CRD's training views are a pad-and-crop and a flip: no colour change, so that the student learns the
@@ -40,7 +40,7 @@ VIEW_OVERRIDES = {"crop": {"scale": [0.35, 1.0]}, "jitter": {"p": 0.0}, "graysca
 def _keys() -> dict[str, Any]:
     from infoview.pretrain.methods import get_method
 
-    keys = _pretrain._keys()
+    keys = pretrain_command.own_keys()
     del keys["method"]
     model = keys.pop("model")
     keys["out_dir"] = Key("runs/distill", "where config.yaml, checkpoints/, metrics.csv, tb/ and curves.png go")
@@ -106,14 +106,14 @@ def _check_launch(cfg) -> None:
     target = spec[len("random:"):] if spec.startswith("random:") else spec
     if ("/" in target or not spec.startswith("random:")) and not Path(target).exists():
         raise ConfigError(f"teacher={spec}: no such run, checkpoint or export folder")
-    _pretrain._check_launch(cfg)
+    pretrain_command.COMMAND.check_launch(cfg)
 
 
 COMMAND = Command(
     help="Distil a frozen teacher into a student (CRD with any objective); checkpoints and resumes.",
     distributed=True,
     resume="train.resume=auto",
-    save_on_preempt=_pretrain._save_on_preempt,
+    save_on_preempt=pretrain_command.COMMAND.save_on_preempt,
     check_launch=_check_launch,
     open_sections=OPEN_SECTIONS,
     section_resets=SECTION_RESETS,

@@ -49,6 +49,6 @@ COMMAND = Command(help="Export a checkpoint's backbone: model.safetensors (timm 
 
 
 def run(cfg) -> dict:
-    from infoview.runtime.export import export_backbone
+    from infoview.backbones.export import export_backbone
 
     return export_backbone(cfg.ckpt, cfg.out, format=cfg.format, overwrite=cfg.overwrite)

@@ -75,6 +75,6 @@ COMMAND = Command(help='Train critics on the Gaussian MI staircase and compare w
 
 
 def run(cfg) -> dict | None:
-    from infoview.eval.mi_bench import run as work
+    from infoview.mi_bench import run as work
 
     return work(cfg)

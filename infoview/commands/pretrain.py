@@ -42,15 +42,15 @@ from infoview.commands import Command
 from infoview.schema import Key
 
 
-def _keys() -> dict[str, Any]:
-    """The command's own keys. Their choices are the lists of the modules that use them, which import torch:
+def own_keys() -> dict[str, Any]:
+    """The command's own keys (without the methods' sections; `infoview distill` builds on them). Their choices are the lists of the modules that use them, which import torch:
     built on first use, as the method sections are."""
     from infoview.augment.recipes import NORMALIZATION, RECIPES
     from infoview.augment.views import BACKENDS as VIEW_BACKENDS
     from infoview.data.loader import BACKENDS as LOADER_BACKENDS, DECODES
     from infoview.models.encoder import STREAMS
     from infoview.pretrain.building import PRECISIONS
-    from infoview.runtime.optim import SCALING_RULES
+    from infoview.training.optim import SCALING_RULES
 
     return {
         "out_dir": Key("runs/pretrain", "where config.yaml, checkpoints/, metrics.csv, tb/ and curves.png go"),
@@ -170,7 +170,7 @@ def __getattr__(name: str):
     from infoview.pretrain.methods import method_sections
 
     keys: dict[str, Any] = {}
-    for key, value in _keys().items():
+    for key, value in own_keys().items():
         keys[key] = value
         if key == "objective":
             keys.update(method_sections())

@@ -9,6 +9,7 @@ from infoview.objectives.base import (
     Terms,
     available,
     build,
+    objective_class,
     objective_params,
     register,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "bank_bound_of_scores",
     "available",
     "build",
+    "objective_class",
     "objective_params",
     "register",
     "bank_logits",

@@ -208,7 +208,7 @@ def available() -> list[str]:
 
 def objective_params(name: str) -> dict[str, object]:
     """The keyword arguments an objective takes, with their defaults."""
-    cls = _get(name)
+    cls = objective_class(name)
     sig = inspect.signature(cls.__init__)
     return {
         p.name: p.default
@@ -217,13 +217,14 @@ def objective_params(name: str) -> dict[str, object]:
     }
 
 
-def _get(name: str) -> type[Objective]:
+def objective_class(name: str) -> type[Objective]:
+    """The class registered as ``name``; an unknown name is a ConfigError naming the nearest."""
     return _OBJECTIVES.get(name)
 
 
 def build(name: str, **kwargs) -> Objective:
     """Make an objective by name; unknown names and keys are errors naming the valid ones."""
-    cls = _get(name)
+    cls = objective_class(name)
     params = objective_params(name)
     for key in kwargs:
         if key not in params:

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from infoview.config import flatten
 from infoview.errors import InfoviewError
-from infoview.runtime.checkpoint import find_resume, load_checkpoint
+from infoview.training.checkpoint import find_resume, load_checkpoint
 
 #: keys a resumed run may change: where and how fast it runs, how long, what it logs, not what it trains
 #: (the loader's backend, where it decodes, the optimiser's kernel: the same batches and updates, up to rounding)

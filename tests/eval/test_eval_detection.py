@@ -21,8 +21,8 @@ import torch
 
 from infoview.cli import main
 from infoview.data.schemes.shapes import ShapesDetection
-from infoview.eval.detection_eval import coco_evaluate
-from infoview.eval.detection_model import SimpleFeaturePyramid
+from infoview.eval.detection.model import SimpleFeaturePyramid
+from infoview.eval.detection.scoring import coco_evaluate
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-import infoview.runtime.backbone as backbone
+import infoview.backbones.spec as backbone
 from infoview.cli import main
 
 COMMON = ["data.num_workers=0", "train.progress=false", "train.device=cpu"]
@@ -174,7 +174,7 @@ def test_detect_and_segment_keep_a_finished_result_and_say_so_first(command, res
 
 
 def test_default_out_dirs_sit_beside_what_is_measured(tmp_path):
-    from infoview.runtime.backbone import default_out_dir
+    from infoview.backbones.spec import default_out_dir
 
     run_dir, export = tmp_path / "run", tmp_path / "run" / "export"
     (run_dir / "checkpoints").mkdir(parents=True)

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from infoview.augment import resolve
+from infoview.backbones.features import extract_features
 from infoview.cli import main
 from infoview.data import build_loader
-from infoview.runtime.features import extract_features
 from infoview.eval.linear import train_linear_probe, train_linear_probe_augmented
 from infoview.eval.linear import PROBE_VIEW_OVERRIDES
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 from infoview.cli import main
 from infoview.errors import InfoviewError
-from infoview.eval.segmentation_metrics import confusion_matrix, constant_baseline, segmentation_metrics
-from infoview.eval.segmentation_model import SegmentationModel
+from infoview.eval.segmentation.metrics import confusion_matrix, constant_baseline, segmentation_metrics
+from infoview.eval.segmentation.model import SegmentationModel
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from infoview.config import flatten
 from infoview.errors import ConfigError
 from infoview.models import EpochVisits, MemoryBank, predictor as make_predictor, projector as make_projector
 from infoview.objectives import Objective, ObjectiveOutput, bank_bound_of_scores, cross_view_pairs, objective_params
-from infoview.runtime import distributed as D
+from infoview.training import distributed as D
 from infoview.utils.registry import Registry
 
 _METHODS: Registry = Registry("method", listing="Methods")

@@ -20,8 +20,8 @@ from infoview.pretrain.methods.base import (
     refuse_predictor,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 
 
 class ClassPools:
@@ -122,7 +122,7 @@ class CRD(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "CRD":
-        from infoview.runtime.backbone import load_backbone_spec
+        from infoview.backbones.spec import load_backbone_spec
 
         refuse_predictor(cfg)
         c = cfg.crd

@@ -18,8 +18,8 @@ from infoview.pretrain.methods.base import (
     refuse_predictor,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 
 #: added to P(C | B) before the log, as the authors' code does: a row with no close neighbour in its
 #: background reads -log(1e-7) = 16.1 nats, instead of an infinite loss, and gets no gradient (the paper's

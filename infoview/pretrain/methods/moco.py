@@ -17,8 +17,8 @@ from infoview.pretrain.methods.base import (
     projector_from_config,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 
 MOCO_BN = ("auto", "shuffle", "split", "sync", "none")
 

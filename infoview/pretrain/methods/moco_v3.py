@@ -17,8 +17,8 @@ from infoview.pretrain.methods.base import (
     refuse_predictor,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 from infoview.utils.device import resolve_device
 
 FREEZE_CHOICES = (None, True, False)  # null: true for an encoder with a patch_embed (a ViT)

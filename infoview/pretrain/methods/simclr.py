@@ -12,8 +12,8 @@ from infoview.pretrain.methods.base import (
     refuse_predictor,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 
 
 @register_method("simclr")

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 
 from infoview.augment.recipes import normalization
+from infoview.backbones.encoder import encoder_from_checkpoint, resolve_checkpoint
 from infoview.config import did_you_mean
 from infoview.errors import ConfigError, InfoviewError
 from infoview.models.encoder import architecture_kwargs, build_encoder, is_vit_arch
-from infoview.runtime.encoder import encoder_from_checkpoint, resolve_checkpoint
 from infoview.utils.io import atomic_path, atomic_write_text
 from infoview.utils.lock import LOCK_NAME, hold_folder
 from infoview.utils.provenance import provenance

@@ -10,7 +10,7 @@ from infoview.augment.recipes import normalization
 from infoview.errors import ConfigError, InfoviewError
 from infoview.models import build_encoder
 from infoview.models.encoder import architecture_kwargs
-from infoview.runtime.checkpoint import load_checkpoint
+from infoview.training.checkpoint import load_checkpoint
 
 
 def build_encoder_from_config(model_cfg, size: int, normalize: str | None = None, where: str = "model.kwargs"):
@@ -51,7 +51,7 @@ def encoder_from_checkpoint(path: str | os.PathLike, trained: bool = True, state
     ``trained=True`` loads the checkpoint's encoder weights; ``trained=False``
     rebuilds the weights the run started from (global RNG seeded with the
     run's ``train.seed``, as pretraining did). Missing, empty or truncated
-    files are the errors of :func:`infoview.runtime.checkpoint.load_checkpoint`.
+    files are the errors of :func:`infoview.training.checkpoint.load_checkpoint`.
     """
     path = Path(path)
     if state is None:

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from infoview.backbones.knn import knn_accuracy, knn_predict
 from infoview.errors import InfoviewError
-from infoview.runtime.knn import knn_accuracy, knn_predict
 
 
 def clusters(num_classes: int, per_class: int, dim: int = 16, noise: float = 0.05, seed: int = 0):

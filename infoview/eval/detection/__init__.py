@@ -1,7 +1,7 @@
 """The work of `infoview detect` (infoview.commands.detect documents its keys): set-up, data, and the report.
 
-The model is in detection_model.py, the fine-tuning (on runtime.loop) in detection_train.py
-and the scoring in detection_eval.py.
+A sub-package: the model is in model.py, the fine-tuning (on training.loop) in train.py and the scoring
+(pycocotools' COCOeval) in scoring.py.
 """
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ import torch
 from torch import nn
 
 from infoview.augment.recipes import normalization
+from infoview.backbones.spec import default_out_dir, load_backbone_spec
 from infoview.config import save_config
 from infoview.data.detection import open_detection_source
 from infoview.errors import ConfigError, InfoviewError
-from infoview.eval.detection_eval import evaluate
-from infoview.eval.detection_model import build_detector, timm_model_of
-from infoview.eval.detection_train import train
-from infoview.runtime import distributed as D
-from infoview.runtime.backbone import default_out_dir, load_backbone_spec
-from infoview.runtime.loop import FitResult
-from infoview.runtime.memory import out_of_memory_said
+from infoview.eval.detection.model import build_detector, timm_model_of
+from infoview.eval.detection.scoring import evaluate
+from infoview.eval.detection.train import train
+from infoview.training import distributed as D
+from infoview.training.loop import FitResult
+from infoview.training.memory import out_of_memory_said
 from infoview.utils.io import atomic_write_text
 from infoview.utils.lock import hold_result_folder
 

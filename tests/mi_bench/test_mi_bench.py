@@ -88,7 +88,7 @@ def test_bad_critic_is_an_error(tmp_path, capsys):
 
 def test_parse_estimators_keys_and_params():
     from infoview.errors import ConfigError
-    from infoview.eval.mi_bench_estimators import parse_estimators
+    from infoview.mi_bench.estimators import parse_estimators
 
     specs = parse_estimators(
         ["infonce", "ml_cpc", "ml_cpc:alpha=1e-3", "ml_cpc(alpha=0.5)", {"name": "ml_cpc", "alpha": 2.0}],
@@ -115,7 +115,7 @@ def test_same_seed_same_results(tmp_path):
 
 
 def test_staircase_rho_gives_the_level():
-    from infoview.eval.mi_bench_train import rho_for, true_mi
+    from infoview.mi_bench.critics import rho_for, true_mi
 
     for mi in (0.5, 2, 10):
         assert true_mi(rho_for(mi, 20), 20) == pytest.approx(mi)

@@ -32,17 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from infoview.backbones.features import check_features
 from infoview.errors import InfoviewError
-from infoview.runtime.features import check_features
 
 
-def _positive_int(value, name: str) -> int:
+def positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InfoviewError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
-def _check_temperature(temperature) -> float:
+def check_temperature(temperature) -> float:
     try:
         t = float(temperature)
     except (TypeError, ValueError):
@@ -65,7 +65,7 @@ def _check_test(test_feats, dim: int, device: torch.device) -> Tensor:
 
 
 def _check_num_classes(num_classes, labels: Tensor, name: str) -> int:
-    c = _positive_int(num_classes, "num_classes")
+    c = positive_int(num_classes, "num_classes")
     if labels.numel() and int(labels.max()) >= c:
         raise InfoviewError(f"{name} labels go up to {int(labels.max())} but num_classes={c}; expected labels < {c}")
     return c
@@ -87,9 +87,9 @@ def knn_predict(
     """
     train, labels = check_features(train_feats, train_labels, "kNN train", needed_by="kNN")
     num_classes = _check_num_classes(num_classes, labels, "kNN train")
-    k = min(_positive_int(k, "k"), train.shape[0])
-    t = _check_temperature(temperature)
-    chunk_size = _positive_int(chunk_size, "chunk_size")
+    k = min(positive_int(k, "k"), train.shape[0])
+    t = check_temperature(temperature)
+    chunk_size = positive_int(chunk_size, "chunk_size")
     test = _check_test(test_feats, train.shape[1], train.device)
 
     train = F.normalize(train, dim=1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from infoview.errors import InfoviewError
-from infoview.runtime.checkpoint import (
+from infoview.training.checkpoint import (
     find_resume, load_checkpoint, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
 )
 

@@ -7,7 +7,7 @@ named scalar tensors the loss is made of). For every step it
 
 1. sets the learning rate: ``set_lr(optimizer, *schedule(step))``, the
    schedule giving one factor or a tuple of factors of each group's
-   ``base_lr`` (``runtime.optim``'s schedules are such functions of the step);
+   ``base_lr`` (``training.optim``'s schedules are such functions of the step);
 2. runs ``step_fn`` on the next batch, under autocast when ``amp_dtype`` is
    given (bf16; the device is the parameters');
 3. checks the loss (averaged over the processes by ``reduce`` first, so every
@@ -21,7 +21,7 @@ named scalar tensors the loss is made of). For every step it
    steps and after the last one, makes a row ``{"step", "epoch" (when
    ``steps_per_epoch`` is given), "lr", "loss", *terms}`` (terms averaged by
    ``reduce``) that it keeps and hands to ``on_log``: a function or a
-   ``runtime.metrics.MetricsLog``.
+   ``training.metrics.MetricsLog``.
 
 The batches: ``batches`` is an iterable that is iterated again for every
 epoch (a DataLoader), or a function of the epoch that returns that epoch's
@@ -39,7 +39,7 @@ What is not here stays with the task: building the model, its loss, the data,
 ``model.train()``, evaluation and the report. Pretraining keeps a loop of its
 own (``pretrain/engine.py``: checkpoints, resume, signals, DDP's collective
 statistics); the MI benchmark uses only :func:`progress_bar` and
-:func:`optimizer_step` (``eval/mi_bench_train.py`` says why).
+:func:`optimizer_step` (``mi_bench/critics.py`` says why).
 """
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from infoview.errors import InfoviewError
-from infoview.runtime.metrics import MetricsLog
-from infoview.runtime.optim import set_lr
+from infoview.training.metrics import MetricsLog
+from infoview.training.optim import set_lr
 
 #: what a step function returns: the loss, or the loss and the named terms it is made of
 StepOutput = Union[Tensor, tuple[Tensor, dict[str, Tensor]]]
@@ -176,7 +176,7 @@ def fit(
     ``schedule(step)`` gives the lr factor(s) of each group's ``base_lr`` (a
     group without one takes its lr when the loop starts); without a schedule
     the lr stays as it is. ``reduce`` averages a value over the processes
-    (``runtime.distributed.all_reduce_mean``); ``steps_per_epoch`` gives the
+    (``training.distributed.all_reduce_mean``); ``steps_per_epoch`` gives the
     rows an ``epoch`` column and the bar its length in ``epochs`` mode.
     ``log_every=0``: no rows. ``desc`` names the loop in the bar and in errors.
     """

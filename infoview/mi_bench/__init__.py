@@ -1,7 +1,8 @@
 """The work of `infoview mi-bench` (infoview.commands.mi_bench documents its keys): checks, run, and outputs.
 
-The estimators list is read in mi_bench_estimators.py, the critics are trained
-in mi_bench_train.py and the plot is drawn in mi_bench_plot.py.
+mi-bench measures the objectives, not a backbone: it is a package of its own beside pretrain and eval. The
+estimators list is read in estimators.py, the critics are trained in critics.py and the plot is drawn in
+plot.py.
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from omegaconf import OmegaConf
 
 from infoview.config import save_config
 from infoview.errors import ConfigError
-from infoview.eval.mi_bench_estimators import EstimatorSpec, build_objectives, parse_estimators
-from infoview.eval.mi_bench_plot import plot, with_estimates
-from infoview.eval.mi_bench_train import CRITICS, level_means, train_staircase
+from infoview.mi_bench.critics import CRITICS, level_means, train_staircase
+from infoview.mi_bench.estimators import EstimatorSpec, build_objectives, parse_estimators
+from infoview.mi_bench.plot import plot, with_estimates
 from infoview.objectives import alpha_floor
 from infoview.utils.device import resolve_device
 from infoview.utils.io import atomic_write_text

@@ -21,7 +21,7 @@
   or a half cosine; :func:`warmup_decay_factors`), segmentation's poly
   decay (:func:`poly_factor`) and the linear probe's cosine to 0
   (:func:`cosine_factor`). ``set_lr(optimizer, *factors)`` applies them;
-  ``runtime.loop.fit`` calls it at every step.
+  ``training.loop.fit`` calls it at every step.
 """
 from __future__ import annotations
 

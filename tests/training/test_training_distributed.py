@@ -6,7 +6,7 @@ import time
 import pytest
 
 from infoview.errors import InfoviewError
-from infoview.runtime import distributed as D
+from infoview.training import distributed as D
 
 
 def test_an_unresolvable_rendezvous_host_is_an_error_at_once_not_a_hang(monkeypatch):

@@ -11,7 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from infoview.data.detection import collate, mask_to_rle, quiet_coco
-from infoview.runtime import distributed as D
+from infoview.training import distributed as D
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infoview.eval.segmentation_metrics import void_values
+from infoview.eval.segmentation.metrics import void_values
 from infoview.utils.io import save_figure
 
 

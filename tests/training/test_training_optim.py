@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from infoview.errors import ConfigError
-from infoview.runtime.optim import (
+from infoview.training.optim import (
     build_optimizer,
     cosine_factor,
     cut_schedule,
@@ -92,7 +92,7 @@ def _old_detection_lr_at(step: int, total: int, t) -> float:
 
 
 def _detection_lr(step: int, total: int, t, opt=None) -> float:
-    """The lr detection's loop sets: the runtime schedule's factors applied by set_lr to a real optimiser."""
+    """The lr detection's loop sets: the training schedule's factors applied by set_lr to a real optimiser."""
     opt = opt or build_optimizer("sgd", torch.nn.Linear(2, 2), lr=float(t.lr), nesterov=False)
     factors = warmup_decay_factors(step, total, int(t.warmup_steps), t.schedule, t.milestones)
     return set_lr(opt, *factors)
@@ -142,7 +142,7 @@ def test_poly_decay():
 def test_cosine_to_zero_is_the_linear_probes_lr_to_the_last_bit():
     f = [cosine_factor(s, 10) for s in range(12)]
     assert f[0] == 1.0 and f[5] == pytest.approx(0.5) and f[10] == f[11] == 0.0
-    for peak in (0.5, 0.1 * 256 / 256, 0.3 * 100 / 256, 1e-3):  # as the probe set it before runtime/loop.py
+    for peak in (0.5, 0.1 * 256 / 256, 0.3 * 100 / 256, 1e-3):  # as the probe set it before training/loop.py
         assert [peak * cosine_factor(s, 37) for s in range(40)] == [
             0.5 * peak * (1.0 + math.cos(math.pi * min(s, 37) / 37)) for s in range(40)]
 
@@ -214,7 +214,7 @@ def test_detection_optimizer_is_the_old_one(name):
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_the_fused_kernel_takes_the_same_steps(name):
-    from infoview.runtime.optim import build_optimizer
+    from infoview.training.optim import build_optimizer
 
     torch.manual_seed(0)
     # (no bias under a BatchNorm: its gradient is rounding noise, whose sign Adam turns into a step of lr)
@@ -234,7 +234,7 @@ def test_the_fused_kernel_takes_the_same_steps(name):
 
 
 def test_fused_is_on_a_gpu_where_torch_can_and_asking_for_it_elsewhere_is_clear():
-    from infoview.runtime.optim import build_optimizer, fused_choice
+    from infoview.training.optim import build_optimizer, fused_choice
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert fused_choice(None, "sgd", cpu) is None  # the CPU keeps torch's default path

@@ -1,4 +1,4 @@
-"""The fine-tuning of `infoview detect`: optimiser, loader and the detector's step on the shared fit loop (runtime.loop)."""
+"""The fine-tuning of `infoview detect`: optimiser, loader and the detector's step on the shared fit loop (training.loop)."""
 from __future__ import annotations
 
 import sys
@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from infoview.data.detection import collate
-from infoview.runtime import distributed as D
-from infoview.runtime.loop import FitResult, fit
-from infoview.runtime.optim import build_optimizer, cut_schedule, warmup_decay_factors
+from infoview.training import distributed as D
+from infoview.training.loop import FitResult, fit
+from infoview.training.optim import build_optimizer, cut_schedule, warmup_decay_factors
 
 #: parameters without weight decay besides the 1-d ones: a ViT's position embedding, class and register tokens
 NO_DECAY = ("pos_embed", "cls_token", "reg_token")

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from infoview.augment.recipes import normalization
+from infoview.backbones.export import WEIGHTS, export_backbone, load_backbone
+from infoview.backbones.spec import load_backbone_spec
 from infoview.cli import main
 from infoview.errors import InfoviewError
-from infoview.runtime.backbone import load_backbone_spec
 from infoview.models import build_encoder
-from infoview.runtime.export import WEIGHTS, export_backbone, load_backbone
-from infoview.runtime.checkpoint import load_checkpoint, save_checkpoint
+from infoview.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def features(model, size, n=3, seed=0):
@@ -303,5 +303,5 @@ def test_importing_infoview_models_stays_light():
     assert out.strip() == "[]"
     import infoview.models as models
 
-    with pytest.raises(AttributeError):  # exports live a layer up, in infoview.runtime.export
+    with pytest.raises(AttributeError):  # exports live a layer up, in infoview.backbones.export
         models.load_backbone  # noqa: B018

@@ -1,7 +1,6 @@
 """The work of `infoview segment` (infoview.commands.segment documents its keys): set-up, training, scoring, report.
 
-The model is in segmentation_model.py, the metrics in segmentation_metrics.py
-and the picture in segmentation_plot.py.
+A sub-package: the model is in model.py, the metrics in metrics.py and the picture in plot.py.
 """
 from __future__ import annotations
 
@@ -18,16 +17,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from infoview.augment.recipes import normalization
+from infoview.backbones.spec import default_out_dir, load_backbone_spec
 from infoview.config import save_config
 from infoview.data.segmentation import SegmentationSet, open_segmentation_splits
 from infoview.errors import ConfigError, InfoviewError
-from infoview.eval.segmentation_metrics import confusion_matrix, constant_baseline, segmentation_metrics, void_values
-from infoview.eval.segmentation_model import SegmentationModel, dilated_backbone
-from infoview.eval.segmentation_plot import plot_predictions
-from infoview.runtime.backbone import default_out_dir, load_backbone_spec
-from infoview.runtime.loop import fit
-from infoview.runtime.memory import out_of_memory_said
-from infoview.runtime.optim import build_optimizer, poly_factor
+from infoview.eval.segmentation.metrics import confusion_matrix, constant_baseline, segmentation_metrics, void_values
+from infoview.eval.segmentation.model import SegmentationModel, dilated_backbone
+from infoview.eval.segmentation.plot import plot_predictions
+from infoview.training.loop import fit
+from infoview.training.memory import out_of_memory_said
+from infoview.training.optim import build_optimizer, poly_factor
 from infoview.utils.device import resolve_device
 from infoview.utils.io import atomic_write_text
 from infoview.utils.lock import hold_result_folder
@@ -105,7 +104,7 @@ def _void_to(target: torch.Tensor, ignore_index: int, fill: int = -1) -> torch.T
 def train_head(model, loader, steps, optimizer, mean, std, ignore_index, device, progress) -> list[float]:
     """``steps`` steps of per-pixel cross-entropy (void pixels carry none) under the poly schedule; the losses.
 
-    The shared fit loop (runtime.loop) runs them; what is segmentation's is the step's loss.
+    The shared fit loop (training.loop) runs them; what is segmentation's is the step's loss.
     """
 
     def step(batch):

@@ -1,4 +1,4 @@
-"""The shared fit loop (runtime/loop.py): the same weights as a loop written by hand, its checks, schedule and rows."""
+"""The shared fit loop (training/loop.py): the same weights as a loop written by hand, its checks, schedule and rows."""
 from __future__ import annotations
 
 import csv
@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from infoview.errors import InfoviewError
-from infoview.runtime.loop import FitResult, NonFiniteLoss, fit, optimizer_step
-from infoview.runtime.metrics import MetricsLog
-from infoview.runtime.optim import poly_factor, set_lr, warmup_decay_factors
+from infoview.training.loop import FitResult, NonFiniteLoss, fit, optimizer_step
+from infoview.training.metrics import MetricsLog
+from infoview.training.optim import poly_factor, set_lr, warmup_decay_factors
 
 
 def _data(n: int = 20, batch: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

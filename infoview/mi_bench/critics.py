@@ -1,6 +1,6 @@
 """The training of `infoview mi-bench`: the Gaussian staircase, the stacked critics, and the loop that trains them.
 
-Its loop takes from the shared one (infoview.runtime.loop) the progress bar
+Its loop takes from the shared one (infoview.training.loop) the progress bar
 and the optimiser step, not ``fit`` itself, whose per-step work does not fit
 a benchmark of estimators:
 
@@ -27,7 +27,7 @@ import torch
 
 from infoview.errors import ConfigError
 from infoview.objectives import Objective, matrix_pairs
-from infoview.runtime.loop import optimizer_step, progress_bar
+from infoview.training.loop import optimizer_step, progress_bar
 
 CRITICS = ("separable", "concat")
 

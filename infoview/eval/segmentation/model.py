@@ -9,8 +9,8 @@ from torch import nn
 
 from infoview.config import did_you_mean
 from infoview.errors import ConfigError, InfoviewError
-from infoview.models import build_encoder
 from infoview.eval.choices import HEADS
+from infoview.models import build_encoder
 from infoview.models.encoder import is_vit
 
 #: DeepLabV3's atrous rates are given for output stride 8; they scale with 8 / stride

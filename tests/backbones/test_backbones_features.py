@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from infoview.augment.recipes import normalization
+from infoview.backbones.features import extract_features
 from infoview.data import build_loader
 from infoview.errors import InfoviewError
-from infoview.runtime.features import extract_features
 
 MEAN, STD = normalization("imagenet", None, None)
 

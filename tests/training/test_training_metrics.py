@@ -1,4 +1,4 @@
-"""The metrics log (infoview.runtime.metrics): what a full disk does to it."""
+"""The metrics log (infoview.training.metrics): what a full disk does to it."""
 from __future__ import annotations
 
 import errno
@@ -7,7 +7,7 @@ import os
 import pytest
 
 from infoview.errors import InfoviewError
-from infoview.runtime.metrics import MetricsLog
+from infoview.training.metrics import MetricsLog
 
 
 class _FullFile:

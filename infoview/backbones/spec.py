@@ -32,13 +32,13 @@ import torch
 from torch import nn
 
 from infoview.augment.recipes import normalization
+from infoview.backbones.encoder import build_encoder_from_config, encoder_from_checkpoint, resolve_checkpoint
+from infoview.backbones.export import CONFIG, build_export_encoder, is_export_dir, load_export, read_export_config
+from infoview.backbones.features import extract_features
 from infoview.data import build_loader, check_held_out, open_source
 from infoview.errors import InfoviewError
 from infoview.models import build_encoder
-from infoview.runtime.checkpoint import load_checkpoint
-from infoview.runtime.encoder import build_encoder_from_config, encoder_from_checkpoint, resolve_checkpoint
-from infoview.runtime.export import CONFIG, build_export_encoder, is_export_dir, load_export, read_export_config
-from infoview.runtime.features import extract_features
+from infoview.training.checkpoint import load_checkpoint
 from infoview.utils.device import resolve_device
 
 
