@@ -55,6 +55,9 @@ class Command:
     - ``open_sections``: sections whose keys the command checks itself;
     - ``section_resets``: ``{key: section}``, a key whose change starts its
       section afresh (``objective.name`` -> ``objective``);
+    - ``renamed``: ``{old name: new name}`` of keys that changed their name: a
+      config file or the command line may still give the old one, read as the
+      new one with a one-line note naming it;
     - ``usage``: the usage line, when the default one does not fit.
     """
 
@@ -66,6 +69,7 @@ class Command:
     positional: tuple[str, ...] = ()
     open_sections: tuple[str, ...] = ()
     section_resets: dict[str, str] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
     usage: str | None = None
 
 
@@ -167,6 +171,7 @@ def build_config(name: str, args: Sequence[str], keys: dict[str, Any] | None = N
         source=config_file or "",
         resets=command.section_resets or None,
         notes=notes,
+        renamed=command.renamed,
     )
     if file_cfg and file_cfg.get("out_dir") and "out_dir" not in overrides:
         notes.append(f"out_dir={file_cfg['out_dir']} comes from --config {config_file}; a run already there is "

@@ -81,7 +81,7 @@ def pretrain_config(cfg):
     dim = int(d["crd"]["dim"])
     d["method"] = "crd"
     d["model"] = {**student, "proj_hidden": dim, "proj_dim": dim, "proj_layers": 1, "proj_bn": False,
-                  "proj_last_bn": False, "pred_hidden": 0}
+                  "proj_last_bn": False}
     d["crd"]["teacher"] = _absolute(str(teacher))  # config.yaml names the same teacher from any folder
     return OmegaConf.create(d)
 

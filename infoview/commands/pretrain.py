@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 from infoview.commands import Command
+from infoview.pretrain.renamed import RENAMED
 from infoview.schema import Key
 
 
@@ -95,7 +96,6 @@ def own_keys() -> dict[str, Any]:
             "proj_layers": Key(2, "Linear layers of the projection head; 0 = no head (identity)", min=0),
             "proj_bn": Key(True, "BatchNorm after each hidden Linear of the projection head"),
             "proj_last_bn": Key(False, "BatchNorm (no affine) after the projection head's last Linear"),
-            "pred_hidden": Key(0, "hidden width of a predictor on the queries (method=moco); 0 = none", min=0),
             "sync_bn": Key(False, "SyncBatchNorm across processes under DDP"),
         },
         # open: the objective's own keys (objective.alpha, ...) are checked against its signature when it is built
@@ -204,6 +204,7 @@ COMMAND = Command(
     check_launch=_check_launch,
     open_sections=OPEN_SECTIONS,
     section_resets=SECTION_RESETS,
+    renamed=RENAMED,
 )
 
 

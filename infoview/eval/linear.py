@@ -331,8 +331,8 @@ PROBE_VIEW_OVERRIDES = {"jitter.p": 0.0, "grayscale.p": 0.0, "blur.p": 0.0, "sol
 
 
 def run(cfg) -> dict:
-    t = cfg.train
-    _check_settings(t.epochs, t.batch_size, t.lr, t.weight_decay, 0.9, "standardize")  # before any extraction
+    t, o = cfg.train, cfg.optim
+    _check_settings(t.epochs, t.batch_size, o.lr, o.weight_decay, 0.9, "standardize")  # before any extraction
     with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "linear"), "linear.json", cfg.overwrite,
                             "linear") as out:
         with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} images per batch of the frozen encoder and "
@@ -345,8 +345,8 @@ def _run(cfg, out) -> dict:
     t = cfg.train
     bb, device, (xtr, ytr), (xte, yte), (source, test_source) = frozen_splits(cfg, "linear")
     d = cfg.data
-    settings = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, seed=t.seed,
-                    device=device, progress=t.progress)
+    settings = dict(epochs=t.epochs, batch_size=t.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                    seed=t.seed, device=device, progress=t.progress)
     if cfg.augment:
         views = build_views("simclr", bb.size, num_views=1, seed=t.seed, normalize=bb.normalize,
                             overrides=PROBE_VIEW_OVERRIDES)

@@ -48,24 +48,39 @@ def _finite_or_none(x: float, ndigits: int = 5):
 # --------------------------------------------------------------------------- command
 
 
+#: the sections of the command's keys (``data.levels``, ...); the run reads them as one flat dict of their leaves
+SECTIONS = ("data", "model", "optim", "train")
+
+
+def _flat(cfg) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(the keys as one flat dict of leaves, {leaf: its dotted key})``: results.json keeps the leaves' names."""
+    c = {k: cfg[k] for k in cfg if k not in SECTIONS}
+    names = {k: k for k in c}
+    for section in SECTIONS:
+        for key in cfg.get(section) or {}:
+            c[key], names[key] = cfg[section][key], f"{section}.{key}"
+    return c, names
+
+
 def _check_cfg(cfg) -> dict[str, Any]:
-    c = {k: cfg[k] for k in cfg}
+    c, name = _flat(cfg)
     levels = c["levels"]
     if isinstance(levels, (int, float)) and not isinstance(levels, bool):
         levels = [levels]
     if not levels or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in levels):
-        raise ConfigError(f"levels must be a list of positive MI values in nats, e.g. [2,4,6], got {levels!r}")
+        raise ConfigError(f"{name['levels']} must be a list of positive MI values in nats, e.g. [2,4,6], "
+                          f"got {levels!r}")
     c["levels"] = [int(v) if float(v).is_integer() else float(v) for v in levels]
     minimum = {"dim": 1, "steps_per_level": 1, "batch_size": 2, "hidden": 1, "layers": 1, "embed_dim": 1}
     for key, low in minimum.items():
         if c[key] < low:
-            raise ConfigError(f"{key} must be at least {low}, got {c[key]}")
+            raise ConfigError(f"{name[key]} must be at least {low}, got {c[key]}")
     if c["threads"] < 0:
-        raise ConfigError(f"threads must be 0 (torch's default) or a positive count, got {c['threads']}")
+        raise ConfigError(f"{name['threads']} must be 0 (torch's default) or a positive count, got {c['threads']}")
     if not c["lr"] > 0:
-        raise ConfigError(f"lr must be positive, got {c['lr']}")
+        raise ConfigError(f"{name['lr']} must be positive, got {c['lr']}")
     if c["critic"] not in CRITICS:
-        raise ConfigError(f"critic must be one of {', '.join(CRITICS)}, got '{c['critic']}'")
+        raise ConfigError(f"{name['critic']} must be one of {', '.join(CRITICS)}, got '{c['critic']}'")
     if c["alpha"] == "floor":
         c["alpha"] = alpha_floor(c["batch_size"], c["batch_size"])  # an n x n matrix: n rows, m = n
     elif c["alpha"] is not None:

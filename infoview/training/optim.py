@@ -155,7 +155,6 @@ def build_optimizer(
     exclude: Iterable[torch.Tensor] = (),
     nesterov: bool | None = None,
     no_decay: Iterable[str] | None = None,
-    section: str = "optim",
     fused: bool | None = None,
 ) -> torch.optim.Optimizer:
     """An optimiser over ``model``'s trainable parameters (plus ``extra_groups``).
@@ -166,9 +165,9 @@ def build_optimizer(
     ``nesterov``: for ``sgd`` and ``lars``, None keeps timm's choice (Nesterov
     momentum), False is classical momentum. ``no_decay``: endings of parameter
     names that get no weight decay, in place of the names timm models list in
-    ``no_weight_decay()`` (1-d parameters never get it either way). ``section``:
-    the config section whose keys an error names (``optim``; ``train`` for the evaluators).
-    ``fused``: torch's fused kernel for ``sgd`` and ``adamw`` (one launch for
+    ``no_weight_decay()`` (1-d parameters never get it either way); errors name
+    the ``optim.*`` keys, every command's. ``fused``: torch's fused kernel for
+    ``sgd`` and ``adamw`` (one launch for
     all parameters on a GPU, where a step is otherwise dozens of small ones);
     None leaves torch's default (its multi-tensor ``foreach`` path).
     """
@@ -179,9 +178,9 @@ def build_optimizer(
             f"unknown optimizer '{name}'" + did_you_mean(name, OPTIMIZERS) + f" Optimizers: {', '.join(OPTIMIZERS)}"
         )
     if not lr > 0:
-        raise ConfigError(f"{section}.lr must be positive, got {lr}")
+        raise ConfigError(f"optim.lr must be positive, got {lr}")
     if weight_decay < 0:
-        raise ConfigError(f"{section}.weight_decay must be >= 0, got {weight_decay}")
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {weight_decay}")
     skip = {id(p) for p in exclude}
     if no_decay is None:
         listed = _no_decay_names(model)
@@ -200,8 +199,8 @@ def build_optimizer(
         kwargs["nesterov"] = bool(nesterov)
     if fused is not None:
         if fused and name not in FUSED:
-            raise ConfigError(f"{section}.fused=true: {name} has no fused kernel (torch fuses {', '.join(FUSED)}); "
-                              f"use {section}.fused=null")
+            raise ConfigError(f"optim.fused=true: {name} has no fused kernel (torch fuses {', '.join(FUSED)}); "
+                              "use optim.fused=null")
         kwargs["fused"] = bool(fused)
     opt = create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=weight_decay, **kwargs)
     for g in opt.param_groups:

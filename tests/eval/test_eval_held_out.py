@@ -153,7 +153,7 @@ def test_an_out_dir_that_is_a_file_is_refused_before_any_work(cifar_checkpoint, 
 def test_bad_settings_fail_before_any_extraction(cifar_checkpoint, tmp_path, capsys, no_extraction):
     assert run("knn", f"backbone={cifar_checkpoint}", "knn.k=0", f"out_dir={tmp_path}") == 2
     assert "k must be a positive integer" in capsys.readouterr().err
-    assert run("linear", f"backbone={cifar_checkpoint}", "train.lr=-1", f"out_dir={tmp_path}") == 2
+    assert run("linear", f"backbone={cifar_checkpoint}", "optim.lr=-1", f"out_dir={tmp_path}") == 2
     assert "lr must be" in capsys.readouterr().err
 
 

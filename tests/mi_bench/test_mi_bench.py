@@ -10,7 +10,10 @@ from infoview.commands.mi_bench import DEFAULTS
 from infoview.schema import defaults
 
 # a tiny critic and a few steps: seconds on two CPU cores
-TINY = ["steps_per_level=6", "batch_size=16", "hidden=32", "embed_dim=8", "levels=[2,4]", "threads=1"]
+TINY = ["train.steps_per_level=6", "data.batch_size=16", "model.hidden=32", "model.embed_dim=8", "data.levels=[2,4]",
+        "train.threads=1"]
+#: the same, by the flat names of main
+TINY_ON_MAIN = ["steps_per_level=6", "batch_size=16", "hidden=32", "embed_dim=8", "levels=[2,4]", "threads=1"]
 
 
 def _run(tmp_path, *args, name="run"):
@@ -81,7 +84,7 @@ def test_unknown_estimator_parameter_is_an_error(tmp_path, capsys):
 
 
 def test_bad_critic_is_an_error(tmp_path, capsys):
-    rc, _ = _run(tmp_path, *TINY, "critic=bilinear")
+    rc, _ = _run(tmp_path, *TINY, "model.critic=bilinear")
     assert rc == 2
     assert "separable" in capsys.readouterr().err
 
@@ -105,13 +108,23 @@ def test_parse_estimators_keys_and_params():
 
 
 def test_same_seed_same_results(tmp_path):
-    args = [*TINY, "estimators=infonce,nwj", "critic=concat", "batch_size=8"]
-    assert _run(tmp_path, *args, "seed=3", name="a")[0] == 0
-    assert _run(tmp_path, *args, "seed=3", name="b")[0] == 0
-    assert _run(tmp_path, *args, "seed=4", name="c")[0] == 0
+    args = [*TINY, "estimators=infonce,nwj", "model.critic=concat", "data.batch_size=8"]
+    assert _run(tmp_path, *args, "train.seed=3", name="a")[0] == 0
+    assert _run(tmp_path, *args, "train.seed=3", name="b")[0] == 0
+    assert _run(tmp_path, *args, "train.seed=4", name="c")[0] == 0
     a, b, c = (_results(tmp_path / n)["estimates"] for n in "abc")
     assert a == b
     assert a != c
+
+
+def test_the_flat_keys_of_main_still_run_alike_each_with_a_note(tmp_path, capsys):
+    assert _run(tmp_path, *TINY, "estimators=infonce", name="new")[0] == 0
+    capsys.readouterr()
+    assert _run(tmp_path, *TINY_ON_MAIN, "estimators=infonce", "seed=0", name="old")[0] == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if " is now " in line]
+    assert len(notes) == 7 and "infoview mi-bench: steps_per_level is now train.steps_per_level" in notes[0]
+    new, old = _results(tmp_path / "new"), _results(tmp_path / "old")
+    assert new["estimates"] == old["estimates"] and new["steps_per_level"] == old["steps_per_level"] == 6
 
 
 def test_staircase_rho_gives_the_level():
@@ -127,7 +140,8 @@ def test_critics_learn_the_staircase(tmp_path):
     # and 3.54-3.57 at level 6; ML-CPC with alpha = 0.01 reaches 1.56-1.65 and
     # 3.77-4.03.
     rc, out = _run(
-        tmp_path, "steps_per_level=300", "levels=[2,6]", "estimators=infonce,ml_cpc", "alpha=0.01", "seed=1"
+        tmp_path, "train.steps_per_level=300", "data.levels=[2,6]", "estimators=infonce,ml_cpc", "alpha=0.01",
+        "train.seed=1"
     )
     assert rc == 0
     est = _results(out)["estimates"]

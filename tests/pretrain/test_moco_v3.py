@@ -76,7 +76,7 @@ def test_it_is_listed_with_its_keys_and_defaults(capsys):
 
 
 @pytest.mark.parametrize("override,message", [
-    (["model.pred_hidden=8"], "set model.pred_hidden=0"),
+    (["moco.pred_hidden=8"], "moco.pred_hidden=8 configures method=moco, and this run is method=moco_v3"),
     (["moco_v3.momentum=0.9", "moco_v3.momentum_final=0.5"], "moco_v3.momentum_final=0.5 must be in"),
     (["moco_v3.freeze_patch_embed=true"], "moco_v3.freeze_patch_embed=true freezes a ViT's patch projection"),
     (["moco_v3.temperature=0"], "moco_v3.temperature"),

@@ -88,11 +88,11 @@ def test_a_non_finite_loss_stops_with_one_line_naming_the_step():
         return bad, {"ce": loss, "bad": bad}
 
     with pytest.raises(NonFiniteLoss) as info:
-        fit(step, opt, _data(), steps=10, desc="segment train", hint="lower train.lr")
+        fit(step, opt, _data(), steps=10, desc="segment train", hint="lower optim.lr")
     message = str(info.value)
     assert "\n" not in message and isinstance(info.value, InfoviewError)
     assert message.startswith("segment train: the loss is inf at step 3 (lr 0.5, ce ")
-    assert "bad inf" in message and message.endswith("; lower train.lr")
+    assert "bad inf" in message and message.endswith("; lower optim.lr")
 
     ref, ref_opt = _model_and_optimizer()  # it stopped before that step's backward: the weights of 3 steps
     fit(lambda b: F.cross_entropy(ref(b[0]), b[1]), ref_opt, _data(), steps=3)

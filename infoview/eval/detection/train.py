@@ -15,10 +15,10 @@ from infoview.training.optim import build_optimizer, cut_schedule, warmup_decay_
 NO_DECAY = ("pos_embed", "cls_token", "reg_token")
 
 
-def detection_optimizer(model: nn.Module, t) -> torch.optim.Optimizer:
-    """SGD with classical momentum, or AdamW with beta1 = train.momentum; no weight decay on 1-d params and tokens."""
-    return build_optimizer(t.optimizer, model, section="train", lr=float(t.lr), weight_decay=float(t.weight_decay),
-                           momentum=float(t.momentum), betas=(float(t.momentum), 0.999), nesterov=False,
+def detection_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
+    """SGD with classical momentum, or AdamW with beta1 = optim.momentum; no weight decay on 1-d params and tokens."""
+    return build_optimizer(o.name, model, lr=float(o.lr), weight_decay=float(o.weight_decay),
+                           momentum=float(o.momentum), betas=(float(o.momentum), 0.999), nesterov=False,
                            no_decay=NO_DECAY)
 
 
@@ -49,11 +49,11 @@ def train(net: nn.Module, model: nn.Module, train_set, cfg, info: D.DistInfo, de
     averaged over the processes so that all of them stop together on a loss
     that is not finite; the lr follows Detectron2's warm-up and decay.
     """
-    t = cfg.train
-    warm, cut = cut_schedule(int(t.warmup_steps), total, int(t.epochs) * steps_per_epoch, steps_per_epoch)
+    t, o = cfg.train, cfg.optim
+    warm, cut = cut_schedule(int(o.warmup_steps), total, int(t.epochs) * steps_per_epoch, steps_per_epoch)
     if cut and info.is_main:
         print(f"infoview detect: {cut}", file=sys.stderr, flush=True)
-    optimizer = detection_optimizer(model, t)
+    optimizer = detection_optimizer(model, o)
     sampler, loader = _loader(train_set, cfg, info, device, per_rank, masks=cfg.task == "segm")
 
     def epoch(number: int):
@@ -69,9 +69,9 @@ def train(net: nn.Module, model: nn.Module, train_set, cfg, info: D.DistInfo, de
     net.train()
     return fit(
         step, optimizer, epoch, steps=total, steps_per_epoch=steps_per_epoch,
-        schedule=lambda s: warmup_decay_factors(s, total, warm, t.schedule, t.milestones),
-        clip_grad=float(t.clip_grad), clip_params=[p for p in model.parameters() if p.requires_grad],
+        schedule=lambda s: warmup_decay_factors(s, total, warm, o.schedule, o.milestones),
+        clip_grad=float(o.clip_grad), clip_params=[p for p in model.parameters() if p.requires_grad],
         amp_dtype=torch.bfloat16 if t.precision == "bf16" else None, reduce=D.all_reduce_mean,
         log_every=max(int(t.log_every), 1), progress=bool(t.progress and info.is_main), desc="detect",
-        hint="lower train.lr or raise train.warmup_steps, or set train.clip_grad",
+        hint="lower optim.lr or raise optim.warmup_steps, or set optim.clip_grad",
     )

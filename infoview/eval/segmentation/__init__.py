@@ -117,7 +117,7 @@ def train_head(model, loader, steps, optimizer, mean, std, ignore_index, device,
 
     model.train()
     return fit(step, optimizer, loader, steps=steps, schedule=lambda s: poly_factor(s, steps), progress=progress,
-               desc="segment train", hint="lower train.lr").losses
+               desc="segment train", hint="lower optim.lr").losses
 
 
 @torch.no_grad()
@@ -202,7 +202,7 @@ def _build(cfg, num_classes: int, device: torch.device):
 def _result(cfg, bb, model: SegmentationModel, stride_note: str, data: _Data, conf, n_val: int,
             losses: list[float], steps: int, seconds: tuple[float, float], device, out) -> dict:
     """segment.json but its time_s: the scores, then what was trained on what, and how."""
-    d, t = cfg.data, cfg.train
+    d, o = cfg.data, cfg.optim
     train_src, val_src, ignore_index = data.train_src, data.val_src, data.ignore_index
     metrics = segmentation_metrics(conf, ignore_index, train_src.class_names)
     tail = losses[-max(1, min(10, len(losses))):]
@@ -230,8 +230,8 @@ def _result(cfg, bb, model: SegmentationModel, stride_note: str, data: _Data, co
         "steps": steps,
         "epochs": round(steps / max(len(data.train_loader), 1), 2),
         "batch_size": d.batch_size,
-        "optimizer": t.optimizer,
-        "lr": t.lr,
+        "optimizer": o.name,
+        "lr": o.lr,
         "final_loss": round(sum(tail) / len(tail), 4) if losses else None,
         "device": str(device),
         "train_s": round(seconds[0], 2),
@@ -270,8 +270,8 @@ def _run(cfg, out, start: float) -> dict:
     bb, model, stride_note, mean, std = _build(cfg, data.num_classes, device)
     steps = int(t.max_steps) if t.max_steps > 0 else int(t.epochs) * len(data.train_loader)
 
-    optimizer = build_optimizer(t.optimizer, model, section="train", lr=t.lr, weight_decay=t.weight_decay,
-                                momentum=t.momentum)
+    o = cfg.optim
+    optimizer = build_optimizer(o.name, model, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
     t0 = time.perf_counter()
     losses = train_head(model, data.train_loader, steps, optimizer, mean, std, data.ignore_index, device, t.progress)
     train_s = time.perf_counter() - t0

@@ -61,7 +61,6 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     method_temperature,
     projector_from_config,
-    refuse_predictor,
     register_method,
 )
 from infoview.schema import Key
@@ -103,7 +102,6 @@ class CMC(Method):
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "CMC":
         if getattr(encoder, "streams", "rgb") != "lab":
             raise ConfigError("method=cmc contrasts the L and ab halves of the encoder: set model.streams=lab")
-        refuse_predictor(cfg)
         a = cfg.augment
         specs = resolve(a.recipe, int(a.size), int(a.num_views), overrides=OmegaConf.to_container(a.overrides) or None)
         grey = max(float(s.ops["grayscale"]["p"]) for s in specs)

@@ -17,7 +17,6 @@ from infoview.pretrain.methods.base import (
     at_most,
     method_temperature,
     projector_from_config,
-    refuse_predictor,
     register_method,
 )
 from infoview.schema import Key
@@ -124,7 +123,6 @@ class CRD(Method):
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "CRD":
         from infoview.backbones.spec import load_backbone_spec
 
-        refuse_predictor(cfg)
         c = cfg.crd
         if not str(c.teacher).strip():
             raise ConfigError("crd.teacher (teacher=) is not set: give a pretraining run, checkpoint, export "

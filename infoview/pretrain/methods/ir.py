@@ -55,7 +55,6 @@ from infoview.pretrain.methods.base import (
     at_most,
     method_temperature,
     projector_from_config,
-    refuse_predictor,
     register_method,
 )
 from infoview.schema import Key
@@ -88,7 +87,6 @@ class InstanceRecognition(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "InstanceRecognition":
-        refuse_predictor(cfg)
         ic = cfg.ir
         proj = projector_from_config(cfg.model, encoder.feature_dim)
         return cls(encoder, proj, objective, num_classes, num_samples=num_samples,

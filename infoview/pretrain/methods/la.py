@@ -15,7 +15,6 @@ from infoview.pretrain.methods.base import (
     at_most,
     method_temperature,
     projector_from_config,
-    refuse_predictor,
     register_method,
 )
 from infoview.schema import Key
@@ -182,7 +181,6 @@ class LocalAggregation(Method):
             got = f"objective.name={cfg.objective.name}" + "".join(f", objective.{k}={v}" for k, v in extra.items())
             raise ConfigError(f"method=la trains with its own loss: leave objective.* at its default "
                               f"(objective.name=infonce, no other keys), got {got}")
-        refuse_predictor(cfg)
         c = cfg.la
         return cls(
             encoder, projector_from_config(cfg.model, encoder.feature_dim), objective, num_classes, num_samples,

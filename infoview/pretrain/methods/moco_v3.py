@@ -14,7 +14,6 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     method_temperature,
     projector_from_config,
-    refuse_predictor,
     register_method,
 )
 from infoview.schema import Key
@@ -118,7 +117,6 @@ class MoCoV3(Method):
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "MoCoV3":
         mc = cfg.moco_v3
-        refuse_predictor(cfg)
         proj = projector_from_config(cfg.model, encoder.feature_dim)
         pred = None
         if mc.pred_hidden:
