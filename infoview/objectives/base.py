@@ -92,6 +92,14 @@ class Objective(nn.Module):
         if "compute" in cls.__dict__:
             cls._compute_takes_k = "k" in inspect.signature(cls.compute).parameters
 
+    @classmethod
+    def known_mi_grid(cls, m: int) -> list[dict]:
+        """The parameters at which ``.mi`` is checked against critics of known MI on score matrices of ``m``
+        candidates per row (tests/objectives/test_objectives_exact_critic.py runs every registered objective at
+        its grid, so registering one tests it). By default its defaults; a family whose bound is claimed over a
+        range of a parameter lists that range, ends included."""
+        return [{}]
+
     def forward(self, pos: torch.Tensor, neg: torch.Tensor, k: int | None = None) -> ObjectiveOutput:
         pos, neg, k = check_scores(pos, neg, k)
         with _no_autocast(pos):
