@@ -107,16 +107,17 @@ def test_every_key_of_every_command_has_one_line_of_help_and_a_default_it_accept
             assert not leaf.violation(leaf.default), f"{where}: its default {leaf.default!r} breaks its own bounds"
 
 
-def test_the_choices_copied_into_light_command_modules_are_the_work_modules_own():
-    """Lists that live in modules importing torch (which `infoview --help` must not) are repeated in the
-    command modules; the lists of the pretrain command and of the methods are the modules' own."""
+def test_the_choices_the_light_command_modules_offer_are_the_work_modules_own():
+    """The lists live in modules that import nothing (data/choices.py, training/choices.py), which the work's
+    modules and the command modules both import: nothing is copied by hand, and `infoview --help` stays free
+    of torch (tests/test_cli.py)."""
     from infoview.commands import _frozen, prepare
     from infoview.data import beton, loader
     from infoview.eval import choices
     from infoview.training import optim
 
-    assert _frozen.LOADER_BACKENDS == loader.BACKENDS and prepare.WRITE_MODES == beton.WRITE_MODES
-    assert choices.SCHEDULES == optim.DECAYS  # detect's schedules are training.optim's decays
+    assert _frozen.LOADER_BACKENDS is loader.BACKENDS and prepare.WRITE_MODES is beton.WRITE_MODES
+    assert choices.SCHEDULES is optim.DECAYS  # detect's schedules are training.optim's decays
 
 
 @pytest.mark.parametrize("args, message", [

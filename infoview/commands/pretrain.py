@@ -48,10 +48,10 @@ def own_keys() -> dict[str, Any]:
     built on first use, as the method sections are."""
     from infoview.augment.recipes import NORMALIZATION, RECIPES
     from infoview.augment.views import BACKENDS as VIEW_BACKENDS
-    from infoview.data.loader import BACKENDS as LOADER_BACKENDS, DECODES
+    from infoview.data.choices import BACKENDS as LOADER_BACKENDS, DECODES
     from infoview.models.encoder import STREAMS
     from infoview.pretrain.building import PRECISIONS
-    from infoview.training.optim import SCALING_RULES
+    from infoview.training.choices import SCALING_RULES
 
     return {
         "out_dir": Key("runs/pretrain", "where config.yaml, checkpoints/, metrics.csv, tb/ and curves.png go"),

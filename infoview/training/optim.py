@@ -33,11 +33,7 @@ from torch import nn
 
 from infoview.config import did_you_mean
 from infoview.errors import ConfigError
-
-OPTIMIZERS = ("sgd", "lars", "adamw")
-FUSED = ("sgd", "adamw")  #: the optimizers torch has a fused kernel for
-SCALING_RULES = ("linear", "sqrt", "none")
-DECAYS = ("step", "cosine")  #: what follows the warm-up in :func:`warmup_decay_factors`
+from infoview.training.choices import DECAYS, FUSED, OPTIMIZERS, SCALING_RULES
 WARMUP_START = 0.001  #: the lr at step 0 as a fraction of the peak (Detectron2's WarmupParamScheduler default)
 POLY_POWER = 0.9  #: the exponent of the poly schedule (DeepLab's)
 
