@@ -45,7 +45,7 @@ $(VENV)/.installed-%: setup.py constraints.txt | $(BIN)/python
 test: sysdeps $(VENV)/.installed-dev,ffcv,detection
 	$(BIN)/python -m pytest
 
-# The demo: SimCLR + ML-CPC on scikit-learn's digits (configs/demo.yaml), then a
+# The demo: SimCLR + ML-CPC on scikit-learn's digits (infoview/configs/demo.yaml), then a
 # linear probe on the frozen features of the pretrained encoder and of the same
 # encoder at its initial weights: the README tour's first lines, into runs/demo
 # (the probes in their default folders, runs/demo/linear and linear_random).

@@ -26,6 +26,8 @@ setup(
     # infoview in the working directory (the clone's own, seen from its parent) was imported instead as an
     # empty namespace package (tests/test_install.py).
     package_dir={"": "."},
+    # the presets (`--config demo`) ship inside the package: a wheel or a plain `pip install .` has them too
+    package_data={"infoview": ["configs/*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "torchvision",

@@ -20,7 +20,7 @@ initial weights. A budget names its encoder, length and machine:
   objectives_cifar10.yaml, 10 epochs of 256 (1,950 steps), the training split
   held in memory (data.backend=resident); about 15 minutes a run on 2 cores.
 - ``gpu-r18-100ep``: the one-GPU preset's ResNet-18 with the CIFAR stem
-  (configs/simclr_infonce_cifar10_1gpu.yaml's encoder, views and SGD),
+  (infoview/configs/simclr_infonce_cifar10_1gpu.yaml's encoder, views and SGD),
   100 epochs of 512 on one GPU; MoCo and IR with their keys as above.
 
 Runs are done in the order of the plan: every claim's pair at seed 0 first,

@@ -14,7 +14,7 @@ and per_epoch_s = kmeans_s + steps_per_epoch x step_s, steps = samples // batch 
 ``*_cpu_s`` fields are the process's CPU time, what a shared machine's load does not inflate). The encoder's own cost
 is not in it (the same as any method's on one view). Prints one JSON line.
 
-    python benchmarks/la_cost.py                      # configs/la_cifar10.yaml's settings, CPU
+    python benchmarks/la_cost.py                      # infoview/configs/la_cifar10.yaml's settings, CPU
     python benchmarks/la_cost.py --device cuda
 """
 from __future__ import annotations

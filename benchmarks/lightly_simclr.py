@@ -6,7 +6,7 @@ and tutorials): torchvision's ``ImageFolder`` with lightly's ``SimCLRTransform``
 per image in the workers), a torch ``DataLoader`` on all cores (shuffled,
 pinned, persistent workers), lightly's ``NTXentLoss`` (temperature 0.5), plain
 ``torch.optim.SGD``. The model is the one infoview trains with the same preset
-(``configs/simclr_infonce_cifar10_1gpu.yaml``: the ResNet-18 with the CIFAR stem
+(``infoview/configs/simclr_infonce_cifar10_1gpu.yaml``: the ResNet-18 with the CIFAR stem
 and the 512-512-128 projection head, built by infoview so that both sides run
 the same network), at the same batch and precision (bf16 autocast on a GPU),
 channels-last on a GPU as ours: the peer is not handicapped.
@@ -71,9 +71,9 @@ def peer_parts():
 
 def our_model(device: torch.device, channels_last: bool) -> torch.nn.Module:
     """The preset's encoder and projection head, as infoview builds them."""
+    from infoview.backbones.encoder import build_encoder_from_config
     from infoview.commands import build_config
     from infoview.models.heads import projector
-    from infoview.runtime.encoder import build_encoder_from_config
 
     _, cfg = build_config("pretrain", ["--config", PRESET])
     m = cfg.model

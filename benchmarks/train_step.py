@@ -267,7 +267,7 @@ def device_name(device: torch.device) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=None,
-                    help="preset name (configs/) or YAML path; default demo, or engine defaults with --case")
+                    help="preset name (infoview/configs/) or YAML path; default demo, or engine defaults with --case")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override, repeatable (e.g. --set model.arch=resnet50); applied last")
     ap.add_argument("--case", choices=CASES, default=None, help="a standard case (see the module docstring)")
@@ -374,8 +374,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from infoview.commands import build_config
     from infoview.errors import InfoviewError
-    from infoview.runtime import distributed as D
     from infoview.pretrain.engine import Trainer
+    from infoview.training import distributed as D
 
     case_preset, case_overrides, case_min_steps = case_settings(args.case) if args.case else (None, [], 0)
     preset = args.config if args.config is not None else (case_preset if args.case else "demo")

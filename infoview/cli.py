@@ -11,12 +11,13 @@ import contextlib
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-from infoview import __version__, schema
+from infoview import schema
 from infoview.commands import build_config, load_command, names
 from infoview.errors import InfoviewError, Interrupted
-from infoview.runtime.signals import ctrl_c_answered
+from infoview.training.signals import ctrl_c_answered
+from infoview.version import __version__
 
 
 def _usage() -> str:
@@ -34,7 +35,7 @@ def _usage() -> str:
         "`infoview <command> --help` (or `infoview help <command>`) lists the command's keys and",
         "their defaults; `infoview list presets|objectives|methods|sources|recipes|archs` lists names.",
         "Keys are dotted (optim.lr=0.1); --config reads a YAML file (a path, or a preset",
-        "name from configs/) and key=value arguments override it.",
+        "name: `infoview list presets`) and key=value arguments override it.",
     ]
     return "\n".join(lines)
 
@@ -105,6 +106,26 @@ def _outputs_may_close():
         yield
     finally:
         sys.stdout, sys.stderr = saved
+
+
+def run(command: str, *args: str, config: str | os.PathLike | None = None, **keys: Any) -> dict | None:
+    """Run ``infoview <command>`` from Python and return what it returns (the figures the CLI prints as JSON).
+
+    ``args`` are the command-line arguments as text (``"train.epochs=2"``, a positional such as the source of
+    ``prepare``); ``config`` is ``--config``: a YAML path or a preset's name; ``keys`` are keys with Python
+    values, a section as a dict (``out_dir="runs/x", train={"epochs": 2}``). Bad input raises the one-line
+    :class:`~infoview.errors.InfoviewError` (or ConfigError) the CLI would print, before any work.
+    ``launch`` takes its arguments as text only (``run("launch", "pretrain", "--config", "demo")``).
+    """
+    argv = [*([f"--config={os.fspath(config)}"] if config is not None else []), *map(str, args)]
+    module = load_command(command)
+    if hasattr(module, "main"):  # a command that parses its own arguments
+        if keys:
+            raise InfoviewError(f"infoview {command} takes its arguments as text: run({command!r}, "
+                                f"'key=value', ...), not {sorted(keys)[0]}=...")
+        return module.main(argv)
+    module, cfg = build_config(command, argv, keys)
+    return module.run(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

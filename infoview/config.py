@@ -29,7 +29,8 @@ from infoview.errors import ConfigError
 from infoview.utils.io import atomic_write_text
 from infoview.utils.provenance import provenance
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: the presets (``--config demo``), shipped inside the package so that every install has them
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -219,10 +220,12 @@ def read_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML config with the safe loader; errors name the file."""
     p = Path(path)
     if not p.exists() and not p.suffix and (CONFIG_DIR / f"{p}.yaml").exists():
-        p = CONFIG_DIR / f"{p}.yaml"  # ``--config demo`` finds configs/demo.yaml
+        p = CONFIG_DIR / f"{p}.yaml"  # ``--config demo`` finds infoview/configs/demo.yaml
     if not p.is_file():
         presets = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
         hint = f" Presets: {', '.join(presets)}" if presets else ""
+        if p.stem in presets:  # configs/demo.yaml, the presets' folder before they moved into the package
+            hint = f" The preset of that name is --config {p.stem}." + hint
         raise ConfigError(f"config file '{path}' does not exist.{hint}")
     try:
         data = load_yaml(p.read_text(encoding="utf-8"), f"config file '{p}'")
@@ -236,6 +239,33 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+def rename_keys(layer: Mapping[str, Any], renamed: Mapping[str, str], where: str,
+                notes: list[str] | None = None) -> dict[str, Any]:
+    """``layer`` (dotted keys; a section may be a dict) with every old name of ``renamed`` (``{old: new}``)
+    given its new name, and one note per old name ("train.lr is now optim.lr (in x)"). A layer that gives a
+    key under both names is a ConfigError."""
+    out: dict[str, Any] = {}
+    for key, value in layer.items():
+        inner = isinstance(value, Mapping) and value and any(old.startswith(key + ".") for old in renamed)
+        for k, v in (flatten(value, key + ".").items() if inner else [(key, value)]):
+            new = renamed.get(k)
+            if new is not None:
+                if new in layer or new in out:
+                    raise ConfigError(f"{k} and {new} are one key ({where}): {k} is its old name; give {new} only")
+                if notes is not None:
+                    notes.append(f"{k} is now {new} ({where}); read as {new}")
+                k = new
+            out[k] = v
+    return out
+
+
+def renamed_tree(tree: Mapping, renamed: Mapping[str, str], where: str, notes: list[str] | None = None) -> dict:
+    """A saved config (a checkpoint's, a run's config.yaml) written with old key names, in today's names."""
+    if not any(old in (flat := flatten(tree)) for old in renamed):
+        return dict(tree)
+    return _nested(rename_keys(flat, renamed, where, notes))
+
+
 def resolve(
     defaults: Mapping,
     file_cfg: Mapping | None = None,
@@ -244,18 +274,24 @@ def resolve(
     source: str = "",
     resets: Mapping[str, str] | None = None,
     notes: list[str] | None = None,
+    renamed: Mapping[str, str] | None = None,
 ) -> DictConfig:
     """Merge ``defaults`` <- ``file_cfg`` <- ``overrides`` with checked keys.
 
     ``resets``: ``{key: section}``; a layer that changes ``key`` drops what
     earlier layers put in ``section`` (open keys are removed, fixed keys go
     back to their defaults). What is dropped is appended to ``notes``.
+    ``renamed``: ``{old name: new name}`` of keys that changed their name;
+    either layer may give the old one, which is read as the new one with a
+    note (:func:`rename_keys`).
     """
     merge = _Merge(defaults, open_sections, resets, notes)
+    renamed = renamed or {}
     if file_cfg:
-        merge.layer(flatten(file_cfg), f"in {source or 'the config file'}")
+        where = f"in {source or 'the config file'}"
+        merge.layer(rename_keys(flatten(file_cfg), renamed, where, notes), where)
     if overrides:
-        merge.layer(dict(overrides), "on the command line")
+        merge.layer(rename_keys(dict(overrides), renamed, "on the command line", notes), "on the command line")
     return _tree(merge.merged)
 
 
@@ -337,6 +373,11 @@ class _Merge:
 
 def _tree(merged: Mapping[str, Any]) -> DictConfig:
     """Flat dotted keys -> the nested config."""
+    return OmegaConf.create(_nested(merged))
+
+
+def _nested(merged: Mapping[str, Any]) -> dict:
+    """Flat dotted keys -> nested dicts."""
     tree: dict = {}
     for key, value in merged.items():
         node = tree
@@ -348,7 +389,7 @@ def _tree(merged: Mapping[str, Any]) -> DictConfig:
         if isinstance(node.get(parts[-1]), dict) and value == {}:
             continue  # an open section's {} beside keys inside it: the keys win
         node[parts[-1]] = value
-    return OmegaConf.create(tree)
+    return tree
 
 
 def save_config(cfg: DictConfig | Mapping, path: str | os.PathLike, extra: Mapping | None = None) -> Path:

@@ -38,7 +38,7 @@ def test_unknown_key_is_a_one_line_error(capsys):
     assert main(["mi-bench", "steps_per_lvl=3"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "did you mean 'steps_per_level'" in err
+    assert "did you mean 'train.steps_per_level'" in err
 
 
 def test_missing_config_file(capsys, tmp_path):

@@ -62,6 +62,15 @@ def test_bad_files(tmp_path):
         read_yaml(scalar)
 
 
+def test_presets_ship_in_the_package_and_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the preset comes from the package
+    assert read_yaml("demo")["objective"]["name"] == "ml_cpc"
+    # the presets' folder before they moved into the package: the error names the preset to give instead
+    with pytest.raises(ConfigError, match=r"'configs/demo.yaml' does not exist. The preset of that name is "
+                                          r"--config demo\. Presets: .*demo"):
+        read_yaml("configs/demo.yaml")
+
+
 def test_open_section_takes_any_key():
     cfg = resolve(DEFAULTS, None, parse_overrides(["objective.alpha=0.1"]), open_sections=["objective"])
     assert cfg.objective.alpha == 0.1
@@ -218,3 +227,18 @@ def test_a_presets_out_dir_is_named_when_the_command_line_gives_none(capsys):
     assert "give out_dir=<folder> for a new one" in err
     build_config("pretrain", ["--config", "demo", "out_dir=runs/mine"])
     assert "out_dir" not in capsys.readouterr().err
+
+
+def test_a_renamed_key_is_read_under_its_new_name_with_a_note_from_a_file_or_the_command_line(tmp_path):
+    renamed = {"train.lr": "optim.lr"}
+    f = tmp_path / "old.yaml"
+    f.write_text("train:\n  lr: 0.02\n  epochs: 3\n")  # as a config of an earlier version holds it
+    notes: list[str] = []
+    cfg = resolve(DEFAULTS, read_yaml(f), None, source=str(f), notes=notes, renamed=renamed)
+    assert (cfg.optim.lr, cfg.train.epochs) == (0.02, 3) and "lr" not in cfg.train
+    assert notes == [f"train.lr is now optim.lr (in {f}); read as optim.lr"]
+    notes.clear()
+    cfg = resolve(DEFAULTS, None, {"train": {"lr": 0.5}}, notes=notes, renamed=renamed)  # a section as a dict
+    assert cfg.optim.lr == 0.5 and notes == ["train.lr is now optim.lr (on the command line); read as optim.lr"]
+    with pytest.raises(ConfigError, match="train.lr and optim.lr are one key .*give optim.lr only"):
+        resolve(DEFAULTS, None, parse_overrides(["train.lr=0.1", "optim.lr=0.2"]), renamed=renamed)

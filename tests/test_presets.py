@@ -1,4 +1,4 @@
-"""Every preset in configs/ resolves through the CLI, builds its objective and views, and
+"""Every preset in infoview/configs/ resolves through the CLI, builds its objective and views, and
 trains at its recipe's learning rate; the CIFAR presets also build their model.
 
 A preset's peak learning rate (optim.lr scaled from optim.ref_batch to the global
@@ -16,7 +16,7 @@ import torch
 
 from infoview.commands import build_config
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "infoview" / "configs"
 PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("distill_"))  # `infoview distill`'s: tests/commands/test_distill.py
 
 # preset -> the peak lr of the recipe it follows, at the preset's global batch
@@ -69,10 +69,10 @@ def test_the_recipe_presets_exist():
 
 
 def test_peak_lr_is_the_recipes(preset):
-    from infoview.runtime.optim import scaled_lr
+    from infoview.training.optim import scaled_lr
 
     name, cfg = preset
-    assert name in EXPECTED_PEAK_LR, f"configs/{name}.yaml: add its recipe's peak lr to EXPECTED_PEAK_LR"
+    assert name in EXPECTED_PEAK_LR, f"infoview/configs/{name}.yaml: add its recipe's peak lr to EXPECTED_PEAK_LR"
     peak = scaled_lr(cfg.optim.lr, cfg.data.batch_size, cfg.optim.ref_batch, cfg.optim.lr_scaling)
     assert math.isclose(peak, EXPECTED_PEAK_LR[name], rel_tol=1e-9), (name, peak)
 
@@ -150,8 +150,8 @@ def test_views_resolve(preset):
 @pytest.mark.parametrize("name", CIFAR)
 def test_cifar_preset_builds_its_model(name):
     """The encoder and method build from the config, and a 32-px batch of 2 gives features."""
+    from infoview.backbones.encoder import build_encoder_from_config
     from infoview.pretrain.building import build_method
-    from infoview.runtime.encoder import build_encoder_from_config
 
     cfg = _resolve(CONFIGS / f"{name}.yaml")
     assert cfg.augment.size == 32 and cfg.model.cifar_stem, name

@@ -62,9 +62,9 @@ def test_help_shows_each_keys_default_help_and_what_it_takes():
 
 
 def test_the_cli_checks_the_schema_before_any_work_and_shows_it_in_help(tmp_path, capsys):
-    assert main(["mi-bench", "critic=mlp", f"out_dir={tmp_path / 'run'}"]) == 2
+    assert main(["mi-bench", "model.critic=mlp", f"out_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("infoview mi-bench: error: critic must be one of separable, concat, got 'mlp' "
+    assert err == ("infoview mi-bench: error: model.critic must be one of separable, concat, got 'mlp' "
                    "(separable: g(x)^T h(y); concat: f([x, y]) over all pairs)")
     assert not (tmp_path / "run").exists()
     assert main(["mi-bench", "--help"]) == 0
@@ -107,16 +107,17 @@ def test_every_key_of_every_command_has_one_line_of_help_and_a_default_it_accept
             assert not leaf.violation(leaf.default), f"{where}: its default {leaf.default!r} breaks its own bounds"
 
 
-def test_the_choices_copied_into_light_command_modules_are_the_work_modules_own():
-    """Lists that live in modules importing torch (which `infoview --help` must not) are repeated in the
-    command modules; the lists of the pretrain command and of the methods are the modules' own."""
+def test_the_choices_the_light_command_modules_offer_are_the_work_modules_own():
+    """The lists live in modules that import nothing (data/choices.py, training/choices.py), which the work's
+    modules and the command modules both import: nothing is copied by hand, and `infoview --help` stays free
+    of torch (tests/test_cli.py)."""
     from infoview.commands import _frozen, prepare
     from infoview.data import beton, loader
     from infoview.eval import choices
-    from infoview.runtime import optim
+    from infoview.training import optim
 
-    assert _frozen.LOADER_BACKENDS == loader.BACKENDS and prepare.WRITE_MODES == beton.WRITE_MODES
-    assert choices.SCHEDULES == optim.DECAYS  # detect's schedules are runtime's decays
+    assert _frozen.LOADER_BACKENDS is loader.BACKENDS and prepare.WRITE_MODES is beton.WRITE_MODES
+    assert choices.SCHEDULES is optim.DECAYS  # detect's schedules are training.optim's decays
 
 
 @pytest.mark.parametrize("args, message", [
@@ -127,8 +128,8 @@ def test_the_choices_copied_into_light_command_modules_are_the_work_modules_own(
     (["pretrain", "augment.recipe=simclrr"], "augment.recipe must be one of simclr, mocov2, byol, multicrop"),
     (["linear", "backbone=random:resnet18", "data.backend=dali"], "data.backend must be one of auto, ffcv, pytorch"),
     (["knn", "backbone=random:resnet18", "knn.temperature=0"], "knn.temperature must be positive, got 0.0"),
-    (["detect", "backbone=random:resnet18", "train.milestones=[0.5,1.5]"],
-     "train.milestones must be a list, each item in (0, 1], got [0.5, 1.5]"),
+    (["detect", "backbone=random:resnet18", "optim.milestones=[0.5,1.5]"],
+     "optim.milestones must be a list, each item in (0, 1], got [0.5, 1.5]"),
     (["segment", "backbone=random:resnet18", "output_stride=4"], "output_stride must be one of 0, 8, 16, 32, got 4"),
     (["prepare", "digits", "OUT", "jpeg_quality=0"], "jpeg_quality must be in [1, 100], got 0"),
 ])

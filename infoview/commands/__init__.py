@@ -55,6 +55,9 @@ class Command:
     - ``open_sections``: sections whose keys the command checks itself;
     - ``section_resets``: ``{key: section}``, a key whose change starts its
       section afresh (``objective.name`` -> ``objective``);
+    - ``renamed``: ``{old name: new name}`` of keys that changed their name: a
+      config file or the command line may still give the old one, read as the
+      new one with a one-line note naming it;
     - ``usage``: the usage line, when the default one does not fit.
     """
 
@@ -66,6 +69,7 @@ class Command:
     positional: tuple[str, ...] = ()
     open_sections: tuple[str, ...] = ()
     section_resets: dict[str, str] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
     usage: str | None = None
 
 
@@ -148,12 +152,15 @@ def _overrides(name: str, command: Command, rest: list[str]) -> dict:
     return overrides
 
 
-def build_config(name: str, args: Sequence[str]):
-    """Parse a command's arguments into ``(module, effective config)``."""
+def build_config(name: str, args: Sequence[str], keys: dict[str, Any] | None = None):
+    """Parse a command's arguments into ``(module, effective config)``.
+
+    ``keys``: more overrides, given as Python values rather than text (``{"train": {"epochs": 1}}`` or
+    ``{"train.epochs": 1}``), applied after ``args``'s (``infoview.run``'s keyword arguments)."""
     module = load_command(name)
     command: Command = module.COMMAND
     config_file, rest = _split_config_flag(args)
-    overrides = _overrides(name, command, rest)
+    overrides = {**_overrides(name, command, rest), **(keys or {})}
     notes: list[str] = []
     file_cfg = read_yaml(config_file) if config_file else None
     cfg = resolve(
@@ -164,6 +171,7 @@ def build_config(name: str, args: Sequence[str]):
         source=config_file or "",
         resets=command.section_resets or None,
         notes=notes,
+        renamed=command.renamed,
     )
     if file_cfg and file_cfg.get("out_dir") and "out_dir" not in overrides:
         notes.append(f"out_dir={file_cfg['out_dir']} comes from --config {config_file}; a run already there is "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from infoview.data.choices import BACKENDS as LOADER_BACKENDS
 from infoview.schema import Key
 
 #: what `infoview linear --help` and `infoview knn --help` say about the keys they share
@@ -20,9 +21,6 @@ out_dir: by default beside what is measured (runs/x/{command}, or
 runs/x/{command}_random for random:; runs/x/export_{command} for an export
 folder runs/x/export, which holds the export only); a folder that already holds {result}
 is an error unless overwrite=true. Both are checked before any work."""
-
-#: infoview.data.loader.BACKENDS, here without importing torch (tests/test_schema.py checks they agree)
-LOADER_BACKENDS = ("auto", "ffcv", "pytorch", "resident")
 
 #: the data keys of the commands that measure frozen features (linear, knn); an empty source is
 #: the data the backbone was pretrained on, an empty test_source is source

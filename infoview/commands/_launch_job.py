@@ -4,7 +4,7 @@ submitit pickles a :class:`CommandJob` with the command and its arguments
 (``--config <the frozen effective config>``) and calls it in each task. With
 more than one task, torch.distributed's variables (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) are set from submitit's job
-environment first, so the command's own set-up (``infoview.runtime.distributed``)
+environment first, so the command's own set-up (``infoview.training.distributed``)
 builds the process group: NCCL on GPUs, gloo on CPUs.
 
 Pre-emption and time-out: SLURM signals the job (``--signal=USR2@<delay>``);

@@ -23,16 +23,20 @@ frozen (FrozenBatchNorm2d) unless sync_bn=true, which trains it (SyncBN under
 DDP). Images are resized by the R-CNN transform to model.min_size (short
 side) / model.max_size (long side) and normalised as in pretraining.
 
-Training: SGD (or AdamW) with momentum, linear warm-up over train.warmup_steps,
-then step decay (x0.1 at train.milestones, fractions of the run) or cosine.
+Training: SGD (or AdamW) with momentum, linear warm-up over optim.warmup_steps,
+then step decay (x0.1 at optim.milestones, fractions of the run) or cosine.
 train.max_steps > 0 sets the length in iterations, else train.epochs; a
 max_steps that cuts the run short scales the warm-up with it (said at start).
 data.batch_size is the global batch (split across DDP processes).
 
 backbone: a pretraining checkpoint (or its run folder), random:<checkpoint>,
-random:<timm arch>, or whatever else infoview.runtime.backbone accepts.
+random:<timm arch>, or whatever else infoview.backbones.spec accepts.
 out_dir '' writes beside it: runs/x/detect (detect_random for random:), and
 runs/x/export_detect for an export folder runs/x/export, which holds the export only.
+
+Keys named as on main still work, each with a one-line note: train.optimizer is
+optim.name; train.lr, train.momentum, train.weight_decay, train.warmup_steps,
+train.schedule, train.milestones and train.clip_grad are optim.<the same>.
 
 Example: infoview detect backbone=runs/demo data.source=pennfudan:data/PennFudanPed train.max_steps=200
 """
@@ -69,17 +73,19 @@ DEFAULTS: dict[str, Any] = {
         "roi_batch_size": Key(512, "sampled regions per image for the box head's loss", min=1),
         "detections_per_img": Key(100, "detections kept per image", min=1),
     },
-    "train": {
-        "epochs": Key(12, "the run's length in epochs (unless train.max_steps > 0)", min=0),
-        "max_steps": Key(0, "the run's length in iterations when > 0", min=0),
-        "optimizer": Key("sgd", "the optimiser", choices=OPTIMIZERS),
+    "optim": {
+        "name": Key("sgd", "the optimiser", choices=OPTIMIZERS),
         "lr": Key(0.01, "peak learning rate", above=0),
         "momentum": Key(0.9, "SGD's momentum, or AdamW's first beta", min=0, below=1),
         "weight_decay": Key(1e-4, "weight decay (none on biases and norms)", min=0),
         "warmup_steps": Key(100, "iterations of linear warm-up", min=0),
-        "schedule": Key("step", "step: x0.1 at train.milestones; cosine: to 0", choices=SCHEDULES),
+        "schedule": Key("step", "step: x0.1 at optim.milestones; cosine: to 0", choices=SCHEDULES),
         "milestones": Key([0.667, 0.889], "where the step schedule drops, as fractions of the run", above=0, max=1),
         "clip_grad": Key(0.0, "clip the gradients' global norm to this; 0 = no clipping", min=0),
+    },
+    "train": {
+        "epochs": Key(12, "the run's length in epochs (unless train.max_steps > 0)", min=0),
+        "max_steps": Key(0, "the run's length in iterations when > 0", min=0),
         "precision": Key("fp32", "autocast dtype", choices=PRECISIONS),
         "device": Key("auto", "auto (the local GPU when there is one), cpu, cuda or cuda:<index>"),
         "seed": Key(0, "seed of the heads' weights, the data order and random:<arch>"),
@@ -89,7 +95,12 @@ DEFAULTS: dict[str, Any] = {
     },
     "eval": {"max_images": Key(0, "evaluate on the first N held-out images; 0 = all", min=0)},
 }
-COMMAND = Command(help='Fine-tune Mask/Faster R-CNN with FPN on a backbone; COCO box and mask AP (pycocotools).', distributed=True)
+#: detect's optimiser keys were train.* until they joined every command's optim section
+RENAMED = {"train.optimizer": "optim.name",
+           **{f"train.{k}": f"optim.{k}" for k in ("lr", "momentum", "weight_decay", "warmup_steps", "schedule",
+                                                  "milestones", "clip_grad")}}
+COMMAND = Command(help='Fine-tune Mask/Faster R-CNN with FPN on a backbone; COCO box and mask AP (pycocotools).',
+                  distributed=True, renamed=RENAMED)
 
 
 def run(cfg) -> dict | None:

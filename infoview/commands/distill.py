@@ -11,7 +11,7 @@ ml_cpc is the ML-CPC paper's distillation. Without labels it is pure
 self-supervised compression; with labels (``crd.ce_weight`` > 0) it is CRD's
 own setting: the student's cross-entropy plus 0.8 x CRD (``crd.weight``),
 each image's negatives drawn from the other classes
-(configs/distill_cifar100.yaml).
+(infoview/configs/distill_cifar100.yaml).
 
 The run is a pretraining run with ``method=crd``: the same engine, so it has
 DDP (torchrun, `infoview launch distill ...`), exact resume
@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from infoview.commands import Command
-from infoview.commands import pretrain as _pretrain
+from infoview.commands import pretrain as pretrain_command
 from infoview.schema import Key
 
 # CRD's training views are a pad-and-crop and a flip: no colour change, so that the student learns the
@@ -40,7 +40,7 @@ VIEW_OVERRIDES = {"crop": {"scale": [0.35, 1.0]}, "jitter": {"p": 0.0}, "graysca
 def _keys() -> dict[str, Any]:
     from infoview.pretrain.methods import get_method
 
-    keys = _pretrain._keys()
+    keys = pretrain_command.own_keys()
     del keys["method"]
     model = keys.pop("model")
     keys["out_dir"] = Key("runs/distill", "where config.yaml, checkpoints/, metrics.csv, tb/ and curves.png go")
@@ -81,7 +81,7 @@ def pretrain_config(cfg):
     dim = int(d["crd"]["dim"])
     d["method"] = "crd"
     d["model"] = {**student, "proj_hidden": dim, "proj_dim": dim, "proj_layers": 1, "proj_bn": False,
-                  "proj_last_bn": False, "pred_hidden": 0}
+                  "proj_last_bn": False}
     d["crd"]["teacher"] = _absolute(str(teacher))  # config.yaml names the same teacher from any folder
     return OmegaConf.create(d)
 
@@ -106,14 +106,14 @@ def _check_launch(cfg) -> None:
     target = spec[len("random:"):] if spec.startswith("random:") else spec
     if ("/" in target or not spec.startswith("random:")) and not Path(target).exists():
         raise ConfigError(f"teacher={spec}: no such run, checkpoint or export folder")
-    _pretrain._check_launch(cfg)
+    pretrain_command.COMMAND.check_launch(cfg)
 
 
 COMMAND = Command(
     help="Distil a frozen teacher into a student (CRD with any objective); checkpoints and resumes.",
     distributed=True,
     resume="train.resume=auto",
-    save_on_preempt=_pretrain._save_on_preempt,
+    save_on_preempt=pretrain_command.COMMAND.save_on_preempt,
     check_launch=_check_launch,
     open_sections=OPEN_SECTIONS,
     section_resets=SECTION_RESETS,

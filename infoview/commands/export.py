@@ -17,7 +17,7 @@ Both files are written atomically (a temp name, then a rename; config.json
 last, with the weights' sha256). OUT_DIR must be empty or new unless
 overwrite=true.
 
-Load it back with infoview.runtime.export.load_backbone(OUT_DIR) (a timm model with
+Load it back with infoview.load_backbone(OUT_DIR) (a timm model with
 the exported weights), with backbone=OUT_DIR in any evaluator, or, for a
 standard stem, with plain timm:
   timm.create_model(arch, pretrained=True, num_classes=0, **timm_kwargs,
@@ -49,6 +49,6 @@ COMMAND = Command(help="Export a checkpoint's backbone: model.safetensors (timm 
 
 
 def run(cfg) -> dict:
-    from infoview.runtime.export import export_backbone
+    from infoview.backbones.export import export_backbone
 
     return export_backbone(cfg.ckpt, cfg.out, format=cfg.format, overwrite=cfg.overwrite)

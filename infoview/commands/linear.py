@@ -9,6 +9,8 @@ OUT/linear.json and printed. With augment=true the classifier trains instead,
 every epoch, on features of fresh random-resized-crop + flip views of the
 train images (the encoder stays frozen; slower: one encoder pass per image
 per epoch); standardisation and the test split use the un-augmented features.
+The classifier's SGD is optim.lr and optim.weight_decay (train.lr and
+train.weight_decay, their names on main, still work with a note).
 
 {frozen}
 
@@ -27,15 +29,20 @@ __doc__ = frozen_doc(__doc__, "linear", "linear.json")
 DEFAULTS: dict[str, Any] = frozen_keys(
     "linear", "linear.json",
     augment=Key(False, "train on fresh crop + flip views every epoch, not cached features (slower)"),
+    optim={
+        "lr": Key(0.1, "peak learning rate of the classifier's SGD (cosine to 0)", above=0),
+        "weight_decay": Key(0.0, "weight decay of the classifier", min=0),
+    },
     train={
         "epochs": Key(100, "epochs of the linear classifier", min=1),
-        "lr": Key(0.1, "peak learning rate of its SGD (cosine to 0)", above=0),
         "batch_size": Key(256, "features per step of the classifier", min=1),
-        "weight_decay": Key(0.0, "weight decay of the classifier", min=0),
         "seed": Key(0, "seed of the classifier's weights and order (and of random:<arch>)"),
     },
 )
-COMMAND = Command(help="Linear probe of a frozen encoder (a checkpoint, or random:<...> for the baseline): top-1/top-5.")
+#: the classifier's optimiser keys were train.* until they joined every command's optim section
+RENAMED = {"train.lr": "optim.lr", "train.weight_decay": "optim.weight_decay"}
+COMMAND = Command(help="Linear probe of a frozen encoder (a checkpoint, or random:<...> for the baseline): top-1/top-5.",
+                  renamed=RENAMED)
 
 
 def run(cfg) -> dict:

@@ -1,6 +1,6 @@
 """`infoview list <what>`: what a config may name, without provoking an error to find out.
 
-  infoview list presets             the configs/ presets, with their first line
+  infoview list presets             the presets (infoview/configs/), with their first line
   infoview list objectives          every objective, its parameters and defaults, and what its .mi certifies
   infoview list methods             the pretraining methods, each with a demo-sized command to try it
   infoview list sources             the data source schemes, with the kinds of data each gives
@@ -40,12 +40,11 @@ def presets() -> list[str]:
 
 
 def objectives() -> list[str]:
-    from infoview.objectives import available, objective_params
-    from infoview.objectives.base import _get
+    from infoview.objectives import available, objective_class, objective_params
 
     lines = []
     for name in available():
-        cls = _get(name)
+        cls = objective_class(name)
         params = ", ".join(f"{k}={v!r}" for k, v in objective_params(name).items()) or "no parameters"
         title = _first_line(inspect.getdoc(cls)).split(" (")[0]  # the name, without the citation
         lines.append(f"{name:<14} {title}\n{'':<14} parameters: {params}\n"

@@ -22,10 +22,8 @@ Examples:
 from __future__ import annotations
 
 from infoview.commands import Command
+from infoview.data.choices import WRITE_MODES
 from infoview.schema import Key
-
-#: infoview.data.beton.WRITE_MODES, here without importing numpy (tests/test_schema.py checks they agree)
-WRITE_MODES = ("raw", "jpg", "smart")
 
 DEFAULTS = {
     "src": Key("", "SRC: the source to write (see above; `infoview list sources`)"),

@@ -39,18 +39,19 @@ from __future__ import annotations
 from typing import Any
 
 from infoview.commands import Command
+from infoview.pretrain.renamed import RENAMED
 from infoview.schema import Key
 
 
-def _keys() -> dict[str, Any]:
-    """The command's own keys. Their choices are the lists of the modules that use them, which import torch:
+def own_keys() -> dict[str, Any]:
+    """The command's own keys (without the methods' sections; `infoview distill` builds on them). Their choices are the lists of the modules that use them, which import torch:
     built on first use, as the method sections are."""
     from infoview.augment.recipes import NORMALIZATION, RECIPES
     from infoview.augment.views import BACKENDS as VIEW_BACKENDS
-    from infoview.data.loader import BACKENDS as LOADER_BACKENDS, DECODES
+    from infoview.data.choices import BACKENDS as LOADER_BACKENDS, DECODES
     from infoview.models.encoder import STREAMS
     from infoview.pretrain.building import PRECISIONS
-    from infoview.runtime.optim import SCALING_RULES
+    from infoview.training.choices import SCALING_RULES
 
     return {
         "out_dir": Key("runs/pretrain", "where config.yaml, checkpoints/, metrics.csv, tb/ and curves.png go"),
@@ -95,7 +96,6 @@ def _keys() -> dict[str, Any]:
             "proj_layers": Key(2, "Linear layers of the projection head; 0 = no head (identity)", min=0),
             "proj_bn": Key(True, "BatchNorm after each hidden Linear of the projection head"),
             "proj_last_bn": Key(False, "BatchNorm (no affine) after the projection head's last Linear"),
-            "pred_hidden": Key(0, "hidden width of a predictor on the queries (method=moco); 0 = none", min=0),
             "sync_bn": Key(False, "SyncBatchNorm across processes under DDP"),
         },
         # open: the objective's own keys (objective.alpha, ...) are checked against its signature when it is built
@@ -170,7 +170,7 @@ def __getattr__(name: str):
     from infoview.pretrain.methods import method_sections
 
     keys: dict[str, Any] = {}
-    for key, value in _keys().items():
+    for key, value in own_keys().items():
         keys[key] = value
         if key == "objective":
             keys.update(method_sections())
@@ -204,6 +204,7 @@ COMMAND = Command(
     check_launch=_check_launch,
     open_sections=OPEN_SECTIONS,
     section_resets=SECTION_RESETS,
+    renamed=RENAMED,
 )
 
 

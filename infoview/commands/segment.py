@@ -28,7 +28,9 @@ random:<timm arch>. CNNs give their last feature map, dilated to
 output_stride 8 as in FCN/DeepLabV3 where timm can (ResNets; 32 = as built);
 ViTs give their patch tokens as a map (the ViT is set to data.size, position
 embeddings resampled). freeze_backbone=true trains the head only on frozen
-features. Optimiser: SGD with momentum and a poly schedule (adamw for ViTs).
+features. Optimiser (optim.*; train.optimizer, train.lr, train.momentum and
+train.weight_decay, their names on main, still work with a note): SGD with
+momentum and a poly schedule (adamw for ViTs).
 out_dir '' writes beside the backbone: runs/x/segment (segment_random for
 random:), and runs/x/export_segment for an export folder runs/x/export, which
 holds the export only.
@@ -65,13 +67,15 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": Key(8, "images per step", min=1),
         "num_workers": Key(2, "loader worker processes; 0 loads in the main process", min=0),
     },
-    "train": {
-        "epochs": Key(30, "the run's length in epochs (unless train.max_steps > 0)", min=0),
-        "max_steps": Key(0, "the run's length in steps when > 0", min=0),
-        "optimizer": Key("sgd", "sgd with train.momentum, or adamw (the choice for ViTs)", choices=OPTIMIZERS),
+    "optim": {
+        "name": Key("sgd", "sgd with optim.momentum, or adamw (the choice for ViTs)", choices=OPTIMIZERS),
         "lr": Key(0.01, "peak learning rate (poly schedule to 0)", above=0),
         "momentum": Key(0.9, "SGD's momentum", min=0),
         "weight_decay": Key(1e-4, "weight decay (none on biases and norms)", min=0),
+    },
+    "train": {
+        "epochs": Key(30, "the run's length in epochs (unless train.max_steps > 0)", min=0),
+        "max_steps": Key(0, "the run's length in steps when > 0", min=0),
         "device": Key("auto", "auto (a GPU when there is one), cpu, cuda or cuda:<index>"),
         "seed": Key(0, "seed of the head's weights, the data order and random:<arch>"),
         "progress": Key(True, "show progress bars"),
@@ -79,7 +83,11 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"max_images": Key(0, "score the first N val images; 0 = all", min=0)},
     "plot": {"num_images": Key(4, "val images in predictions.png", min=0)},
 }
-COMMAND = Command(help='Train an FCN/DeepLabV3 head on a backbone; mIoU and pixel accuracy, with a PNG of predictions.', distributed=False)
+#: segment's optimiser keys were train.* until they joined every command's optim section
+RENAMED = {"train.optimizer": "optim.name", "train.lr": "optim.lr", "train.momentum": "optim.momentum",
+           "train.weight_decay": "optim.weight_decay"}
+COMMAND = Command(help='Train an FCN/DeepLabV3 head on a backbone; mIoU and pixel accuracy, with a PNG of predictions.',
+                  distributed=False, renamed=RENAMED)
 
 
 def run(cfg) -> dict | None:

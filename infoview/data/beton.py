@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infoview.data.choices import WRITE_MODES
 from infoview.data.images import read_image
 from infoview.data.sources import ImageSource
 from infoview.errors import InfoviewError
@@ -43,7 +44,6 @@ FLOAT_TYPE, INT_TYPE, RGB_TYPE = 0, 1, 2
 RGB_META = np.dtype([("mode", "<u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")])
 FIELD_META = {FLOAT_TYPE: np.dtype("<f8"), INT_TYPE: np.dtype("<i8"), RGB_TYPE: RGB_META}
 MODE_JPG, MODE_RAW = 0, 1
-WRITE_MODES = ("raw", "jpg", "smart")
 #: in ``smart`` mode, images up to this many raw bytes (96x96 RGB) are stored raw, larger ones as JPEG
 SMART_THRESHOLD = 3 * 96 * 96
 MIN_PAGE_SIZE = 1 << 21

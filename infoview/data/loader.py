@@ -56,12 +56,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from infoview.data.choices import BACKENDS, DECODES
 from infoview.data.sources import ImageSource, open_source
 from infoview.errors import InfoviewError
 from infoview.utils.device import resolve_device
-
-BACKENDS = ("auto", "ffcv", "pytorch", "resident")
-DECODES = ("workers", "device")
 
 
 def fit_square(image: np.ndarray, size: int) -> np.ndarray:

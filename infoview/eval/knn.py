@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import json
 
+from infoview.backbones.knn import check_temperature, positive_int, knn_accuracy
+from infoview.backbones.spec import default_out_dir, frozen_splits
 from infoview.config import save_config
-from infoview.runtime.backbone import default_out_dir, frozen_splits
-from infoview.runtime.knn import _check_temperature, _positive_int, knn_accuracy
-from infoview.runtime.memory import out_of_memory_said
+from infoview.training.memory import out_of_memory_said
 from infoview.utils.io import atomic_write_text
 from infoview.utils.lock import hold_result_folder
 
 
 def run(cfg) -> dict:
-    _positive_int(cfg.knn.k, "k")  # the cheap checks, before any extraction
-    _check_temperature(cfg.knn.temperature)
+    positive_int(cfg.knn.k, "k")  # the cheap checks, before any extraction
+    check_temperature(cfg.knn.temperature)
     with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "knn"), "knn.json", cfg.overwrite,
                             "knn") as out:
         with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} images per batch of the frozen encoder",

@@ -3,7 +3,7 @@
 Why a linear probe: it measures how much of the label information the
 representation makes linearly accessible, which is what the MI objectives aim
 at and what the SimCLR / MoCo papers report. Training only a linear layer on
-features extracted once (``infoview.runtime.features.extract_features``) takes
+features extracted once (``infoview.backbones.features.extract_features``) takes
 seconds to minutes instead of the hours of running the encoder every epoch;
 the price is no augmentation during the probe, which the fast linear-probe
 protocols accept. ``train_linear_probe_augmented`` is the other protocol
@@ -45,14 +45,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infoview.augment import build_views
+from infoview.backbones.features import check_features, encoder_device_dtype, eval_mode
+from infoview.backbones.spec import default_out_dir, frozen_splits
 from infoview.config import save_config
 from infoview.data import build_loader
 from infoview.errors import ConfigError, InfoviewError
-from infoview.runtime.backbone import default_out_dir, frozen_splits
-from infoview.runtime.features import check_features, encoder_device_dtype, eval_mode
-from infoview.runtime.loop import fit
-from infoview.runtime.memory import out_of_memory_said
-from infoview.runtime.optim import cosine_factor
+from infoview.training.loop import fit
+from infoview.training.memory import out_of_memory_said
+from infoview.training.optim import cosine_factor
 from infoview.utils.device import resolve_device
 from infoview.utils.io import atomic_write_text
 from infoview.utils.lock import hold_result_folder
@@ -109,7 +109,7 @@ def _sgd_cosine(layer: nn.Linear, epoch_batches, *, epochs, steps_per_epoch, bat
 
     SGD with momentum on the cross-entropy; the learning rate peaks at
     ``lr * batch_size / 256`` and follows a cosine to 0 over
-    ``epochs * steps_per_epoch`` steps. The shared fit loop (runtime.loop)
+    ``epochs * steps_per_epoch`` steps. The shared fit loop (training.loop)
     runs the epochs. Returns the layer, frozen.
     """
     peak = float(lr) * batch_size / 256
@@ -331,8 +331,8 @@ PROBE_VIEW_OVERRIDES = {"jitter.p": 0.0, "grayscale.p": 0.0, "blur.p": 0.0, "sol
 
 
 def run(cfg) -> dict:
-    t = cfg.train
-    _check_settings(t.epochs, t.batch_size, t.lr, t.weight_decay, 0.9, "standardize")  # before any extraction
+    t, o = cfg.train, cfg.optim
+    _check_settings(t.epochs, t.batch_size, o.lr, o.weight_decay, 0.9, "standardize")  # before any extraction
     with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "linear"), "linear.json", cfg.overwrite,
                             "linear") as out:
         with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} images per batch of the frozen encoder and "
@@ -345,8 +345,8 @@ def _run(cfg, out) -> dict:
     t = cfg.train
     bb, device, (xtr, ytr), (xte, yte), (source, test_source) = frozen_splits(cfg, "linear")
     d = cfg.data
-    settings = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, seed=t.seed,
-                    device=device, progress=t.progress)
+    settings = dict(epochs=t.epochs, batch_size=t.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                    seed=t.seed, device=device, progress=t.progress)
     if cfg.augment:
         views = build_views("simclr", bb.size, num_views=1, seed=t.seed, normalize=bb.normalize,
                             overrides=PROBE_VIEW_OVERRIDES)

@@ -9,7 +9,7 @@ imported by the first ``build_encoder`` call).
 
 ``export_backbone(ckpt, out_dir)`` writes a checkpoint's backbone as
 ``model.safetensors`` + ``config.json`` and ``load_backbone(out_dir)`` reads
-it back as a timm model (``infoview.runtime.export``, imported on first use).
+it back as a timm model (``infoview.backbones.export``, imported on first use).
 """
 from infoview.models.encoder import Encoder, build_encoder
 from infoview.models.heads import MLP, predictor, projector

@@ -9,13 +9,18 @@ from infoview.objectives.base import (
     Terms,
     available,
     build,
+    objective_class,
     objective_params,
     register,
 )
 
-# importing a family registers it
-from infoview.objectives import infonce, ml_cpc, ring, hard_negative, variational  # noqa: E402,F401
-from infoview.objectives import lse  # noqa: E402,F401
+import importlib as _importlib  # noqa: E402
+import pkgutil as _pkgutil  # noqa: E402
+
+# importing a family registers it: every module of this package is one, or a helper of them (a new file is
+# imported with the package; nothing here lists it)
+for _module in _pkgutil.iter_modules(__path__):
+    _importlib.import_module(f"{__name__}.{_module.name}")
 from infoview.objectives.bank import bank_bound, bank_bound_of_scores  # noqa: E402
 from infoview.objectives.ml_cpc import alpha_floor  # noqa: E402
 from infoview.objectives.pairs import (  # noqa: E402
@@ -35,6 +40,7 @@ __all__ = [
     "bank_bound_of_scores",
     "available",
     "build",
+    "objective_class",
     "objective_params",
     "register",
     "bank_logits",

@@ -92,6 +92,14 @@ class Objective(nn.Module):
         if "compute" in cls.__dict__:
             cls._compute_takes_k = "k" in inspect.signature(cls.compute).parameters
 
+    @classmethod
+    def known_mi_grid(cls, m: int) -> list[dict]:
+        """The parameters at which ``.mi`` is checked against critics of known MI on score matrices of ``m``
+        candidates per row (tests/objectives/test_objectives_exact_critic.py runs every registered objective at
+        its grid, so registering one tests it). By default its defaults; a family whose bound is claimed over a
+        range of a parameter lists that range, ends included."""
+        return [{}]
+
     def forward(self, pos: torch.Tensor, neg: torch.Tensor, k: int | None = None) -> ObjectiveOutput:
         pos, neg, k = check_scores(pos, neg, k)
         with _no_autocast(pos):
@@ -208,7 +216,7 @@ def available() -> list[str]:
 
 def objective_params(name: str) -> dict[str, object]:
     """The keyword arguments an objective takes, with their defaults."""
-    cls = _get(name)
+    cls = objective_class(name)
     sig = inspect.signature(cls.__init__)
     return {
         p.name: p.default
@@ -217,13 +225,14 @@ def objective_params(name: str) -> dict[str, object]:
     }
 
 
-def _get(name: str) -> type[Objective]:
+def objective_class(name: str) -> type[Objective]:
+    """The class registered as ``name``; an unknown name is a ConfigError naming the nearest."""
     return _OBJECTIVES.get(name)
 
 
 def build(name: str, **kwargs) -> Objective:
     """Make an objective by name; unknown names and keys are errors naming the valid ones."""
-    cls = _get(name)
+    cls = objective_class(name)
     params = objective_params(name)
     for key in kwargs:
         if key not in params:

@@ -121,6 +121,11 @@ class HardNegative(_DebiasedBase):
 
     certifies = "InfoNCE on the same scores (the HCL loss is not a bound); ceiling log m"
 
+    @classmethod
+    def known_mi_grid(cls, m: int) -> list[dict]:
+        """beta (0: DCL) and the class prior tau_plus, from none to a half."""
+        return [{"beta": b, "tau_plus": t} for b in (0.0, 1.0, 5.0) for t in (0.0, 0.1, 0.5)]
+
     def __init__(self, beta: float = 1.0, tau_plus: float = 0.1, temperature: float = 0.5) -> None:
         super().__init__(beta, tau_plus, temperature)
 
@@ -145,6 +150,11 @@ class Debiased(_DebiasedBase):
     """
 
     certifies = "InfoNCE on the same scores (the DCL loss is not a bound); ceiling log m"
+
+    @classmethod
+    def known_mi_grid(cls, m: int) -> list[dict]:
+        """The class prior tau_plus, from none to a half."""
+        return [{"tau_plus": t} for t in (0.0, 0.1, 0.5)]
 
     def __init__(self, tau_plus: float = 0.1, temperature: float = 0.5) -> None:
         super().__init__(0.0, tau_plus, temperature)

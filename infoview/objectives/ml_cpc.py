@@ -100,6 +100,12 @@ class MLCPC(Objective):
 
     pooled = True
 
+    @classmethod
+    def known_mi_grid(cls, m: int) -> list[dict]:
+        """alpha from far below the floor (where ``.mi`` is J at the floor) to m, and the authors' loss."""
+        return [{"alpha": a} for a in (1e-4, 1e-2, 0.1, 0.5, 1.0, 4.0, float(m))] + [
+            {"alpha": 1e-3, "kl_over_alpha": True}]
+
     def __init__(
         self, alpha: float = 1.0, alpha_start: float | None = None, anneal_epochs: float = 0.0,
         kl_over_alpha: bool = False,

@@ -57,6 +57,12 @@ class Ring(Objective):
 
     certifies = "InfoNCE over all K negatives; ceiling log m; the ring's own value is an estimate"
 
+    @classmethod
+    def known_mi_grid(cls, m: int) -> list[dict]:
+        """outer and inner across (0, 1]: every ring, the widest and the narrowest."""
+        return [{"outer": o, "inner": i} for o, i in
+                [(1.0, 0.0), (1.0, 0.5), (0.5, 0.5), (0.1, 0.1), (0.05, 0.0), (0.3, 0.9), (1.0, 0.99)]]
+
     def __init__(self, outer: float = 0.1, inner: float = 0.1, anneal_epochs: float = 0.0) -> None:
         super().__init__()
         outer, inner, anneal_epochs = float(outer), float(inner), float(anneal_epochs)

@@ -26,13 +26,13 @@ from infoview.pretrain.folder import run_folder
 from infoview.pretrain.methods import check_needs, get_method
 from infoview.pretrain.monitor import OnlineEvalFactory, Report
 from infoview.pretrain.resume import resume_state
-from infoview.runtime import distributed as D
-from infoview.runtime.checkpoint import (
+from infoview.training import distributed as D
+from infoview.training.checkpoint import (
     LAST, RESUME_KEYS, find_resume, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
 )
-from infoview.runtime.encoder import build_encoder_from_config
-from infoview.runtime.optim import build_optimizer, cut_schedule, fused_choice, lr_factor, scaled_lr, set_lr
-from infoview.runtime.signals import signals_deferred, stop_requests
+from infoview.backbones.encoder import build_encoder_from_config
+from infoview.training.optim import build_optimizer, cut_schedule, fused_choice, lr_factor, scaled_lr, set_lr
+from infoview.training.signals import signals_deferred, stop_requests
 from infoview.utils.io import atomic_write_text
 from infoview.utils.provenance import provenance
 

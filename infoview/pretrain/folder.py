@@ -5,7 +5,7 @@
 - it holds ``out_dir`` (:func:`infoview.utils.lock.hold_folder`: a second run into it is refused with one line
   naming this one; under DDP rank 0 holds it);
 - running out of memory, on a GPU or the CPU, is one line naming the settings that size a step and what to
-  lower (:func:`infoview.runtime.memory.out_of_memory_said`), not a traceback from inside a forward pass;
+  lower (:func:`infoview.training.memory.out_of_memory_said`), not a traceback from inside a forward pass;
 - a run that saved no checkpoint before it ran out of memory takes back what it added to the folder
   (config.yaml, metrics.csv, tb/, curves.png), so that the rerun with smaller settings starts in the folder as
   it was: no TensorBoard events of a run that never trained a step beside its own.
@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from infoview.runtime.checkpoint import find_resume
-from infoview.runtime.memory import out_of_memory_said
+from infoview.training.checkpoint import find_resume
+from infoview.training.memory import out_of_memory_said
 from infoview.utils.lock import hold_folder, remove_new_entries
 
 LOWER = ("data.batch_size (optim.lr follows it by optim.lr_scaling) or augment.size (data.resolution), or choose a "

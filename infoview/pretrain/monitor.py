@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from infoview.backbones.features import extract_features
+from infoview.backbones.knn import knn_accuracy
 from infoview.data import build_loader, check_held_out, open_source
 from infoview.data.resident import cap_bytes
 from infoview.errors import ConfigError, InfoviewError
-from infoview.runtime.features import extract_features
-from infoview.runtime.knn import knn_accuracy
-from infoview.runtime.metrics import MetricsLog
+from infoview.training.metrics import MetricsLog
 from infoview.utils.io import save_figure
 
 COLUMNS = (

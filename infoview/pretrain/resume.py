@@ -1,13 +1,15 @@
 """What a pretraining run continues from (``train.resume``), and which settings a resumed run may change."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from infoview.config import flatten
+from infoview.config import flatten, renamed_tree
 from infoview.errors import InfoviewError
-from infoview.runtime.checkpoint import find_resume, load_checkpoint
+from infoview.pretrain.renamed import RENAMED
+from infoview.training.checkpoint import find_resume, load_checkpoint
 
 #: keys a resumed run may change: where and how fast it runs, how long, what it logs, not what it trains
 #: (the loader's backend, where it decodes, the optimiser's kernel: the same batches and updates, up to rounding)
@@ -30,6 +32,23 @@ def config_changes(saved: dict, now: dict) -> list[str]:
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             out.append(f"{key}: {a.get(key, '<unset>')} -> {b.get(key, '<unset>')}")
     return out
+
+
+def saved_config(saved: dict, now: dict, path) -> dict:
+    """A checkpoint's config in today's key names (:data:`RENAMED`), each old name said in one line on stderr.
+    An old key that lands in a section this run has not (a distillation's config has no moco section) was
+    never this run's setting, and is left out."""
+    notes: list[str] = []
+    renamed = renamed_tree(saved, RENAMED, f"in the config of {path}", notes)
+    for old, new in RENAMED.items():
+        section, _, key = new.partition(".")
+        if old in flatten(saved) and section not in now and isinstance(renamed.get(section), dict):
+            renamed[section].pop(key, None)
+            if not renamed[section]:
+                del renamed[section]
+    for note in notes:
+        print(f"infoview: {note}", file=sys.stderr)
+    return renamed
 
 
 #: train.resume values that start afresh
@@ -65,7 +84,8 @@ def resume_state(cfg, ckpt_dir: Path) -> tuple[Path | None, dict | None, list[st
     state = load_checkpoint(path) if path is not None else None
     changes: list[str] = []
     if state is not None:
-        changes = config_changes(state.get("config") or {}, OmegaConf.to_container(cfg, resolve=True))
+        now = OmegaConf.to_container(cfg, resolve=True)
+        changes = config_changes(saved_config(state.get("config") or {}, now, path), now)
         if changes and not t.allow_config_change:
             shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
             raise InfoviewError(

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
 
-import infoview
+from infoview.version import __version__
 
 # From this file, not from ``infoview.__file__``: that is None when ``infoview`` was imported as a namespace
 # package, which a folder named infoview in the working directory (a clone's own folder) once made it.
@@ -33,14 +32,9 @@ def git_commit() -> str:
 
 
 def version() -> str:
-    """infoview's version: the package's, or the installed metadata's when ``infoview`` is a namespace package."""
-    found = getattr(infoview, "__version__", None)
-    if found is None:
-        try:
-            found = importlib.metadata.version("infoview")
-        except importlib.metadata.PackageNotFoundError:
-            found = "unknown"
-    return found
+    """infoview's version (:mod:`infoview.version`: read also when ``infoview`` was imported as a namespace
+    package)."""
+    return __version__
 
 
 def provenance() -> dict:

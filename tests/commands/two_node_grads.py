@@ -58,7 +58,7 @@ def main(views_file: str, out_file: str) -> None:
     import submitit
     import torch.distributed as dist
 
-    from infoview.runtime import distributed as D
+    from infoview.training import distributed as D
 
     torch.set_num_threads(1)
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)

@@ -21,15 +21,15 @@ import torch
 
 from infoview.cli import main
 from infoview.data.schemes.shapes import ShapesDetection
-from infoview.eval.detection_eval import coco_evaluate
-from infoview.eval.detection_model import SimpleFeaturePyramid
+from infoview.eval.detection.model import SimpleFeaturePyramid
+from infoview.eval.detection.scoring import coco_evaluate
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["model.min_size=128", "model.max_size=160", "model.fpn_channels=32", "model.box_head_dim=128",
         "model.mask_head_dim=32", "model.roi_batch_size=128", "model.detections_per_img=20",
-        "data.num_workers=0", "data.batch_size=2", "train.warmup_steps=2", "train.progress=false"]
+        "data.num_workers=0", "data.batch_size=2", "optim.warmup_steps=2", "train.progress=false"]
 
 
 def detect(out: Path, *args: str) -> dict:
@@ -55,7 +55,7 @@ def check_metrics(result: dict, task: str = "segm") -> None:
 def test_shapes_end_to_end_learns(photo_checkpoint, tmp_path):
     """Mask R-CNN on the narrow ResNet-18: after 40 iterations, easy shapes are found."""
     result = detect(tmp_path, f"backbone={photo_checkpoint}", "data.source=shapes", "data.holdout=12",
-                    "data.batch_size=4", "train.max_steps=40", "train.lr=0.02", "train.warmup_steps=10",
+                    "data.batch_size=4", "train.max_steps=40", "optim.lr=0.02", "optim.warmup_steps=10",
                     "model.frozen_stages=-1", "model.max_size=128")
     check_metrics(result)
     assert result["iterations"] == 40 and result["eval_images"] == 12 and result["train_images"] == 1988

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-import infoview.runtime.backbone as backbone
+import infoview.backbones.spec as backbone
 from infoview.cli import main
 
 COMMON = ["data.num_workers=0", "train.progress=false", "train.device=cpu"]
@@ -153,7 +153,7 @@ def test_an_out_dir_that_is_a_file_is_refused_before_any_work(cifar_checkpoint, 
 def test_bad_settings_fail_before_any_extraction(cifar_checkpoint, tmp_path, capsys, no_extraction):
     assert run("knn", f"backbone={cifar_checkpoint}", "knn.k=0", f"out_dir={tmp_path}") == 2
     assert "k must be a positive integer" in capsys.readouterr().err
-    assert run("linear", f"backbone={cifar_checkpoint}", "train.lr=-1", f"out_dir={tmp_path}") == 2
+    assert run("linear", f"backbone={cifar_checkpoint}", "optim.lr=-1", f"out_dir={tmp_path}") == 2
     assert "lr must be" in capsys.readouterr().err
 
 
@@ -174,7 +174,7 @@ def test_detect_and_segment_keep_a_finished_result_and_say_so_first(command, res
 
 
 def test_default_out_dirs_sit_beside_what_is_measured(tmp_path):
-    from infoview.runtime.backbone import default_out_dir
+    from infoview.backbones.spec import default_out_dir
 
     run_dir, export = tmp_path / "run", tmp_path / "run" / "export"
     (run_dir / "checkpoints").mkdir(parents=True)

@@ -6,9 +6,9 @@ import json
 import pytest
 import yaml
 
+from infoview.backbones.knn import knn_accuracy
+from infoview.backbones.spec import frozen_features, load_backbone_spec
 from infoview.cli import main
-from infoview.runtime.backbone import frozen_features, load_backbone_spec
-from infoview.runtime.knn import knn_accuracy
 
 COMMON = ["data.num_workers=0", "train.progress=false", "train.device=cpu"]
 
@@ -39,7 +39,7 @@ def test_knn_is_the_weighted_vote_on_the_shared_features(cifar_checkpoint, tmp_p
 
 
 def test_linear_and_knn_share_one_feature_extraction(cifar_checkpoint, tmp_path, monkeypatch, capsys):
-    import infoview.runtime.backbone as backbone
+    import infoview.backbones.spec as backbone
 
     calls = []
 

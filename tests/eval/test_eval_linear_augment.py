@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from infoview.augment import resolve
+from infoview.backbones.features import extract_features
 from infoview.cli import main
 from infoview.data import build_loader
-from infoview.runtime.features import extract_features
 from infoview.eval.linear import train_linear_probe, train_linear_probe_augmented
 from infoview.eval.linear import PROBE_VIEW_OVERRIDES
 
@@ -75,7 +75,7 @@ def test_augmented_training_learns_and_leaves_the_encoder_frozen(digits):
 
 
 def test_linear_augment_true_on_digits(cifar_checkpoint, tmp_path, capsys):
-    args = [f"backbone={cifar_checkpoint}", "train.epochs=2", "train.batch_size=256", "train.lr=0.5", *COMMON]
+    args = [f"backbone={cifar_checkpoint}", "train.epochs=2", "train.batch_size=256", "optim.lr=0.5", *COMMON]
     assert main(["linear", *args, f"out_dir={tmp_path / 'aug'}", "augment=true"]) == 0
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((tmp_path / "aug" / "linear.json").read_text())

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
+from infoview.backbones.spec import load_backbone_spec
 from infoview.cli import main
 from infoview.commands import build_config
-from infoview.runtime.backbone import load_backbone_spec
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 from infoview.cli import main
 from infoview.errors import InfoviewError
-from infoview.eval.segmentation_metrics import confusion_matrix, constant_baseline, segmentation_metrics
-from infoview.eval.segmentation_model import SegmentationModel
+from infoview.eval.segmentation.metrics import confusion_matrix, constant_baseline, segmentation_metrics
+from infoview.eval.segmentation.model import SegmentationModel
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def _well_formed(r: dict) -> None:
 def test_shapes_end_to_end_learns_beyond_the_constant_baseline(photo_checkpoint, tmp_path, capsys):
     out = tmp_path / "shapes"
     r = _segment(capsys, out, f"backbone={photo_checkpoint}", "data.source=shapes", "data.size=64",
-                 "train.max_steps=60", "train.lr=0.05", "eval.max_images=16", "plot.num_images=3")
+                 "train.max_steps=60", "optim.lr=0.05", "eval.max_images=16", "plot.num_images=3")
     _well_formed(r)
     assert r["num_classes"] == 5 and r["val_images"] == 16 and r["steps"] == 60
     assert r["feature_map"]["stride"] == 8 and r["feature_map"]["size"] == [8, 8]  # dilated ResNet
@@ -82,7 +82,7 @@ def test_coco128_masks_with_deeplabv3(photo_checkpoint, shared_data, tmp_path, c
 def test_vit_tokens_become_a_map(tmp_path, capsys):
     r = _segment(capsys, tmp_path / "vit", "backbone=random:vit_tiny_patch16_224", "data.source=shapes",
                  "data.size=32", "data.batch_size=2", "train.max_steps=2", "eval.max_images=2",
-                 "freeze_backbone=true", "train.optimizer=adamw", "train.lr=0.001", "plot.num_images=1")
+                 "freeze_backbone=true", "optim.name=adamw", "optim.lr=0.001", "plot.num_images=1")
     _well_formed(r)
     assert r["feature_map"]["stride"] == 16 and r["feature_map"]["size"] == [2, 2]
     assert r["feature_map"]["channels"] == 192

@@ -85,7 +85,7 @@ def test_the_devices_row_lse_path_matches_float64_on_the_cpu(gpu_device, scales)
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_fused_optimisers_on_the_device_take_the_foreach_steps(gpu_device, name):
-    from infoview.runtime.optim import build_optimizer, fused_choice
+    from infoview.training.optim import build_optimizer, fused_choice
 
     torch.manual_seed(0)
     models = [torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4)).to(gpu_device)

@@ -251,7 +251,7 @@ def test_ddp_one_process_step_matches_no_ddp(gpu_device, tmp_path):
     """DDP over a one-process group (NCCL on CUDA, gloo on CPU) trains as the bare model."""
     import torch.distributed as dist
 
-    from infoview.runtime import distributed as D
+    from infoview.training import distributed as D
 
     backend = "nccl" if gpu_device.type == "cuda" else "gloo"
     if not dist.is_available() or (backend == "nccl" and not dist.is_nccl_available()):

@@ -81,8 +81,8 @@ def test_the_loss_falls_and_mi_stays_under_its_ceiling(tiny, colour_folder, tmp_
 
 
 def test_eval_and_export_rebuild_the_two_stream_encoder(tiny, colour_folder, tmp_path, capsys):
-    from infoview.runtime.encoder import encoder_from_checkpoint
-    from infoview.runtime.export import load_backbone
+    from infoview.backbones.encoder import encoder_from_checkpoint
+    from infoview.backbones.export import load_backbone
 
     run(tiny, colour_folder, tmp_path / "run", "train.max_steps=4", "cmc.num_negatives=16",
         "augment.normalize=cifar10")
@@ -182,10 +182,10 @@ def test_two_ranks_give_the_single_process_gradient(tmp_path, gloo_ranks):
 def test_detection_and_segmentation_refuse_the_two_streams_naming_what_scores_them():
     from omegaconf import OmegaConf
 
+    from infoview.backbones.encoder import build_encoder_from_config
     from infoview.errors import InfoviewError
-    from infoview.eval.detection_model import build_detector
-    from infoview.eval.segmentation_model import _timm_model
-    from infoview.runtime.encoder import build_encoder_from_config
+    from infoview.eval.detection.model import build_detector
+    from infoview.eval.segmentation.model import _timm_model
 
     model = OmegaConf.create({"arch": "resnet18", "cifar_stem": True, "kwargs": {"channels": [8, 16, 32, 64]},
                               "streams": "lab"})

@@ -153,7 +153,7 @@ def test_trains_with_any_objective(tiny, tmp_path, capsys, objective, extra):
     ("ir.bank_momentum=1", "ir.bank_momentum"),
     ("ir.temperature=0", "ir.temperature"),
     ("augment.num_views=2", "method=ir takes augment.num_views=1"),
-    ("model.pred_hidden=8", "model.pred_hidden"),
+    ("moco.pred_hidden=8", "moco.pred_hidden=8 configures method=moco"),
 ])
 def test_bad_settings_are_one_line_errors(tiny, tmp_path, capsys, override, message):
     args = [*tiny, *IR, f"out_dir={tmp_path / 'run'}", "train.max_steps=1", override]

@@ -103,7 +103,7 @@ def test_loss_is_the_formula_and_mi_is_the_bank_bound():
 
 
 def test_the_warm_up_is_instance_recognition_and_every_view_gets_a_gradient_at_the_presets_sizes():
-    # configs/la_cifar10.yaml: 50,000 rows of 128, batch 128, 4096 background rows, t 0.07, 10 warm-up epochs.
+    # infoview/configs/la_cifar10.yaml: 50,000 rows of 128, batch 128, 4096 background rows, t 0.07, 10 warm-up epochs.
     # LA's loss with each image its own cluster would reach a view only when its own (random) row is among
     # its 4096 nearest: about 8% of them
     n, dim, b = 50_000, 128, 128

@@ -10,6 +10,8 @@ from infoview.commands import build_config
 from infoview.errors import ConfigError
 from infoview.pretrain.building import build_objective
 from infoview.pretrain.methods import get_method
+from infoview.models import predictor
+from infoview.pretrain.methods.base import check_method_sections, predictor_from_config
 
 
 def pretrain_config(*overrides: str):
@@ -40,18 +42,56 @@ def test_a_temperature_conflict_is_one_line_before_anything_is_written(tmp_path,
     assert not out.exists()
 
 
-@pytest.mark.parametrize("method", ["simclr", "ir", "cmc", "la", "crd"])
+@pytest.mark.parametrize("method", ["simclr", "ir", "cmc", "la", "crd", "moco_v3"])
 def test_a_predictor_is_refused_by_every_method_that_builds_none(method):
-    cfg = pretrain_config(f"method={method}", "model.pred_hidden=64")
-    encoder = SimpleNamespace(streams="lab", feature_dim=8)  # what cmc checks before the predictor
+    # moco's predictor is moco.pred_hidden (model.pred_hidden on main): a key of moco's section
+    cfg = pretrain_config(f"method={method}", "moco.pred_hidden=64")
     with pytest.raises(ConfigError) as err:
-        get_method(method).from_config(cfg, encoder, None, 0, num_samples=100)
+        check_method_sections(cfg)
     message = str(err.value)
-    assert message.startswith("model.pred_hidden=64 is the predictor of method=moco only")
-    assert "moco_v3.pred_hidden" in message and f"method={method} has none" in message
+    assert message.startswith("moco.pred_hidden=64 configures method=moco")
+    assert f"this run is method={method}" in message
+
+
+def test_the_predictors_name_on_main_is_read_as_moco_pred_hidden_with_a_note(capsys):
+    cfg = pretrain_config("method=moco", "model.pred_hidden=64")
+    assert cfg.moco.pred_hidden == 64 and "pred_hidden" not in cfg.model
+    assert ("model.pred_hidden is now moco.pred_hidden (on the command line); read as moco.pred_hidden"
+            in capsys.readouterr().err)
+    head = predictor_from_config(cfg.moco.pred_hidden, 16)
+    assert [p.shape for p in head.parameters()] == [p.shape for p in predictor(16, 64).parameters()]
+    assert predictor_from_config(pretrain_config("method=moco").moco.pred_hidden, 16) is None  # 0: none
 
 
 def test_crd_with_no_weight_on_either_loss_is_refused_before_the_teacher_loads():
     cfg = pretrain_config("method=crd", "crd.teacher=random:resnet18", "crd.weight=0")
     with pytest.raises(ConfigError, match="crd.weight=0 and crd.ce_weight=0 train nothing"):
         get_method("crd").from_config(cfg, SimpleNamespace(feature_dim=8), None, 10, num_samples=100)
+
+
+def test_a_checkpoint_whose_config_has_mains_model_pred_hidden_resumes_with_a_note(tiny, tmp_path, capsys):
+    import torch
+
+    args = ["pretrain", *tiny, f"out_dir={tmp_path}", "train.ckpt_every_steps=1"]
+    assert main([*args, "train.max_steps=1"]) == 0
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["model"]["pred_hidden"] = state["config"]["moco"].pop("pred_hidden")  # as main saved it
+    torch.save(state, path)
+    capsys.readouterr()
+    assert main([*args, "train.max_steps=2"]) == 0  # not "trained with other settings"
+    err = capsys.readouterr().err
+    assert f"model.pred_hidden is now moco.pred_hidden (in the config of {path})" in err
+    assert torch.load(path, weights_only=True)["step"] == 2
+
+
+def test_an_old_key_whose_new_section_this_run_has_not_is_left_out_of_the_saved_config(capsys):
+    from infoview.pretrain.resume import saved_config
+
+    # a distillation (method=crd) saved model.pred_hidden: 0 on main; its config has no moco section
+    saved = {"method": "crd", "model": {"arch": "resnet18", "pred_hidden": 0}, "crd": {"dim": 8}}
+    assert saved_config(saved, {"method": "crd", "model": {"arch": "resnet18"}, "crd": {"dim": 8}}, "x.pt") == \
+        {"method": "crd", "model": {"arch": "resnet18"}, "crd": {"dim": 8}}
+    assert "model.pred_hidden is now moco.pred_hidden (in the config of x.pt)" in capsys.readouterr().err
+    now = {"method": "moco", "model": {"arch": "resnet18"}, "moco": {"pred_hidden": 0, "bn": "auto"}}
+    assert saved_config({**saved, "moco": {"bn": "auto"}}, now, "x.pt")["moco"] == {"bn": "auto", "pred_hidden": 0}

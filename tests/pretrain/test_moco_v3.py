@@ -18,7 +18,7 @@ from infoview.errors import ConfigError
 from infoview.models import MLP, build_encoder, projector
 from infoview.objectives import build, cross_view_pairs
 from infoview.pretrain.methods import get_method
-from infoview.runtime.optim import build_optimizer
+from infoview.training.optim import build_optimizer
 
 MoCoV3 = get_method("moco_v3")
 T = 0.5
@@ -76,7 +76,7 @@ def test_it_is_listed_with_its_keys_and_defaults(capsys):
 
 
 @pytest.mark.parametrize("override,message", [
-    (["model.pred_hidden=8"], "set model.pred_hidden=0"),
+    (["moco.pred_hidden=8"], "moco.pred_hidden=8 configures method=moco, and this run is method=moco_v3"),
     (["moco_v3.momentum=0.9", "moco_v3.momentum_final=0.5"], "moco_v3.momentum_final=0.5 must be in"),
     (["moco_v3.freeze_patch_embed=true"], "moco_v3.freeze_patch_embed=true freezes a ViT's patch projection"),
     (["moco_v3.temperature=0"], "moco_v3.temperature"),
@@ -188,7 +188,7 @@ def test_the_patch_projection_stays_frozen_and_outside_the_optimiser():
 
 @pytest.mark.slow
 def test_a_vit_run_keeps_its_random_patch_projection(tiny, tmp_path, capsys):
-    from infoview.runtime.encoder import encoder_from_checkpoint
+    from infoview.backbones.encoder import encoder_from_checkpoint
 
     vit = ["model.arch=vit_tiny_patch16_224", "model.kwargs.depth=1",
            "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2", "model.kwargs.patch_size=8"]

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from infoview.objectives import available, build
-from infoview.runtime import distributed as D
+from infoview.training import distributed as D
 
 pytestmark = pytest.mark.slow
 

@@ -416,7 +416,7 @@ class _FullDisk:
 
 def test_a_full_disk_while_saving_is_one_line_and_the_previous_checkpoint_is_kept(tiny, tmp_path, capsys,
                                                                                     monkeypatch):
-    from infoview.runtime import checkpoint
+    from infoview.training import checkpoint
 
     real_save, saves = torch.save, []
 

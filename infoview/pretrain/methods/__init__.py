@@ -3,7 +3,7 @@
 - :class:`SimCLR`: every view of every image goes through the encoder and the
   projector; positives are the other views of the same image, negatives every
   view of every other image in the **global** batch (gathered from all ranks
-  with gradients, see :mod:`infoview.runtime.distributed`).
+  with gradients, see :mod:`infoview.training.distributed`).
 - :class:`MoCo`: queries from the encoder, keys from a momentum (EMA) copy,
   negatives from a queue of past keys. Defaults are MoCo v2's (Chen et al.
   2020): momentum 0.999, temperature 0.2, one view as the query and the other

@@ -21,7 +21,7 @@ from infoview.config import flatten
 from infoview.errors import ConfigError
 from infoview.models import EpochVisits, MemoryBank, predictor as make_predictor, projector as make_projector
 from infoview.objectives import Objective, ObjectiveOutput, bank_bound_of_scores, cross_view_pairs, objective_params
-from infoview.runtime import distributed as D
+from infoview.training import distributed as D
 from infoview.utils.registry import Registry
 
 _METHODS: Registry = Registry("method", listing="Methods")
@@ -95,17 +95,9 @@ def projector_from_config(model_cfg, feature_dim: int) -> nn.Module:
     return make_projector(feature_dim, m.proj_hidden, m.proj_dim, m.proj_layers, m.proj_bn, m.proj_last_bn)
 
 
-def refuse_predictor(cfg) -> None:
-    """``model.pred_hidden`` builds method=moco's predictor; any other method has none and refuses the key."""
-    if cfg.model.pred_hidden:
-        raise ConfigError(f"model.pred_hidden={cfg.model.pred_hidden} is the predictor of method=moco only "
-                          f"(method=moco_v3 sets its own, moco_v3.pred_hidden); method={cfg.method} has none: "
-                          "set model.pred_hidden=0")
-
-
-def predictor_from_config(model_cfg, dim: int) -> nn.Module | None:
-    """The predictor ``model.pred_hidden`` asks for (None when it is 0)."""
-    return make_predictor(dim, model_cfg.pred_hidden) if model_cfg.pred_hidden else None
+def predictor_from_config(hidden: int, dim: int) -> nn.Module | None:
+    """The predictor of ``hidden`` units a method's ``pred_hidden`` asks for (None when it is 0)."""
+    return make_predictor(dim, int(hidden)) if hidden else None
 
 
 @dataclass

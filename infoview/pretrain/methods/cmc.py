@@ -6,7 +6,7 @@ Representations") train it with their objectives. Each image gets one
 augmented view (``augment.num_views=1``; CMC's recipe is a random resized
 crop of 0.2-1 of the area and a flip, no colour jitter: ``augment.recipe=mocov2``
 with ``jitter.p``, ``grayscale.p`` and ``blur.p`` overridden to 0 does that,
-configs/cmc_infonce_cifar10.yaml). The encoder is ``model.streams=lab``
+infoview/configs/cmc_infonce_cifar10.yaml). The encoder is ``model.streams=lab``
 (infoview.models.lab): it converts the view to CIELab and runs one copy of
 ``model.arch`` on L (1 channel) and one on ab (2 channels); each half has its
 own head (``model.proj_*``, CMC's is one Linear to 128) and its embedding is
@@ -61,11 +61,10 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     method_temperature,
     projector_from_config,
-    refuse_predictor,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 
 CMC_NEGATIVES = ("bank", "batch")
 
@@ -103,7 +102,6 @@ class CMC(Method):
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "CMC":
         if getattr(encoder, "streams", "rgb") != "lab":
             raise ConfigError("method=cmc contrasts the L and ab halves of the encoder: set model.streams=lab")
-        refuse_predictor(cfg)
         a = cfg.augment
         specs = resolve(a.recipe, int(a.size), int(a.num_views), overrides=OmegaConf.to_container(a.overrides) or None)
         grey = max(float(s.ops["grayscale"]["p"]) for s in specs)

@@ -17,11 +17,10 @@ from infoview.pretrain.methods.base import (
     at_most,
     method_temperature,
     projector_from_config,
-    refuse_predictor,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 
 
 class ClassPools:
@@ -122,9 +121,8 @@ class CRD(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "CRD":
-        from infoview.runtime.backbone import load_backbone_spec
+        from infoview.backbones.spec import load_backbone_spec
 
-        refuse_predictor(cfg)
         c = cfg.crd
         if not str(c.teacher).strip():
             raise ConfigError("crd.teacher (teacher=) is not set: give a pretraining run, checkpoint, export "

@@ -19,7 +19,7 @@ batch take the batch's embeddings, gathered from every rank, so that every rank'
     bank[i] <- normalize(m * bank[i] + (1 - m) * q_i),    m = ir.bank_momentum
 
 m = 0.5 is the IR paper's (the default); m = 0 replaces the row, as the ring repository's configs do
-(configs/ir_cifar10.yaml). Under DDP every rank draws the negatives of the whole global batch from the
+(infoview/configs/ir_cifar10.yaml). Under DDP every rank draws the negatives of the whole global batch from the
 same random stream (the engine seeds every rank alike and checkpoints it) and keeps its own rows: the
 run is then the same function of the global batch as one process on it (tests/pretrain/test_ir.py).
 
@@ -55,11 +55,10 @@ from infoview.pretrain.methods.base import (
     at_most,
     method_temperature,
     projector_from_config,
-    refuse_predictor,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 
 
 @register_method("ir")
@@ -88,7 +87,6 @@ class InstanceRecognition(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "InstanceRecognition":
-        refuse_predictor(cfg)
         ic = cfg.ir
         proj = projector_from_config(cfg.model, encoder.feature_dim)
         return cls(encoder, proj, objective, num_classes, num_samples=num_samples,

@@ -15,11 +15,10 @@ from infoview.pretrain.methods.base import (
     at_most,
     method_temperature,
     projector_from_config,
-    refuse_predictor,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 
 #: added to P(C | B) before the log, as the authors' code does: a row with no close neighbour in its
 #: background reads -log(1e-7) = 16.1 nats, instead of an infinite loss, and gets no gradient (the paper's
@@ -141,7 +140,7 @@ class LocalAggregation(Method):
 
     # the paper's ImageNet setting: 4096 background neighbours, 10 clusterings of 10000 clusters
     # (the authors' PyTorch imagenet_la.json: 30000), t 0.07, bank momentum 0.5; faiss's 20 iterations.
-    # The authors warm up with 10 epochs of instance discrimination (configs/la_cifar10.yaml: 10); the
+    # The authors warm up with 10 epochs of instance discrimination (infoview/configs/la_cifar10.yaml: 10); the
     # default warms up for 1, so that a short run is LA at all
     DEFAULTS = {
         "temperature": Key(0.07, "the embeddings' dot products with the bank are divided by it", above=0),
@@ -182,7 +181,6 @@ class LocalAggregation(Method):
             got = f"objective.name={cfg.objective.name}" + "".join(f", objective.{k}={v}" for k, v in extra.items())
             raise ConfigError(f"method=la trains with its own loss: leave objective.* at its default "
                               f"(objective.name=infonce, no other keys), got {got}")
-        refuse_predictor(cfg)
         c = cfg.la
         return cls(
             encoder, projector_from_config(cfg.model, encoder.feature_dim), objective, num_classes, num_samples,

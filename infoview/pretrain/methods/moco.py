@@ -17,8 +17,8 @@ from infoview.pretrain.methods.base import (
     projector_from_config,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 
 MOCO_BN = ("auto", "shuffle", "split", "sync", "none")
 
@@ -39,6 +39,8 @@ class MoCo(Method):
         # unbounded: it must be >= 2 only under moco.bn=split (checked there with the batch it splits)
         "bn_splits": Key(8, "BatchNorm groups of moco.bn=split"),
         "symmetric": Key(False, "add the swapped pair (the second view as the query), as MoCo v3 does"),
+        # model.pred_hidden until issue 25: a key of one method lives in its section
+        "pred_hidden": Key(0, "hidden width of a predictor on the queries; 0 = none", min=0),
     }
     num_views = 2
     demo = "infoview pretrain --config demo method=moco out_dir=runs/demo_moco moco.queue_size=1024"
@@ -50,7 +52,7 @@ class MoCo(Method):
         return cls(
             encoder, proj, objective, num_classes, temperature=method_temperature(cfg), queue_size=mc.queue_size,
             momentum=mc.momentum, momentum_final=mc.momentum_final, bn=mc.bn, bn_splits=mc.bn_splits,
-            symmetric=mc.symmetric, predictor=predictor_from_config(cfg.model, proj.out_dim), seed=cfg.train.seed,
+            symmetric=mc.symmetric, predictor=predictor_from_config(mc.pred_hidden, proj.out_dim), seed=cfg.train.seed,
         )
 
     @property

@@ -14,11 +14,10 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     method_temperature,
     projector_from_config,
-    refuse_predictor,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 from infoview.utils.device import resolve_device
 
 FREEZE_CHOICES = (None, True, False)  # null: true for an encoder with a patch_embed (a ViT)
@@ -118,7 +117,6 @@ class MoCoV3(Method):
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "MoCoV3":
         mc = cfg.moco_v3
-        refuse_predictor(cfg)
         proj = projector_from_config(cfg.model, encoder.feature_dim)
         pred = None
         if mc.pred_hidden:

@@ -9,11 +9,10 @@ from infoview.pretrain.methods.base import (
     StepOutput,
     method_temperature,
     projector_from_config,
-    refuse_predictor,
     register_method,
 )
-from infoview.runtime import distributed as D
 from infoview.schema import Key
+from infoview.training import distributed as D
 
 
 @register_method("simclr")
@@ -26,7 +25,6 @@ class SimCLR(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, objective, num_classes: int, num_samples: int = 0) -> "SimCLR":
-        refuse_predictor(cfg)
         proj = projector_from_config(cfg.model, encoder.feature_dim)
         return cls(encoder, proj, objective, num_classes, temperature=method_temperature(cfg))
 

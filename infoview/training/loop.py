@@ -1,0 +1,218 @@
+"""The fit loop the evaluators share: batches, learning rate, forward, backward, step, checks, progress, rows.
+
+Detection, segmentation and the linear probe train the same way; only what a
+step computes differs. ``fit`` runs the common part and takes the task's part
+as a function, ``step_fn(batch) -> loss`` (or ``(loss, terms)``, a dict of
+named scalar tensors the loss is made of). For every step it
+
+1. sets the learning rate: ``set_lr(optimizer, *schedule(step))``, the
+   schedule giving one factor or a tuple of factors of each group's
+   ``base_lr`` (``training.optim``'s schedules are such functions of the step);
+2. runs ``step_fn`` on the next batch, under autocast when ``amp_dtype`` is
+   given (bf16; the device is the parameters');
+3. checks the loss (averaged over the processes by ``reduce`` first, so every
+   process stops at the same step): a loss that is not finite stops the run
+   with :class:`NonFiniteLoss`, one line that names the step, the learning
+   rate, the terms and what to change (``hint``);
+4. ``zero_grad``, ``backward``, clips the gradients' global norm to
+   ``clip_grad`` when it is positive, and steps the optimizer
+   (:func:`optimizer_step`);
+5. updates the progress bar (tqdm: the loss and lr) and, every ``log_every``
+   steps and after the last one, makes a row ``{"step", "epoch" (when
+   ``steps_per_epoch`` is given), "lr", "loss", *terms}`` (terms averaged by
+   ``reduce``) that it keeps and hands to ``on_log``: a function or a
+   ``training.metrics.MetricsLog``.
+
+The batches: ``batches`` is an iterable that is iterated again for every
+epoch (a DataLoader), or a function of the epoch that returns that epoch's
+batches (to call ``sampler.set_epoch`` first, or to draw a new order). The
+run stops after ``steps`` steps, in the middle of an epoch if need be, or after
+``epochs`` whole passes; with both, at whichever comes first. An epoch
+without a single batch is an error (the run would never end).
+
+Steps are counted as pretraining counts them: the step a message names is the
+number of steps taken before it (the first is step 0), and a row's ``step`` is
+the number of steps taken when it is written (the first row of
+``log_every=1`` is step 1).
+
+What is not here stays with the task: building the model, its loss, the data,
+``model.train()``, evaluation and the report. Pretraining keeps a loop of its
+own (``pretrain/engine.py``: checkpoints, resume, signals, DDP's collective
+statistics); the MI benchmark uses only :func:`progress_bar` and
+:func:`optimizer_step` (``mi_bench/critics.py`` says why).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence, Union
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from infoview.errors import InfoviewError
+from infoview.training.metrics import MetricsLog
+from infoview.training.optim import set_lr
+
+#: what a step function returns: the loss, or the loss and the named terms it is made of
+StepOutput = Union[Tensor, tuple[Tensor, dict[str, Tensor]]]
+#: the factor (or factors, multiplied in order) of every group's base_lr at a step
+Schedule = Callable[[int], Union[float, tuple[float, ...]]]
+
+
+class NonFiniteLoss(InfoviewError):
+    """The loss of a step is nan or infinite; the message names the step, the lr, the terms and what to change."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` leaves: steps taken, every step's loss (reduced), the rows logged, the seconds it took."""
+
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        """The last step's loss; nan when no step was taken."""
+        return self.losses[-1] if self.losses else float("nan")
+
+
+def progress_bar(total: int | None, desc: str, progress: bool = True) -> tqdm:
+    """The bar every loop shows on stderr: one tick a step, redrawn at most twice a second."""
+    return tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor, clip_grad: float = 0.0,
+                   clip_params: Sequence[Tensor] | None = None) -> None:
+    """``zero_grad``, ``backward``, the gradients' global norm clipped to ``clip_grad`` (when > 0), ``step``.
+
+    ``clip_params``: the parameters whose norm is clipped, in the order given
+    (the order of the sum, so of the last bits); by default the optimizer's.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad > 0:
+        if clip_params is None:
+            clip_params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(clip_params, clip_grad)
+    optimizer.step()
+
+
+def _batches(batches, steps: int | None, epochs: int | None, desc: str):
+    """Every batch of the run, epoch after epoch, until ``steps`` batches or ``epochs`` passes."""
+    epoch = taken = 0
+    while (steps is None or taken < steps) and (epochs is None or epoch < epochs):
+        empty = True
+        for batch in batches(epoch) if callable(batches) else batches:
+            empty = False
+            yield batch
+            taken += 1
+            if steps is not None and taken >= steps:
+                return
+        if empty:
+            raise InfoviewError(f"{desc}: epoch {epoch} gave no batch to train on")
+        epoch += 1
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, schedule: Schedule | None, step: int) -> float:
+    """The schedule's lr for ``step`` set on every group (or the lr as it is, without one); the first group's."""
+    if schedule is None:
+        return optimizer.param_groups[0]["lr"]
+    factors = schedule(step)
+    return set_lr(optimizer, *factors) if isinstance(factors, tuple) else set_lr(optimizer, factors)
+
+
+def _nonfinite(desc: str, value: float, step: int, lr: float, terms: dict[str, Tensor], hint: str) -> NonFiniteLoss:
+    parts = "".join(f", {k} {float(v.detach()):.3g}" for k, v in terms.items())
+    return NonFiniteLoss(f"{desc}: the loss is {value} at step {step} (lr {lr:.3g}{parts}); {hint}")
+
+
+class _Rows:
+    """The rows of a run (``fit`` says when), kept and handed to ``on_log``."""
+
+    def __init__(self, on_log, steps_per_epoch: int | None, reduce: Callable[[Tensor], Tensor]):
+        self.on_log, self.steps_per_epoch, self.reduce = on_log, steps_per_epoch, reduce
+        self.rows: list[dict] = []
+
+    def write(self, done: int, lr: float, loss: float, terms: dict[str, Tensor]) -> None:
+        row: dict[str, Any] = {"step": done}
+        if self.steps_per_epoch:
+            row["epoch"] = round(done / self.steps_per_epoch, 4)
+        row.update(lr=lr, loss=loss)
+        row.update({k: float(self.reduce(v.detach())) for k, v in terms.items()})
+        self.rows.append(row)
+        if isinstance(self.on_log, MetricsLog):
+            self.on_log.write(row)
+        elif self.on_log is not None:
+            self.on_log(row)
+
+
+def fit(
+    step_fn: Callable[[Any], StepOutput],
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable | Callable[[int], Iterable],
+    *,
+    steps: int | None = None,
+    epochs: int | None = None,
+    schedule: Schedule | None = None,
+    clip_grad: float = 0.0,
+    clip_params: Sequence[Tensor] | None = None,
+    amp_dtype: torch.dtype | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    log_every: int = 0,
+    on_log: Callable[[dict], object] | MetricsLog | None = None,
+    steps_per_epoch: int | None = None,
+    progress: bool = False,
+    desc: str = "train",
+    hint: str = "lower the learning rate",
+) -> FitResult:
+    """Train through ``step_fn`` for ``steps`` steps or ``epochs`` epochs of ``batches``; see the module docstring.
+
+    ``schedule(step)`` gives the lr factor(s) of each group's ``base_lr`` (a
+    group without one takes its lr when the loop starts); without a schedule
+    the lr stays as it is. ``reduce`` averages a value over the processes
+    (``training.distributed.all_reduce_mean``); ``steps_per_epoch`` gives the
+    rows an ``epoch`` column and the bar its length in ``epochs`` mode.
+    ``log_every=0``: no rows. ``desc`` names the loop in the bar and in errors.
+    """
+    if steps is None and epochs is None:
+        raise ValueError("fit: give steps or epochs")
+    if schedule is not None:
+        for g in optimizer.param_groups:
+            g.setdefault("base_lr", g["lr"])
+    reduce = reduce or (lambda t: t)
+    autocast = contextlib.nullcontext()
+    if amp_dtype is not None:  # on the device of the parameters
+        autocast = torch.autocast(optimizer.param_groups[0]["params"][0].device.type, dtype=amp_dtype)
+    rows = _Rows(on_log, steps_per_epoch, reduce)
+    done = FitResult(rows=rows.rows)
+    total = steps if steps is not None else epochs * steps_per_epoch if steps_per_epoch else None
+    bar = progress_bar(total, desc, progress)
+    start = time.perf_counter()
+    try:
+        for step, batch in enumerate(_batches(batches, steps, epochs, desc)):
+            lr = _set_lr(optimizer, schedule, step)
+            with autocast:
+                out = step_fn(batch)
+            loss, terms = out if isinstance(out, tuple) else (out, {})
+            value = float(reduce(loss.detach()))
+            if not math.isfinite(value):
+                raise _nonfinite(desc, value, step, lr, terms, hint)
+            optimizer_step(optimizer, loss, clip_grad, clip_params)
+            done.losses.append(value)
+            done.steps = step + 1
+            if log_every > 0 and done.steps % log_every == 0:
+                rows.write(done.steps, lr, value, terms)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2g}", refresh=False)
+        if log_every > 0 and done.steps % log_every:
+            rows.write(done.steps, lr, value, terms)  # the last step's row
+    finally:
+        bar.close()
+    done.seconds = time.perf_counter() - start
+    return done
