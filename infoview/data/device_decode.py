@@ -119,9 +119,11 @@ def _positions(members: list[int], device: torch.device) -> torch.Tensor:
 class DeviceDecoder:
     """Turns a worker batch into uint8 images (B, 3, r, r) (channels-last memory) on ``device``."""
 
-    def __init__(self, source: ImageSource, resolution: int, device: torch.device, skip_bad: bool):
+    def __init__(self, source: ImageSource, resolution: int, device: torch.device, skip_bad: bool,
+                 skipped: set[int]):
         self.source, self.resolution, self.device, self.skip_bad = source, resolution, device, skip_bad
         self.cpu_decoded: set[int] = set()  # indices nvJPEG could not read, decoded on the CPU instead
+        self.skipped = skipped  # the loader's: unreadable images replaced (with skip_bad), here or in a worker
 
     def _note_cpu(self, index: int, why: str) -> None:
         if index not in self.cpu_decoded:
@@ -146,13 +148,14 @@ class DeviceDecoder:
                 out[i] = self._cpu_fallback(data, indices[i], exc)
         return out
 
-    def _cpu_fallback(self, data: torch.Tensor, index: int, exc: Exception) -> torch.Tensor | np.ndarray:
+    def _cpu_fallback(self, data: torch.Tensor, index: int, exc: Exception) -> torch.Tensor | None:
+        """The image the CPU's reader makes of a JPEG nvJPEG refused; None (skip_bad) when it cannot either."""
         try:
             image = read_image(data.numpy().tobytes(), name=self.source.describe(index))
         except InfoviewError as err:
             if not self.skip_bad:
                 raise InfoviewError(f"{err}; pass data.skip_bad=true to skip unreadable images") from None
-            return err  # replaced by the caller
+            return None
         self._note_cpu(index, f"the device's JPEG decoder refused it: {str(exc).splitlines()[0][:80]}")
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(self.device)
 
@@ -166,13 +169,13 @@ class DeviceDecoder:
         groups: dict[int, list[int]] = defaultdict(list)
         squares: dict[int, torch.Tensor] = {}
         for i, image in decoded.items():
-            if isinstance(image, InfoviewError):  # unreadable by any decoder, skip_bad: the next readable one
+            if image is None:  # unreadable by any decoder, skip_bad: the next readable one
                 image, labels[i], indices[i] = self._replacement(index_list[i])
                 out[i].copy_(torch.from_numpy(np.array(image)).to(dev))
                 continue
             squares[i] = centre_square(image)
             groups[squares[i].shape[-1]].append(i)
-        for side, members in groups.items():
+        for members in groups.values():
             batch = resize_squares(torch.stack([squares[i] for i in members]), r)
             out.index_copy_(0, _positions(members, dev), batch.permute(0, 2, 3, 1))
         arrays = [i for i, k in enumerate(kinds) if k == KIND_ARRAY]
@@ -243,6 +246,8 @@ class DeviceDecoder:
         """The next readable image after ``index``, fitted on the CPU: (image, label, its index)."""
         n = len(self.source)
         image, label, _, read = _DecodeOnce(self.source, self.resolution, skip_bad=True)[(index + 1) % n]
-        print(f"infoview: skipped unreadable image {self.source.describe(index)} (data.skip_bad=true)",
-              file=sys.stderr, flush=True)
+        if index not in self.skipped:
+            self.skipped.add(index)
+            print(f"infoview: skipped unreadable image {self.source.describe(index)} (data.skip_bad=true; "
+                  f"{len(self.skipped)} so far)", file=sys.stderr, flush=True)
         return image, label, read

@@ -246,7 +246,7 @@ class TorchLoader(_Base):
             from infoview.data import device_decode as dd
 
             dd.check_source(source)
-            self.decoder = dd.DeviceDecoder(source, self.resolution, self.device, skip_bad)
+            self.decoder = dd.DeviceDecoder(source, self.resolution, self.device, skip_bad, self.skipped)
             dataset, collate = dd.ReadBytes(source, self.resolution, skip_bad), dd.collate_bytes
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if self.num_workers > 0 else {}
         self._loader = DataLoader(

@@ -96,8 +96,10 @@ def test_an_unreadable_jpeg_is_an_error_naming_it_or_with_skip_bad_replaced(tmp_
     with pytest.raises(InfoviewError) as err:
         list(build_loader(source, decode="device", **kw))
     assert "a/1.jpg" in str(err.value) and "data.skip_bad=true" in str(err.value) and "\n" not in str(err.value)
-    images, _, index = next(iter(build_loader(source, decode="device", skip_bad=True, **kw)))
+    loader = build_loader(source, decode="device", skip_bad=True, **kw)
+    images, _, index = next(iter(loader))
     assert index.tolist() == [0, 2, 2, 3, 4, 5]  # image 1 unreadable: image 2 took its place (CPU-fitted)
+    assert loader.skipped == {1}  # counted as the workers' replacements are (pretrain.json's skipped_images)
     assert (images[1].int() - images[2].int()).abs().max() <= 1
 
 
