@@ -17,8 +17,10 @@ from _gpu_check_common import ROOT, log, tail
 LIMITS = {
     "real": {"pytest_gpu": 120, "train_step_r18_32": 60, "train_step_r50_224": 80, "objectives": 45,
              "simclr_vs_lightly": 90, "cifar10_simclr_200": 590, "compile_modes": 150, "views": 50},
-    "dry": {"pytest_gpu": 60, "train_step_r18_32": 30, "train_step_r50_224": 30, "objectives": 25,
-            "simclr_vs_lightly": 45, "cifar10_simclr_200": 45, "compile_modes": 40, "views": 20},
+    # the dry run's are three times what each step takes on an idle 2-core CPU, so that it also passes on a
+    # machine kept busy by other work (a load of 6 doubles them)
+    "dry": {"pytest_gpu": 90, "train_step_r18_32": 45, "train_step_r50_224": 45, "objectives": 60,
+            "simclr_vs_lightly": 90, "cifar10_simclr_200": 60, "compile_modes": 75, "views": 30},
 }
 MIN_STEP_S = {"real": 20, "dry": 8}
 DRY_NOTE = "dry run: not a measurement"  # added to the note of every target a dry run checks

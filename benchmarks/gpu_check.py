@@ -85,7 +85,7 @@ DEFAULT_DATA = ROOT / "runs" / "gpu_data"
 
 FULL_DATA = {"train_per_class": 5000, "test_per_class": 1000, "photos": 24}
 DRY_DATA = {"train_per_class": 8, "test_per_class": 4, "photos": 4}
-DEFAULT_BUDGET_S = {"real": 540, "dry": 200}
+DEFAULT_BUDGET_S = {"real": 540, "dry": 400}
 
 
 def parse_args(argv: list[str] | None):

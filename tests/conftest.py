@@ -31,6 +31,19 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def run_benchmark():
+    """``run_benchmark(script, args)``: ``python benchmarks/<script> *args`` from the repository, output captured."""
+    import subprocess
+    import sys
+
+    def run(script: str, args: list[str], timeout: float = 600) -> "subprocess.CompletedProcess":
+        return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
 def tiny_cifar10(shared_data, tmp_path) -> Path:
     """A copy of 4 real CIFAR-10 JPEGs per class and split (train/, test/): 40 + 40 images."""
     import shutil

@@ -4,27 +4,17 @@ reads the finished run instead of redoing it, and --table shows the finished run
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-def run(args):
-    cmd = [sys.executable, str(REPO / "benchmarks" / "claims.py"), *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-def test_a_claim_run_is_recorded_with_its_budget_and_kept(tiny_cifar10, tmp_path):
+def test_a_claim_run_is_recorded_with_its_budget_and_kept(tiny_cifar10, tmp_path, run_benchmark):
     data = tiny_cifar10
     out = tmp_path / "claims"
     args = ["--smoke", "--data", str(data), "--out", str(out), "--runs", "ir/infonce", "--seeds", "0"]
-    proc = run(args)
+    proc = run_benchmark("claims.py", args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (line,) = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert line["run"] == "ir/infonce" and line["seed"] == 0 and line["budget"] == "cpu-r18half-10ep"
@@ -35,9 +25,10 @@ def test_a_claim_run_is_recorded_with_its_budget_and_kept(tiny_cifar10, tmp_path
     table = (out / "table.md").read_text()
     assert table.strip() in proc.stdout and "| ir/infonce | 0 |" in table and "Budget cpu-r18half-10ep" in table
     stamp = (out / "ir_infonce_s0" / "pretrain.json").stat().st_mtime_ns
-    again = run(args)
+    again = run_benchmark("claims.py", args)
     assert again.returncode == 0 and "$ infoview pretrain" not in again.stderr
     assert (out / "ir_infonce_s0" / "pretrain.json").stat().st_mtime_ns == stamp
-    shown = run(["--table", "--out", str(out), "--runs", "ir/infonce", "simclr/ring", "--seeds", "0"])
+    shown = run_benchmark("claims.py", ["--table", "--out", str(out), "--runs", "ir/infonce", "simclr/ring",
+                                        "--seeds", "0"])
     assert shown.returncode == 0 and "| ir/infonce | 0 |" in shown.stdout and "simclr/ring" not in shown.stdout
     assert "(1 of 2 runs finished" in shown.stdout and not (out / "simclr_ring_s0").exists()  # nothing trained

@@ -4,28 +4,18 @@ redoing them."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-def run(args):
-    cmd = [sys.executable, str(REPO / "benchmarks" / "objectives_cifar10.py"), *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-def test_smoke_run_writes_table_jsonl_and_plot_and_keeps_finished_runs(tiny_cifar10, tmp_path):
+def test_smoke_run_writes_table_jsonl_and_plot_and_keeps_finished_runs(tiny_cifar10, tmp_path, run_benchmark):
     data = tiny_cifar10
     out = tmp_path / "bench"
     # one run (MoCo's, which needs the smoke queue): tests/test_benchmark_claims.py runs the same stages too
     args = ["--smoke", "--data", str(data), "--out", str(out), "--runs", "moco/ring", "--no-second-seed"]
-    proc = run(args)
+    proc = run_benchmark("objectives_cifar10.py", args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [x["run"] for x in lines] == ["random_init", "moco/ring"]
@@ -40,15 +30,15 @@ def test_smoke_run_writes_table_jsonl_and_plot_and_keeps_finished_runs(tiny_cifa
     assert (out / "moco_ring_s0" / "checkpoints" / "last.pt").exists()
 
     stamp = (out / "moco_ring_s0" / "pretrain.json").stat().st_mtime_ns
-    again = run(args)
+    again = run_benchmark("objectives_cifar10.py", args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "$ infoview pretrain" not in again.stderr and "$ infoview knn" not in again.stderr
     assert (out / "moco_ring_s0" / "pretrain.json").stat().st_mtime_ns == stamp
     assert (out / "table.md").read_text() == table
 
 
-def test_data_without_splits_is_a_one_line_error(tmp_path):
-    proc = run(["--data", str(tmp_path), "--out", str(tmp_path / "o")])
+def test_data_without_splits_is_a_one_line_error(tmp_path, run_benchmark):
+    proc = run_benchmark("objectives_cifar10.py", ["--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
         f"error: --data {tmp_path} must hold train/ and test/ (ImageFolder layout); "

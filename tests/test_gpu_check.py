@@ -27,7 +27,7 @@ def test_dry_run_runs_every_step_and_writes_one_json_and_one_markdown(tmp_path):
     if not (CIFAR10 / "train").is_dir() or not (CIFAR10 / "test").is_dir():
         pytest.skip(f"CIFAR-10 JPEGs not found at {CIFAR10} (the dry run packs a few of them)")
     out = tmp_path / "out"
-    proc = gpu_check(["--dry-run", "--out", str(out)], timeout=400)
+    proc = gpu_check(["--dry-run", "--out", str(out)], timeout=500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md"]  # nothing else left there
     line = json.loads(proc.stdout.strip().splitlines()[-1])
