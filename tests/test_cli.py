@@ -58,8 +58,10 @@ def test_positional_arguments_fill_declared_keys(monkeypatch):
         DEFAULTS = {"src": "", "out": "", "overwrite": False}
         COMMAND = Command(help="a fake", positional=("src", "out"))
 
-    monkeypatch.setattr(commands, "_modules", lambda: {"fake": "fake"})
-    monkeypatch.setattr(commands.importlib, "import_module", lambda name: Fake)
+    from infoview.utils.registry import Entry
+
+    fake = Entry("fake", "", "fake", {"help": "a fake"}, "fake", obj=Fake)  # registered, and loaded already
+    monkeypatch.setattr(commands._COMMANDS, "items", {**commands._COMMANDS.items, "fake": fake})
     _, cfg = commands.build_config("fake", ["digits", "/tmp/o.beton", "overwrite=true"])
     assert (cfg.src, cfg.out, cfg.overwrite) == ("digits", "/tmp/o.beton", True)
     with pytest.raises(Exception, match="needs OUT"):

@@ -40,26 +40,26 @@ def presets() -> list[str]:
 
 
 def objectives() -> list[str]:
-    from infoview.objectives import available, objective_class, objective_params
+    """Read from the registry: the objectives' files are not imported (nor torch)."""
+    from infoview.objectives.registry import available, objective_certifies, objective_params, objective_title
 
     lines = []
     for name in available():
-        cls = objective_class(name)
         params = ", ".join(f"{k}={v!r}" for k, v in objective_params(name).items()) or "no parameters"
-        title = _first_line(inspect.getdoc(cls)).split(" (")[0]  # the name, without the citation
+        title = objective_title(name).split(" (")[0]  # the name, without the citation
         lines.append(f"{name:<14} {title}\n{'':<14} parameters: {params}\n"
-                     f"{'':<14} .mi: {cls.certifies}")
+                     f"{'':<14} .mi: {objective_certifies(name)}")
     return lines
 
 
 def methods() -> list[str]:
     """Each method, its first line, and a command that tries it on the demo's digits (the changes it needs)."""
-    from infoview.pretrain.methods import available_methods, get_method
+    from infoview.pretrain.methods.registry import available_methods, method_demo, method_help
 
     lines = []
     for m in available_methods():
-        cls = get_method(m)
-        lines.append(f"{m:<8} {_first_line(cls.__doc__)}" + (f"\n{'':<8} try: {cls.demo}" if cls.demo else ""))
+        demo = method_demo(m)
+        lines.append(f"{m:<8} {method_help(m)}" + (f"\n{'':<8} try: {demo}" if demo else ""))
     return lines
 
 
