@@ -160,3 +160,25 @@ def test_an_objective_without_a_grid_is_caught(monkeypatch):
     assert "must be a non-empty list" in known_mi_grid_problems("gridless")[0]
     Gridless.known_mi_grid = classmethod(lambda cls, m: [{"wieght": 2.0}])
     assert "names no parameter" in known_mi_grid_problems("gridless")[0]
+
+
+def test_the_documented_objective_is_one_file_listed_without_being_imported(monkeypatch, doc_example_module, capsys):
+    """The "Adding an objective" example of docs/architecture.md, written into the package."""
+    import sys
+
+    from infoview.cli import main
+
+    monkeypatch.setattr(base._OBJECTIVES, "items", dict(base._OBJECTIVES.items))
+    module = doc_example_module(objectives, "Adding an objective", "decoupled")
+    assert main(["list", "objectives"]) == 0
+    out = capsys.readouterr().out
+    assert "decoupled      Decoupled contrastive loss\n" in out and "parameters: pos_weight=1.0" in out
+    assert ".mi: InfoNCE on the same scores (the decoupled loss is not a bound)" in out
+    assert module not in sys.modules  # read from the file
+    assert known_mi_grid_problems("decoupled") == []
+    pos, neg = torch.randn(6), torch.randn(6, 5)
+    out, ref = build("decoupled", pos_weight=2.0)(pos, neg), build("infonce")(pos, neg)
+    assert torch.allclose(out.mi, ref.mi) and out.ceiling == ref.ceiling
+    assert torch.allclose(out.loss, (torch.logsumexp(neg, 1) - 2 * pos).mean())
+    with pytest.raises(ValueError, match="did you mean 'pos_weight'"):
+        build("decoupled", pos_wieght=1.0)
