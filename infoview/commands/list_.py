@@ -9,8 +9,6 @@
 """
 from __future__ import annotations
 
-import inspect
-
 from infoview.commands import Command
 from infoview.config import CONFIG_DIR, did_you_mean, read_yaml
 from infoview.errors import InfoviewError
@@ -18,13 +16,6 @@ from infoview.errors import InfoviewError
 USAGE = "usage: infoview list presets|objectives|methods|sources|recipes|archs [PATTERN]"
 COMMAND = Command(help="List presets, objectives (with parameters), methods, data sources, view recipes or timm archs.",
                   usage=USAGE)
-
-
-def _first_line(text: str | None) -> str:
-    for line in (text or "").strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
 
 
 def presets() -> list[str]:
@@ -81,7 +72,7 @@ def sources() -> list[str]:
 
 
 def recipes() -> list[str]:
-    from infoview.augment.recipes import available_recipes
+    from infoview.augment.recipes import available_recipes  # read from the recipes' files
 
     return available_recipes()
 

@@ -21,7 +21,7 @@ import importlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Mapping
+from typing import Any, Callable, Hashable, Iterable
 
 from infoview.config import did_you_mean
 from infoview.errors import ConfigError
