@@ -189,13 +189,17 @@ class Registry:
 
     def get(self, name: Hashable) -> Any:
         """What ``name`` names (its module imported now if it was not)."""
-        return self.entry(name).load()
+        entry = self.entry(name)
+        if self.decorator is None and entry.obj is None:  # a module plug-in: no decorator hands it over
+            module = importlib.import_module(entry.module)
+            self._add(live_decl(entry.name, module), module)  # which checks it against what was read
+        return entry.load()
 
     def meta(self, name: Hashable, key: str) -> Any:
         """One item of an entry's metadata; one its file does not give without running is read after loading."""
         entry = self.entry(name)
         if entry.meta.get(key, NOT_STATIC) is NOT_STATIC:
-            entry.load()
-            if entry.meta.get(key, NOT_STATIC) is NOT_STATIC:  # the decorator ran before the file was read
+            self.get(name)
+            if entry.meta.get(key, NOT_STATIC) is NOT_STATIC:  # the module did not hand over its declaration
                 entry.meta.update(self.describe(live_decl(entry.name, entry.obj))[1])
         return entry.meta[key]

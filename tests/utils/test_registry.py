@@ -173,3 +173,25 @@ def test_one_name_twice_is_an_error_and_a_folder_that_leaves_takes_its_plug_ins(
         package.REGISTRY.names()
     package.__path__.remove(str(extra))
     assert package.REGISTRY.names() == ["w"] and package.REGISTRY.get("w").__name__ == "One"
+
+
+def test_a_module_plug_in_is_checked_against_its_file_when_loaded(widgets):
+    """Commands and recipes are modules: loading one checks what its file, run, declares."""
+    from infoview.utils.declarations import NOT_STATIC as _NS
+    from infoview.utils.registry import first_line
+
+    _write(widgets, "plain", '''
+        """A plain gadget."""
+        SIZE = 3
+    ''')
+    _write(widgets, "shifty", '''
+        """A shifty gadget."""
+        SIZE = 3
+        SIZE *= 2
+    ''')
+    gadgets = Registry("gadget", package="widgets",
+                       describe=lambda decl: (first_line(decl.doc), {"size": decl.attr("SIZE", _NS)}))
+    assert gadgets.names() == ["plain", "shifty"] and gadgets.entry("plain").help == "A plain gadget."
+    assert gadgets.get("plain").SIZE == 3
+    with pytest.raises(ValueError, match=r"gadget 'shifty' \(widgets.shifty\): what its file declares \(size\)"):
+        gadgets.get("shifty")
