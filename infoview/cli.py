@@ -14,7 +14,7 @@ import sys
 from typing import Any, Sequence
 
 from infoview import schema
-from infoview.commands import build_config, load_command, names
+from infoview.commands import build_config, command_help, load_command, names
 from infoview.errors import InfoviewError, Interrupted
 from infoview.training.signals import ctrl_c_answered
 from infoview.version import __version__
@@ -29,7 +29,7 @@ def _usage() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {name:<{width}}  {load_command(name).COMMAND.help}" for name in names()]
+    lines += [f"  {name:<{width}}  {command_help(name)}" for name in names()]
     lines += [
         "",
         "`infoview <command> --help` (or `infoview help <command>`) lists the command's keys and",

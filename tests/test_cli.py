@@ -22,6 +22,18 @@ def test_console_script_help_does_not_import_torch():
     assert out.strip().endswith("False")
 
 
+@pytest.mark.parametrize("args", [["--help"], ["pretrain", "--help"], ["distill", "--help"], ["list", "methods"],
+                                  ["list", "objectives"], ["list", "sources"], ["list", "recipes"]])
+def test_help_and_lists_import_no_torch_and_take_a_second_at_most(args):
+    """What they show is read from the plug-in files (infoview.utils.registry), none of which is imported."""
+    code = ("import sys, time; t = time.perf_counter(); from infoview.cli import main; main(sys.argv[1:]); "
+            "print('torch' in sys.modules, time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout
+    imported, seconds = out.split()[-2:]
+    assert imported == "False", f"infoview {' '.join(args)} imported torch"
+    assert float(seconds) < 2.0, f"infoview {' '.join(args)} took {float(seconds):.2f} s (about 0.3 s unloaded)"
+
+
 def test_unknown_command_suggests_nearest(capsys):
     assert main(["mi-bnch"]) == 2
     err = capsys.readouterr().err
@@ -58,8 +70,10 @@ def test_positional_arguments_fill_declared_keys(monkeypatch):
         DEFAULTS = {"src": "", "out": "", "overwrite": False}
         COMMAND = Command(help="a fake", positional=("src", "out"))
 
-    monkeypatch.setattr(commands, "_modules", lambda: {"fake": "fake"})
-    monkeypatch.setattr(commands.importlib, "import_module", lambda name: Fake)
+    from infoview.utils.registry import Entry
+
+    fake = Entry("fake", "", "fake", {"help": "a fake"}, "fake", obj=Fake)  # registered, and loaded already
+    monkeypatch.setattr(commands._COMMANDS, "items", {**commands._COMMANDS.items, "fake": fake})
     _, cfg = commands.build_config("fake", ["digits", "/tmp/o.beton", "overwrite=true"])
     assert (cfg.src, cfg.out, cfg.overwrite) == ("digits", "/tmp/o.beton", True)
     with pytest.raises(Exception, match="needs OUT"):

@@ -120,6 +120,24 @@ def test_the_choices_the_light_command_modules_offer_are_the_work_modules_own():
     assert choices.SCHEDULES is optim.DECAYS  # detect's schedules are training.optim's decays
 
 
+def test_pretrains_choices_are_the_lists_its_work_checks_against():
+    """pretrain's keys offer the lists of light modules (augment/choices.py, models/choices.py,
+    pretrain/choices.py, the recipes' registry) that the modules doing the work import: nothing is copied."""
+    from infoview.augment import choices as augment_choices, views
+    from infoview.augment.recipes import NORMALIZATION, recipe_names
+    from infoview.commands import pretrain
+    from infoview.models import choices as model_choices, encoder
+    from infoview.pretrain import building, choices as pretrain_choices
+
+    assert views.BACKENDS is augment_choices.BACKENDS and encoder.STREAMS is model_choices.STREAMS
+    assert building.PRECISIONS is pretrain_choices.PRECISIONS
+    keys = pretrain.own_keys()
+    assert keys["augment"]["backend"].choices is views.BACKENDS and keys["model"]["streams"].choices is encoder.STREAMS
+    assert keys["train"]["precision"].choices is building.PRECISIONS
+    assert keys["augment"]["recipe"].choices == tuple(recipe_names())
+    assert keys["augment"]["normalize"].choices == tuple(NORMALIZATION)
+
+
 @pytest.mark.parametrize("args, message", [
     (["pretrain", "train.precision=fp8"], "train.precision must be one of auto, fp32, bf16, fp16, got 'fp8' (autocast"),
     (["pretrain", "optim.betas=[0.9,1.0]"], "optim.betas must be a list, each item in [0, 1), got [0.9, 1.0]"),

@@ -27,25 +27,36 @@ Recipes are data (:data:`RECIPES`, ops and defaults in :data:`OPS`); see
 :mod:`infoview.augment.recipes` for overrides and :mod:`infoview.augment.fused`
 for exactly what each op computes and how it differs from torchvision's.
 Seeding is described on :class:`Views`.
-"""
-from infoview.augment.recipes import (
-    NORMALIZATION,
-    OPS,
-    RECIPES,
-    ViewSpec,
-    available_recipes,
-    resolve,
-)
-from infoview.augment.views import BACKENDS, Views, build_views
 
-__all__ = [
-    "BACKENDS",
-    "NORMALIZATION",
-    "OPS",
-    "RECIPES",
-    "ViewSpec",
-    "Views",
-    "available_recipes",
-    "build_views",
-    "resolve",
-]
+Names are imported on first use: importing this package (or its light
+``choices`` and ``recipes``) imports no torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "NORMALIZATION": "infoview.augment.recipes",
+    "OPS": "infoview.augment.recipes",
+    "RECIPES": "infoview.augment.recipes",
+    "ViewSpec": "infoview.augment.recipes",
+    "available_recipes": "infoview.augment.recipes",
+    "resolve": "infoview.augment.recipes",
+    "BACKENDS": "infoview.augment.choices",
+    "Views": "infoview.augment.views",
+    "build_views": "infoview.augment.views",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name != "RECIPES":  # read afresh each time: a recipe file may have joined
+        globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

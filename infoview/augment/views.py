@@ -6,11 +6,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from infoview.augment.choices import BACKENDS
 from infoview.augment.fused import FusedView, _Consts
 from infoview.augment.recipes import ViewSpec, blur_kernel_size, normalization, resolve
 from infoview.errors import ConfigError, InfoviewError
 
-BACKENDS = ("fused", "kornia")
 # On a CPU, views are made this many floats of output at a time (16 MiB): large
 # enough to amortise per-op overhead, small enough to stay in cache and in the
 # allocator's reusable heap. A GPU does the whole batch at once.

@@ -14,8 +14,10 @@ keeping a builtin's name free) holds:
 
 A command module imports only this package and light modules at import time;
 the work's own modules (torch, the engine, the evaluators) are imported inside
-``run``, so that ``infoview --help`` lists every command in a fraction of a
-second. Modules whose name starts with ``_`` are helpers, not commands.
+``run``. The commands' registry (:mod:`infoview.utils.registry`) reads each
+module's ``COMMAND`` help from its file, so ``infoview --help`` lists every
+command without importing one; ``infoview <command> --help`` imports that
+module only. Modules whose name starts with ``_`` are helpers, not commands.
 
 The CLI's table, ``infoview <command> --help``, and what ``launch`` does with
 a command (one process per GPU or a single process; requeue and resume on
@@ -23,16 +25,16 @@ pre-emption, or not) all derive from these declarations.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import sys
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
 from infoview import schema
-from infoview.config import DELETE, did_you_mean, parse_overrides, read_yaml, resolve
+from infoview.config import DELETE, parse_overrides, read_yaml, resolve
 from infoview.errors import InfoviewError
+from infoview.utils.declarations import NOT_STATIC, Call, Decl
+from infoview.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -77,28 +79,36 @@ def _command_name(module: str) -> str:
     return module.rstrip("_").replace("_", "-")
 
 
-def _modules() -> dict[str, str]:
-    """``{command: module name}`` for the modules of this package (``_``-prefixed ones are helpers)."""
-    return {_command_name(m.name): m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+def _describe(decl: Decl) -> tuple[str, dict[str, Any]]:
+    """A command's entry: the help of its ``COMMAND`` (read from the file, or from the module once imported)."""
+    command = decl.attr("COMMAND", NOT_STATIC)
+    text = command.kwargs.get("help", NOT_STATIC) if isinstance(command, Call) else getattr(command, "help", NOT_STATIC)
+    return "", {"help": text}
+
+
+# one module per command, read without importing it; evaluators (linear, knn, detect, segment) are commands too
+_COMMANDS = Registry("command", listing="Commands", package=__name__, describe=_describe, module_name=_command_name,
+                     error=InfoviewError)
 
 
 def module_name(command: str) -> str:
     """``mi-bench`` -> ``infoview.commands.mi_bench``; ``list`` -> ``infoview.commands.list_``."""
-    return f"{__name__}.{_modules()[command]}"
+    return _COMMANDS.entry(command).module
 
 
 def names() -> list[str]:
     """Every command, sorted."""
-    return sorted(_modules())
+    return sorted(_COMMANDS.names())
+
+
+def command_help(name: str) -> str:
+    """The one line ``infoview --help`` shows for command ``name`` (its module is not imported)."""
+    return _COMMANDS.meta(name, "help")
 
 
 def load_command(name: str) -> ModuleType:
     """The module of command ``name``; an unknown name is an error naming the nearest."""
-    modules = _modules()
-    if name not in modules:
-        valid = sorted(modules)
-        raise InfoviewError(f"unknown command '{name}'" + did_you_mean(name, valid) + " Commands: " + ", ".join(valid))
-    return importlib.import_module(f"{__name__}.{modules[name]}")
+    return _COMMANDS.get(name)
 
 
 def spec(name: str) -> Command:

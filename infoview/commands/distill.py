@@ -38,13 +38,13 @@ VIEW_OVERRIDES = {"crop": {"scale": [0.35, 1.0]}, "jitter": {"p": 0.0}, "graysca
 
 
 def _keys() -> dict[str, Any]:
-    from infoview.pretrain.methods import get_method
+    from infoview.pretrain.methods.registry import method_sections  # read from crd.py, which is not imported
 
     keys = pretrain_command.own_keys()
     del keys["method"]
     model = keys.pop("model")
     keys["out_dir"] = Key("runs/distill", "where config.yaml, checkpoints/, metrics.csv, tb/ and curves.png go")
-    crd = dict(get_method("crd").DEFAULTS)
+    crd = method_sections()["crd"]
     teacher = crd.pop("teacher")
     out: dict[str, Any] = {"teacher": Key(teacher.default, teacher.help)}
     out["student"] = {k: model[k] for k in ("arch", "cifar_stem", "kwargs", "sync_bn")}

@@ -9,8 +9,6 @@
 """
 from __future__ import annotations
 
-import inspect
-
 from infoview.commands import Command
 from infoview.config import CONFIG_DIR, did_you_mean, read_yaml
 from infoview.errors import InfoviewError
@@ -18,13 +16,6 @@ from infoview.errors import InfoviewError
 USAGE = "usage: infoview list presets|objectives|methods|sources|recipes|archs [PATTERN]"
 COMMAND = Command(help="List presets, objectives (with parameters), methods, data sources, view recipes or timm archs.",
                   usage=USAGE)
-
-
-def _first_line(text: str | None) -> str:
-    for line in (text or "").strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
 
 
 def presets() -> list[str]:
@@ -40,26 +31,26 @@ def presets() -> list[str]:
 
 
 def objectives() -> list[str]:
-    from infoview.objectives import available, objective_class, objective_params
+    """Read from the registry: the objectives' files are not imported (nor torch)."""
+    from infoview.objectives.registry import available, objective_certifies, objective_params, objective_title
 
     lines = []
     for name in available():
-        cls = objective_class(name)
         params = ", ".join(f"{k}={v!r}" for k, v in objective_params(name).items()) or "no parameters"
-        title = _first_line(inspect.getdoc(cls)).split(" (")[0]  # the name, without the citation
+        title = objective_title(name).split(" (")[0]  # the name, without the citation
         lines.append(f"{name:<14} {title}\n{'':<14} parameters: {params}\n"
-                     f"{'':<14} .mi: {cls.certifies}")
+                     f"{'':<14} .mi: {objective_certifies(name)}")
     return lines
 
 
 def methods() -> list[str]:
     """Each method, its first line, and a command that tries it on the demo's digits (the changes it needs)."""
-    from infoview.pretrain.methods import available_methods, get_method
+    from infoview.pretrain.methods.registry import available_methods, method_demo, method_help
 
     lines = []
     for m in available_methods():
-        cls = get_method(m)
-        lines.append(f"{m:<8} {_first_line(cls.__doc__)}" + (f"\n{'':<8} try: {cls.demo}" if cls.demo else ""))
+        demo = method_demo(m)
+        lines.append(f"{m:<8} {method_help(m)}" + (f"\n{'':<8} try: {demo}" if demo else ""))
     return lines
 
 
@@ -81,7 +72,7 @@ def sources() -> list[str]:
 
 
 def recipes() -> list[str]:
-    from infoview.augment.recipes import available_recipes
+    from infoview.augment.recipes import available_recipes  # read from the recipes' files
 
     return available_recipes()
 

@@ -44,13 +44,14 @@ from infoview.schema import Key
 
 
 def own_keys() -> dict[str, Any]:
-    """The command's own keys (without the methods' sections; `infoview distill` builds on them). Their choices are the lists of the modules that use them, which import torch:
-    built on first use, as the method sections are."""
-    from infoview.augment.recipes import NORMALIZATION, RECIPES
-    from infoview.augment.views import BACKENDS as VIEW_BACKENDS
+    """The command's own keys (without the methods' sections; `infoview distill` builds on them). Their choices
+    are the lists the modules that use them check against, kept in light modules (``choices.py``, the recipes'
+    registry), so that building them imports no torch."""
+    from infoview.augment.choices import BACKENDS as VIEW_BACKENDS
+    from infoview.augment.recipes import NORMALIZATION, recipe_names
     from infoview.data.choices import BACKENDS as LOADER_BACKENDS, DECODES
-    from infoview.models.encoder import STREAMS
-    from infoview.pretrain.building import PRECISIONS
+    from infoview.models.choices import STREAMS
+    from infoview.pretrain.choices import PRECISIONS
     from infoview.training.choices import SCALING_RULES
 
     return {
@@ -76,7 +77,7 @@ def own_keys() -> dict[str, Any]:
                               min=0),
         },
         "augment": {
-            "recipe": Key("simclr", "the views' recipe (`infoview list recipes`)", choices=tuple(RECIPES)),
+            "recipe": Key("simclr", "the views' recipe (`infoview list recipes`)", choices=tuple(recipe_names())),
             "size": Key(32, "side of each view in px (multicrop: of the global views)", min=1),
             "num_views": Key(2, "views per image (multicrop: global views; its recipe adds the local ones)", min=1),
             "normalize": Key("imagenet", "mean and std the views are normalised with",
@@ -167,7 +168,7 @@ def __getattr__(name: str):
     ``objective``. Built on first use: the methods import torch, which ``infoview --help`` does without."""
     if name != "DEFAULTS":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from infoview.pretrain.methods import method_sections
+    from infoview.pretrain.methods.registry import method_sections
 
     keys: dict[str, Any] = {}
     for key, value in own_keys().items():

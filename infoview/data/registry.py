@@ -24,22 +24,23 @@ segmentation  (train, val) ``SegmentationSource`` splits            train_split,
 its positional parameters are the source's arguments, its keyword-only
 parameters the options of its kind that it uses (the others are not passed to
 it). The built-in schemes live in :mod:`infoview.data.schemes`, one module per
-scheme, imported the first time a source is opened or listed; any other module
+scheme: the registry (:mod:`infoview.utils.registry`) reads their
+``@register_source`` from the files, so listing the schemes imports none of
+them, and imports a module when its opener is first used; any other module
 can register a scheme the same way. An unknown scheme, a scheme that does not
 give the kind asked for, and a wrong number of arguments are a
 :class:`~infoview.errors.ConfigError` that lists the valid schemes of the kind.
 """
 from __future__ import annotations
 
-import importlib
-import inspect
-import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import infoview.data.schemes as builtin_schemes
 from infoview.config import nearest
 from infoview.errors import ConfigError
+from infoview.utils.declarations import EMPTY, NOT_STATIC, Decl
+from infoview.utils.registry import Entry, Registry
 
 #: kind -> (what a source of that kind has, the options an opener of that kind may take)
 KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -50,24 +51,27 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: how error messages name a source of each kind
 LABELS = {"images": "data source", "detection": "detection data source", "segmentation": "segmentation data source"}
 
-_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-_order = itertools.count()
-
-
 @dataclass(frozen=True)
 class Scheme:
-    """One registered (scheme, kind): how to write it, what it reads, and its opener."""
+    """One registered (scheme, kind): how to write it, what it reads, and its opener (imported when used)."""
 
     name: str
     kind: str
     usage: str  # how to write it: "coco:<images folder>:<instances.json>"
     help: str  # one line: what it reads
-    opener: Callable[..., Any]
     min_args: int
     max_args: int
     options: tuple[str, ...]  # the kind's options that the opener takes
-    looks_like: Callable[[str], bool] | None = None  # a string without the scheme that this scheme would read
-    order: int = field(default_factory=lambda: next(_order))
+    entry: Entry = field(repr=False, compare=False)
+
+    @property
+    def opener(self) -> Callable[..., Any]:
+        return self.entry.load()
+
+    @property
+    def looks_like(self) -> Callable[[str], bool] | None:
+        """Whether a string without the scheme would be read by it (``x.beton`` for ``beton``)."""
+        return _SOURCES.meta(self.entry.key, "looks_like") if self.entry.meta.get("looks_like") is not None else None
 
     def arguments(self, source: str, rest: str) -> list[str]:
         """The arguments of ``source`` (whose text after the scheme's ``:`` is ``rest``)."""
@@ -84,8 +88,30 @@ class Scheme:
         return parts
 
 
-_REGISTRY: dict[tuple[str, str], Scheme] = {}
-_loaded = False
+def _describe(decl: Decl) -> tuple[str, dict[str, Any]]:
+    """A scheme's entry, from ``@register_source``'s arguments and the opener's parameters."""
+    name, kind, opener = decl.name, decl.kwargs.get("kind"), decl.target.partition(":")[2]
+    if kind not in KINDS:
+        raise ValueError(f"register_source({name!r}): kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    positional = [p for p in decl.params if p[1] == "positional"]
+    options = tuple(p[0] for p in decl.params if p[1] == "keyword")
+    allowed = KINDS[kind][1]
+    if any(p[1] == "variadic" for p in decl.params) or set(options) - set(allowed):
+        raise ValueError(
+            f"register_source({name!r}, kind={kind!r}): {opener} must take the source's arguments "
+            f"as positional parameters and only these keyword-only options: {', '.join(allowed) or 'none'}"
+        )
+    required = sum(1 for p in positional if p[2] is EMPTY)
+    help_ = decl.kwargs.get("help", NOT_STATIC)
+    return help_, {"kind": kind, "usage": decl.kwargs.get("usage", NOT_STATIC), "help": help_,
+                   "min_args": required, "max_args": len(positional), "options": options,
+                   "looks_like": decl.kwargs.get("looks_like")}
+
+
+# the built-in schemes' modules in infoview/data/schemes/ (listed in LISTED's order, then by name); one entry
+# per (scheme, kind), read from the files without importing them
+_SOURCES = Registry("data source", package=builtin_schemes.__name__, decorator="register_source", describe=_describe,
+                    first=builtin_schemes.LISTED, key=lambda name, meta: (name, meta["kind"]))
 
 
 def register_source(name: str, *, kind: str, usage: str, help: str,
@@ -101,43 +127,29 @@ def register_source(name: str, *, kind: str, usage: str, help: str,
         raise ValueError(f"register_source({name!r}): kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"register_source({name!r}): a scheme is letters, digits, '_' or '-'")
+    register = _SOURCES.register(name, kind=kind, usage=usage, help=help, looks_like=looks_like)
 
     def decorate(opener: Callable) -> Callable:
-        params = list(inspect.signature(opener).parameters.values())
-        positional = [p for p in params if p.kind in _POSITIONAL]
-        options = tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
-        allowed = KINDS[kind][1]
-        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params) or set(options) - set(allowed):
-            raise ValueError(
-                f"register_source({name!r}, kind={kind!r}): {opener.__qualname__} must take the source's arguments "
-                f"as positional parameters and only these keyword-only options: {', '.join(allowed) or 'none'}"
-            )
-        if (name, kind) in _REGISTRY:
-            first = _REGISTRY[(name, kind)].opener
-            raise ValueError(f"scheme {name!r} is already registered for {kind} (by {first.__module__}.{first.__qualname__})")
-        required = sum(1 for p in positional if p.default is p.empty)
-        _REGISTRY[(name, kind)] = Scheme(name, kind, usage, help, opener, required, len(positional), options, looks_like)
-        return opener
+        _SOURCES.entries()
+        first = _SOURCES.items.get((name, kind))
+        if first is not None and (first.obj is not None or first.target != f"{opener.__module__}:{opener.__qualname__}"):
+            raise ValueError(f"scheme {name!r} is already registered for {kind} (by {first.target.replace(':', '.')})")
+        return register(opener)
 
     return decorate
 
 
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in builtin_schemes.modules():
-            importlib.import_module(module)
-
-
 def schemes(kind: str | None = None) -> list[Scheme]:
     """Registered schemes (of ``kind``, or all), in listing order: built-in modules first, as they are listed."""
-    _load_builtin()
     if kind is not None:
         _check_kind(kind)
-    rank = {m: i for i, m in enumerate(builtin_schemes.modules())}
-    found = [s for s in _REGISTRY.values() if kind is None or s.kind == kind]
-    return sorted(found, key=lambda s: (rank.get(s.opener.__module__, len(rank)), s.order))
+    return [_scheme(e) for e in _SOURCES.entries() if kind is None or e.meta["kind"] == kind]
+
+
+def _scheme(entry: Entry) -> Scheme:
+    m = {k: v if v is not NOT_STATIC or k == "looks_like" else _SOURCES.meta(entry.key, k)
+         for k, v in entry.meta.items()}
+    return Scheme(entry.name, m["kind"], m["usage"], m["help"], m["min_args"], m["max_args"], m["options"], entry)
 
 
 def usages(kind: str) -> str:
@@ -152,10 +164,10 @@ def resolve(kind: str, source: str) -> tuple[Scheme, list[str]]:
     if not text:
         raise ConfigError(f"empty {label}; expected one of: {usages(kind)}")
     name, _, rest = text.partition(":")
-    _load_builtin()
-    scheme = _REGISTRY.get((name, kind))
-    if scheme is None:
+    entry = _SOURCES.entries() and _SOURCES.items.get((name, kind))
+    if not entry:
         raise _unknown(kind, text, name, rest)
+    scheme = _scheme(entry)
     return scheme, scheme.arguments(text, rest)
 
 

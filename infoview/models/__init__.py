@@ -10,26 +10,39 @@ imported by the first ``build_encoder`` call).
 ``export_backbone(ckpt, out_dir)`` writes a checkpoint's backbone as
 ``model.safetensors`` + ``config.json`` and ``load_backbone(out_dir)`` reads
 it back as a timm model (``infoview.backbones.export``, imported on first use).
+
+Names are imported on first use: importing this package (or its light
+``choices``) imports no torch.
 """
-from infoview.models.encoder import Encoder, build_encoder
-from infoview.models.heads import MLP, predictor, projector
-from infoview.models.momentum import MomentumEncoder, momentum_at
-from infoview.models.queue import EpochVisits, MemoryBank, NegativeQueue
-from infoview.models.split_bn import SplitBatchNorm1d, SplitBatchNorm2d, convert_split_bn
+from __future__ import annotations
 
-__all__ = [
-    "Encoder",
-    "build_encoder",
-    "MLP",
-    "projector",
-    "predictor",
-    "MomentumEncoder",
-    "momentum_at",
-    "NegativeQueue",
-    "MemoryBank",
-    "EpochVisits",
-    "SplitBatchNorm1d",
-    "SplitBatchNorm2d",
-    "convert_split_bn",
-]
+import importlib
 
+_EXPORTS = {
+    "Encoder": "infoview.models.encoder",
+    "build_encoder": "infoview.models.encoder",
+    "MLP": "infoview.models.heads",
+    "predictor": "infoview.models.heads",
+    "projector": "infoview.models.heads",
+    "MomentumEncoder": "infoview.models.momentum",
+    "momentum_at": "infoview.models.momentum",
+    "EpochVisits": "infoview.models.queue",
+    "MemoryBank": "infoview.models.queue",
+    "NegativeQueue": "infoview.models.queue",
+    "SplitBatchNorm1d": "infoview.models.split_bn",
+    "SplitBatchNorm2d": "infoview.models.split_bn",
+    "convert_split_bn": "infoview.models.split_bn",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -42,6 +42,7 @@ from torch import nn
 
 from infoview.config import did_you_mean
 from infoview.errors import ConfigError, InfoviewError
+from infoview.models.choices import STREAMS
 
 #: timm modules whose models are VisionTransformers (patch_size and img_size apply)
 VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
@@ -64,8 +65,6 @@ CIFAR_STEM_FAMILIES = (
 )
 #: input size a ViT gets with cifar_stem=True when no img_size is given
 CIFAR_IMG_SIZE = 32
-#: what the encoder sees: rgb (one network on the image), lab (one network on L, one on ab: CMC)
-STREAMS = ("rgb", "lab")
 
 
 class Encoder(nn.Module):

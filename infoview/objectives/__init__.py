@@ -2,50 +2,34 @@
 
 ``build(name, **kw)`` makes one, ``available()`` lists the names,
 ``register(name)`` adds a new family. See docs/objectives.md for the formulas.
+
+A family is one module of this package (the others are helpers: ``base``, ``lse``, ``pairs``, ``bank``,
+``registry``): :mod:`infoview.objectives.registry` reads its ``@register`` from the file and imports it when
+it is built, so that listing the objectives imports no torch. Names are imported on first use.
 """
-from infoview.objectives.base import (
-    Objective,
-    ObjectiveOutput,
-    Terms,
-    available,
-    build,
-    objective_class,
-    objective_params,
-    register,
-)
+from __future__ import annotations
 
-import importlib as _importlib  # noqa: E402
-import pkgutil as _pkgutil  # noqa: E402
+import importlib
 
-# importing a family registers it: every module of this package is one, or a helper of them (a new file is
-# imported with the package; nothing here lists it)
-for _module in _pkgutil.iter_modules(__path__):
-    _importlib.import_module(f"{__name__}.{_module.name}")
-from infoview.objectives.bank import bank_bound, bank_bound_of_scores  # noqa: E402
-from infoview.objectives.ml_cpc import alpha_floor  # noqa: E402
-from infoview.objectives.pairs import (  # noqa: E402
-    bank_logits,
-    cross_view_pairs,
-    in_batch_pairs,
-    matrix_pairs,
-    queue_logits,
-)
+_EXPORTS = {
+    "available": "registry", "build": "registry", "objective_class": "registry", "objective_params": "registry",
+    "register": "registry",
+    "Objective": "base", "ObjectiveOutput": "base", "Terms": "base",
+    "alpha_floor": "ml_cpc",
+    "bank_bound": "bank", "bank_bound_of_scores": "bank",
+    "bank_logits": "pairs", "cross_view_pairs": "pairs", "in_batch_pairs": "pairs", "matrix_pairs": "pairs",
+    "queue_logits": "pairs",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "Objective",
-    "ObjectiveOutput",
-    "Terms",
-    "alpha_floor",
-    "bank_bound",
-    "bank_bound_of_scores",
-    "available",
-    "build",
-    "objective_class",
-    "objective_params",
-    "register",
-    "bank_logits",
-    "cross_view_pairs",
-    "in_batch_pairs",
-    "matrix_pairs",
-    "queue_logits",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,4 +1,4 @@
-"""The objective registry and the contract every objective keeps.
+"""The contract every objective keeps (the registry that names them: :mod:`infoview.objectives.registry`).
 
 An objective is an ``nn.Module`` called as ``obj(pos, neg)``:
 
@@ -31,19 +31,18 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable, TypeVar
 
 import torch
 from torch import nn
 
-from infoview.config import did_you_mean
-from infoview.errors import ConfigError
-from infoview.utils.registry import Registry
-
-_OBJECTIVES: Registry = Registry("objective")
-
-
-T = TypeVar("T", bound=type)
+from infoview.objectives.registry import (  # noqa: F401 - the registry's names, where they have always been
+    _OBJECTIVES,
+    available,
+    build,
+    objective_class,
+    objective_params,
+    register,
+)
 
 
 @dataclass
@@ -203,39 +202,3 @@ def _count_negatives(neg: torch.Tensor) -> torch.Tensor:
 def compact(neg: torch.Tensor, k: int) -> torch.Tensor:
     """The (N, k) negatives of rows whose other entries are -inf, in their order."""
     return neg[neg != -math.inf].view(neg.shape[0], k)
-
-
-def register(name: str) -> Callable[[T], T]:
-    """Class decorator: ``@register("infonce")`` makes the class buildable by name."""
-    return _OBJECTIVES.register(name)
-
-
-def available() -> list[str]:
-    return sorted(_OBJECTIVES.items)
-
-
-def objective_params(name: str) -> dict[str, object]:
-    """The keyword arguments an objective takes, with their defaults."""
-    cls = objective_class(name)
-    sig = inspect.signature(cls.__init__)
-    return {
-        p.name: p.default
-        for p in list(sig.parameters.values())[1:]
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-
-
-def objective_class(name: str) -> type[Objective]:
-    """The class registered as ``name``; an unknown name is a ConfigError naming the nearest."""
-    return _OBJECTIVES.get(name)
-
-
-def build(name: str, **kwargs) -> Objective:
-    """Make an objective by name; unknown names and keys are errors naming the valid ones."""
-    cls = objective_class(name)
-    params = objective_params(name)
-    for key in kwargs:
-        if key not in params:
-            msg = f"objective '{name}' has no parameter '{key}'" + did_you_mean(key, params)
-            raise ConfigError(msg + " Parameters: " + (", ".join(params) or "none"))
-    return cls(**kwargs)

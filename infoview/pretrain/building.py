@@ -8,9 +8,9 @@ import torch
 
 from infoview.errors import ConfigError
 from infoview.objectives import build
+from infoview.pretrain.choices import PRECISIONS
 from infoview.pretrain.methods import check_method_sections, get_method, objective_settings
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def build_objective(cfg):

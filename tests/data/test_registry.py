@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 def scratch_registry(monkeypatch):
     """Registrations made in the test are forgotten after it."""
     schemes()  # the built-in schemes are in before the copy
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry._SOURCES, "items", dict(registry._SOURCES.items))
 
 
 def test_the_schemes_and_their_kinds_are_those_there_were():

@@ -151,6 +151,18 @@ def test_registering_an_objective_puts_it_and_its_declared_grid_under_the_check(
     assert found and all(f.startswith("overclaim{'extra': 1.0}") for f in found)
 
 
+def test_the_documented_objective_is_checked_at_its_grid(scores, monkeypatch, doc_example_module):
+    """The "Adding an objective" example of docs/architecture.md, one file in the package: its grid is checked."""
+    import infoview.objectives as objectives
+    from infoview.objectives import base
+
+    monkeypatch.setattr(base._OBJECTIVES, "items", dict(base._OBJECTIVES.items))
+    doc_example_module(objectives, "Adding an objective", "decoupled")
+    assert [p for name, p in grid(8) if name == "decoupled"] == [{"pos_weight": w} for w in (0.5, 1.0, 2.0)]
+    for mi in LEVELS:
+        assert not [f for f in overshoots(scores, 8, mi) if f.startswith("decoupled")]
+
+
 def test_nwj_is_a_bound_in_expectation_for_every_critic_of_the_family():
     """E[NWJ] = E_p[f] - E_q[e^(f - 1)] in closed form for f = s log r + c, per dimension
     E_q[r^s] = (1 - rho^2)^(-s/2) / sqrt(det A), A the quadratic form's matrix: never above the true MI."""

@@ -20,7 +20,7 @@ def test_unknown_name_lists_available_and_suggests_nearest():
         build("infonse")
     msg = str(err.value)
     assert "did you mean 'infonce'" in msg
-    for name in SEVEN:
+    for name in available():
         assert name in msg
 
 
@@ -113,3 +113,72 @@ def test_register_a_new_objective(monkeypatch):
         build("old_style")(torch.tensor([1.0]), torch.tensor([[0.8, 0.2]]))
     with pytest.raises(ValueError, match="already registered"):
         register("margin")(type("Other", (Objective,), {}))
+
+
+def known_mi_grid_problems(name: str, m: int = 8) -> list[str]:
+    """What is wrong with objective ``name``'s known-MI grid: an objective with parameters declares the values
+    its bound is checked at (``known_mi_grid``); each point names parameters it has and builds."""
+    cls, params = objectives.objective_class(name), objective_params(name)
+    grid = cls.known_mi_grid(m)
+    problems = []
+    if params and "known_mi_grid" not in vars(cls):
+        problems.append(f"{name} has parameters ({', '.join(params)}) and declares no known_mi_grid")
+    if not grid or not all(isinstance(point, dict) for point in grid):
+        problems.append(f"{name}.known_mi_grid({m}) must be a non-empty list of dicts, got {grid!r}")
+        return problems
+    for point in grid:
+        if set(point) - set(params):
+            problems.append(f"{name}.known_mi_grid: {point} names no parameter of {name}")
+        else:
+            build(name, **point)
+    return problems
+
+
+def test_every_objective_declares_the_grid_its_bound_is_checked_at():
+    """The known-MI test (test_objectives_exact_critic.py) runs each registered objective at its grid: none may
+    have parameters and leave the grid to the default, or declare an empty one."""
+    problems = [p for name in available() for p in known_mi_grid_problems(name)]
+    assert not problems, "\n".join(problems)
+
+
+def test_an_objective_without_a_grid_is_caught(monkeypatch):
+    monkeypatch.setattr(base._OBJECTIVES, "items", dict(base._OBJECTIVES.items))
+
+    @register("gridless")
+    class Gridless(Objective):
+        """InfoNCE scaled by ``weight``: a parameter, and no grid to check it at."""
+
+        def __init__(self, weight: float = 1.0):
+            super().__init__()
+            self.weight = weight
+
+        def compute(self, pos, neg):
+            raise NotImplementedError
+
+    assert known_mi_grid_problems("gridless") == ["gridless has parameters (weight) and declares no known_mi_grid"]
+    Gridless.known_mi_grid = classmethod(lambda cls, m: [])
+    assert "must be a non-empty list" in known_mi_grid_problems("gridless")[0]
+    Gridless.known_mi_grid = classmethod(lambda cls, m: [{"wieght": 2.0}])
+    assert "names no parameter" in known_mi_grid_problems("gridless")[0]
+
+
+def test_the_documented_objective_is_one_file_listed_without_being_imported(monkeypatch, doc_example_module, capsys):
+    """The "Adding an objective" example of docs/architecture.md, written into the package."""
+    import sys
+
+    from infoview.cli import main
+
+    monkeypatch.setattr(base._OBJECTIVES, "items", dict(base._OBJECTIVES.items))
+    module = doc_example_module(objectives, "Adding an objective", "decoupled")
+    assert main(["list", "objectives"]) == 0
+    out = capsys.readouterr().out
+    assert "decoupled      Decoupled contrastive loss\n" in out and "parameters: pos_weight=1.0" in out
+    assert ".mi: InfoNCE on the same scores (the decoupled loss is not a bound)" in out
+    assert module not in sys.modules  # read from the file
+    assert known_mi_grid_problems("decoupled") == []
+    pos, neg = torch.randn(6), torch.randn(6, 5)
+    out, ref = build("decoupled", pos_weight=2.0)(pos, neg), build("infonce")(pos, neg)
+    assert torch.allclose(out.mi, ref.mi) and out.ceiling == ref.ceiling
+    assert torch.allclose(out.loss, (torch.logsumexp(neg, 1) - 2 * pos).mean())
+    with pytest.raises(ValueError, match="did you mean 'pos_weight'"):
+        build("decoupled", pos_wieght=1.0)

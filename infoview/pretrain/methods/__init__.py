@@ -82,33 +82,31 @@ for the encoder.
 
 Adding a method is one new file in this package: a :class:`Method` subclass
 decorated with ``@register_method("<name>")`` (docs/architecture.md, "Adding a
-method", walks through one). Every module here is imported below, which
-registers what it defines.
+method", walks through one). :mod:`infoview.pretrain.methods.registry` reads
+each module's ``@register_method`` class, its docstring, ``DEFAULTS`` and
+``demo`` from the file, so listing the methods and their keys imports no
+torch; the module is imported when a run builds its method. Names here are
+imported on first use.
 """
 import importlib
-import pkgutil
 
-from infoview.pretrain.methods.base import (
-    Method,
-    StepOutput,
-    available_methods,
-    check_method_sections,
-    check_needs,
-    get_method,
-    method_sections,
-    method_temperature,
-    objective_settings,
-    register_method,
-)
-from infoview.pretrain.methods.simclr import SimCLR  # registered in this order: simclr, then moco
-from infoview.pretrain.methods.moco import MOCO_BN, MoCo, resolve_moco_bn  # noqa: E402,I001
+_EXPORTS = {
+    "register_method": "registry", "available_methods": "registry", "get_method": "registry",
+    "method_sections": "registry", "check_method_sections": "registry",
+    "Method": "base", "StepOutput": "base", "check_needs": "base", "method_temperature": "base",
+    "objective_settings": "base",
+    "SimCLR": "simclr", "MoCo": "moco", "MOCO_BN": "moco", "resolve_moco_bn": "moco",
+}
+__all__ = list(_EXPORTS)
 
-for _module in pkgutil.iter_modules(__path__):  # any other method file registers itself on import
-    if _module.name not in ("base", "simclr", "moco") and not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = [
-    "Method", "StepOutput", "register_method", "available_methods", "get_method", "method_sections",
-    "check_method_sections", "check_needs", "method_temperature", "objective_settings", "SimCLR", "MoCo", "MOCO_BN",
-    "resolve_moco_bn",
-]
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

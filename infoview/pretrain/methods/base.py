@@ -1,4 +1,4 @@
-"""What every pretraining method shares, and the registry that names them.
+"""What every pretraining method shares (the registry that names them: :mod:`infoview.pretrain.methods.registry`).
 
 A method is one file in this package: a :class:`Method` subclass decorated
 with ``@register_method("<name>")``, which owns its config section
@@ -10,55 +10,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infoview import schema
-from infoview.config import flatten
 from infoview.errors import ConfigError
 from infoview.models import EpochVisits, MemoryBank, predictor as make_predictor, projector as make_projector
 from infoview.objectives import Objective, ObjectiveOutput, bank_bound_of_scores, cross_view_pairs, objective_params
+from infoview.pretrain.methods.registry import (  # noqa: F401 - the registry's names, where they have always been
+    _METHODS,
+    available_methods,
+    check_method_sections,
+    get_method,
+    method_sections,
+    register_method,
+)
 from infoview.training import distributed as D
-from infoview.utils.registry import Registry
-
-_METHODS: Registry = Registry("method", listing="Methods")
-
-
-def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
-    """Class decorator: ``@register_method("simclr")`` makes ``method=simclr`` build that class."""
-    return _METHODS.register(name)
-
-
-def available_methods() -> list[str]:
-    """The registered method names, in registration order (simclr first)."""
-    return _METHODS.names()
-
-
-def get_method(name: str) -> type["Method"]:
-    """The class of method ``name``; an unknown name is a ConfigError naming the nearest."""
-    return _METHODS.get(name)
-
-
-def method_sections() -> dict[str, dict]:
-    """``{name: DEFAULTS}`` of every method: the sections ``infoview pretrain`` accepts."""
-    return {name: dict(cls.DEFAULTS) for name, cls in _METHODS.items.items()}
-
-
-def check_method_sections(cfg) -> None:
-    """A key set in another method's section is an error: ``moco.queue_size`` does nothing under method=simclr."""
-    for name, cls in _METHODS.items.items():
-        if name == cfg.method or name not in cfg:
-            continue
-        defaults = flatten(schema.defaults(cls.DEFAULTS))
-        for key, value in flatten(dict(cfg[name])).items():
-            if key in defaults and value != defaults[key]:
-                raise ConfigError(
-                    f"{name}.{key}={value} configures method={name}, and this run is method={cfg.method}: "
-                    f"remove it, or set method={name}"
-                )
 
 
 def method_temperature(cfg) -> float | None:

@@ -1,5 +1,11 @@
 """View recipes as data: which ops a view gets, with what parameters.
 
+Each recipe is one module of this package (``simclr.py``, ``mocov2.py``,
+``byol.py``, ``multicrop.py``): its docstring's first line says what it is,
+its ``RECIPE`` holds its ops. A new recipe is one new file here, plus its
+test: the registry reads the files without importing them
+(``infoview list recipes``, the choices of ``augment.recipe``).
+
 A recipe is a plain dict of ``op -> {param: value}``. Ops a recipe leaves out
 keep their defaults from :data:`OPS` (which are all "off": probability 0 or no
 change), so a recipe names only what it turns on. Two optional sections make
@@ -28,6 +34,8 @@ from typing import Any, Iterable, Mapping
 
 from infoview.config import did_you_mean
 from infoview.errors import ConfigError
+from infoview.utils.declarations import NOT_STATIC, Decl
+from infoview.utils.registry import Registry, first_line
 
 # Every op with every parameter and its default. Probabilities are per sample.
 OPS: dict[str, dict[str, Any]] = {
@@ -49,50 +57,6 @@ OPS: dict[str, dict[str, Any]] = {
 OP_ORDER = tuple(OPS)  # the order ops run in, whatever order a dict gives them
 LOCAL_KEYS = {"num": 6, "size_frac": 3 / 7}
 
-_SIMCLR_COLOUR = {
-    "flip": {"p": 0.5},
-    "jitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "p": 0.8},
-    "grayscale": {"p": 0.2},
-}
-
-RECIPES: dict[str, dict[str, Any]] = {
-    # Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
-    # Representations", appendix A (colour strength 0.5 as for CIFAR).
-    "simclr": {
-        "crop": {"scale": [0.08, 1.0]},
-        **_SIMCLR_COLOUR,
-        "blur": {"p": 0.5, "min_size": 33},
-    },
-    # Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning".
-    "mocov2": {
-        "crop": {"scale": [0.2, 1.0]},
-        **_SIMCLR_COLOUR,
-        "blur": {"p": 0.5, "min_size": 33},
-    },
-    # Grill et al. 2020, "Bootstrap your own latent", table 6: the two views
-    # differ in blur and solarize.
-    "byol": {
-        "crop": {"scale": [0.08, 1.0]},
-        "flip": {"p": 0.5},
-        "jitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1, "p": 0.8},
-        "grayscale": {"p": 0.2},
-        "blur": {"min_size": 33},
-        "views": [
-            {"blur": {"p": 1.0}, "solarize": {"p": 0.0}},
-            {"blur": {"p": 0.1}, "solarize": {"p": 0.2}},
-        ],
-    },
-    # Caron et al. 2020, "Unsupervised Learning of Visual Features by
-    # Contrasting Cluster Assignments" (SwAV): global crops at `size`, small
-    # local crops at about 3/7 of it (96 px for 224), SimCLR's colour ops.
-    "multicrop": {
-        "crop": {"scale": [0.14, 1.0]},
-        **_SIMCLR_COLOUR,
-        "blur": {"p": 0.5, "min_size": 33},
-        "local": {"num": 6, "size_frac": 3 / 7, "crop": {"scale": [0.05, 0.14]}},
-    },
-}
-
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     # per-pixel statistics of the 50,000 training images
@@ -102,9 +66,36 @@ NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
 }
 
 
+def _describe(decl: Decl) -> tuple[str, dict[str, Any]]:
+    return first_line(decl.doc), {"recipe": decl.attr("RECIPE", NOT_STATIC)}
+
+
+# the published ones first, in the order they appeared; any other by name
+_RECIPES = Registry("view recipe", package=__name__, describe=_describe, first=("simclr", "mocov2", "byol", "multicrop"))
+
+
+def recipe_names() -> list[str]:
+    """The recipes, in listing order (simclr first; nothing imported)."""
+    return _RECIPES.names()
+
+
 def available_recipes() -> list[str]:
     """Names accepted by ``build_views``."""
-    return sorted(RECIPES)
+    return sorted(recipe_names())
+
+
+def recipe_ops(name: str) -> dict[str, Any]:
+    """Recipe ``name``'s ops (a copy); an unknown name is a ConfigError naming the valid ones."""
+    if name not in recipe_names():
+        raise _unknown("view recipe", name, recipe_names(), "")
+    return copy.deepcopy(_RECIPES.get(name).RECIPE)
+
+
+def __getattr__(name: str):
+    """``RECIPES``: ``{name: ops}`` of every recipe (read when asked: each is a module of this package)."""
+    if name != "RECIPES":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return {n: recipe_ops(n) for n in recipe_names()}
 
 
 @dataclass(frozen=True)
@@ -312,9 +303,7 @@ def resolve(
     Global views come first, then multi-crop's local views.
     """
     if isinstance(recipe, str):
-        if recipe not in RECIPES:
-            raise _unknown("view recipe", recipe, RECIPES, "")
-        name, data = recipe, RECIPES[recipe]
+        name, data = recipe, recipe_ops(recipe)
     elif isinstance(recipe, Mapping):
         name, data = "<custom>", dict(recipe)
         _check_ops(data, "in custom recipe", extra=("views", "local"))
