@@ -38,7 +38,7 @@ from torch import nn
 
 from infoview.errors import InfoviewError
 from infoview.training import distributed as D
-from infoview.training.checkpoint import read_state, rng_state, save_checkpoint, set_rng_state
+from infoview.training.checkpoint import read_state, remove_stale_temps, rng_state, save_checkpoint, set_rng_state
 
 FORMAT = "infoview-fit-1"
 LAST = "last.pt"
@@ -92,22 +92,31 @@ class FitCheckpoint:
     """A fit run's state in ``folder/last.pt``: saved when a signal stops it and after its last step, restored
     when it runs again (see the module docstring).
 
-    ``modules``: ``{name: module}`` whose weights the run trains (the task's model); ``settings``: the run's
-    config as plain values, compared with the checkpoint's; ``rngs``: ``{name: generator}`` the task draws
-    from besides the global ones (``torch.Generator``, or an object with ``get_rng_state`` and
-    ``set_rng_state``); ``command``: the command, named in messages. Reading the file and checking its
-    settings happen here, so a mismatch is said before anything trains.
+    ``settings``: the run's config as plain values, compared with the checkpoint's (the keys in
+    :data:`MAY_CHANGE` and ``may_change`` aside; a key ending in ``.`` is a section); ``command``: the
+    command, named in messages. The file is read and its settings checked here, so a mismatch is said before
+    anything expensive runs. :meth:`track` then names what the run trains and draws from.
     """
 
-    def __init__(self, folder: str | os.PathLike, modules: Mapping[str, nn.Module], *, settings: Mapping,
-                 rngs: Mapping[str, Any] | None = None, command: str = "fit", may_change: tuple = ()):
+    def __init__(self, folder: str | os.PathLike, *, settings: Mapping, command: str = "fit", may_change: tuple = ()):
         self.path = Path(folder) / LAST
-        self.modules, self.rngs, self.command = dict(modules), dict(rngs or {}), command
+        self.command = command
+        self.modules: dict[str, nn.Module] = {}
+        self.rngs: dict[str, Any] = {}
         self.settings = {k: v for k, v in _flat(settings).items()
                          if not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MAY_CHANGE + may_change)}
         info = D.env_info()
         self.rank, self.world, self.main = info.rank, info.world_size, info.is_main
+        if self.main:
+            remove_stale_temps(self.path.parent)  # of a save a killed process never finished
         self.state = self._read() if self.path.is_file() else None
+
+    def track(self, modules: Mapping[str, nn.Module], rngs: Mapping[str, Any] | None = None) -> "FitCheckpoint":
+        """``modules``: ``{name: module}`` whose weights the run trains; ``rngs``: ``{name: generator}`` the task
+        draws from besides the global ones (a ``torch.Generator``, or an object with ``get_rng_state`` and
+        ``set_rng_state``: augment's views)."""
+        self.modules, self.rngs = dict(modules), dict(rngs or {})
+        return self
 
     def _read(self) -> dict:
         again = f"; remove {self.path.parent} to start afresh"
@@ -168,10 +177,18 @@ class FitCheckpoint:
                         state["losses"].tolist(), list(state["rows"]), mine["epoch"], mine["now"])
 
     def remove(self) -> None:
-        """Once the task's result is written: the file, and its folder when that is left empty."""
-        if self.main:
-            self.path.unlink(missing_ok=True)
-            try:
-                self.path.parent.rmdir()
-            except OSError:
-                pass
+        """Once the task's result is written (see :func:`remove_checkpoint`)."""
+        remove_checkpoint(self.path.parent)
+
+
+def remove_checkpoint(folder: str | os.PathLike) -> None:
+    """An evaluator's ``folder/last.pt`` once its result is written, and the folder when that is left empty
+    (rank 0's work; other processes do nothing)."""
+    if not D.env_info().is_main:
+        return
+    folder = Path(folder)
+    (folder / LAST).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

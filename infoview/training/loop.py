@@ -35,6 +35,13 @@ number of steps taken before it (the first is step 0), and a row's ``step`` is
 the number of steps taken when it is written (the first row of
 ``log_every=1`` is step 1).
 
+Given a ``checkpoint`` (``training.fit_state.FitCheckpoint``), the run goes
+on from the step it holds; Ctrl-C or SIGTERM (``training.signals.stop_requests``)
+saves after the step in progress and stops with ``Interrupted``, one line
+saying how to go on (the request is reduced with the step's loss, so every
+process stops after the same step); and the run saves after its last step,
+before the task scores it. ``training.fit_state`` says what is saved.
+
 What is not here stays with the task: building the model, its loss, the data,
 ``model.train()``, evaluation and the report. Pretraining keeps a loop of its
 own (``pretrain/engine.py``: checkpoints, resume, signals, DDP's collective
@@ -54,6 +61,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from infoview.errors import InfoviewError, Interrupted
+from infoview.training.distributed import is_distributed
 from infoview.training.fit_state import FitCheckpoint, Position, Restored
 from infoview.training.metrics import MetricsLog
 from infoview.training.optim import set_lr
@@ -190,6 +198,8 @@ def _loss_and_stop(reduce, loss: Tensor, stop: dict | None) -> tuple[float, bool
     """The loss over the processes and whether any was asked to stop, in the one reduction a step makes."""
     if stop is None:
         return float(reduce(loss.detach())), False
+    if not is_distributed():  # (this process's request is every process's)
+        return float(reduce(loss.detach())), stop["signal"] is not None
     both = reduce(torch.stack([loss.detach(), loss.detach().new_tensor(float(stop["signal"] is not None))]))
     value, asked = both.tolist()
     return value, asked > 0
@@ -238,12 +248,7 @@ def fit(
         autocast = torch.autocast(optimizer.param_groups[0]["params"][0].device.type, dtype=amp_dtype)
     rows = _Rows(on_log, steps_per_epoch, reduce)
     done = FitResult(rows=rows.rows)
-    at, resume = Position(), None
-    if checkpoint is not None:
-        resume = _Resume(checkpoint, checkpoint.restore(optimizer))
-        if resume.restored is not None:  # the steps taken before it stopped
-            at, done.steps, done.losses = resume.restored.at, resume.restored.at.step, resume.restored.losses
-            rows.rows[:] = resume.restored.rows
+    at, resume = _restore(checkpoint, optimizer, done)
     total = steps if steps is not None else epochs * steps_per_epoch if steps_per_epoch else None
     bar = progress_bar(total, desc, progress, initial=at.step)
     start, took = time.perf_counter(), False
@@ -276,6 +281,19 @@ def fit(
         bar.close()
     done.seconds = time.perf_counter() - start
     return done
+
+
+def _restore(checkpoint: FitCheckpoint | None, optimizer, done: FitResult) -> tuple[Position, _Resume | None]:
+    """Where the run starts: step 0, or where its checkpoint left it (``done`` then holds the steps before)."""
+    if checkpoint is None:
+        return Position(), None
+    resume = _Resume(checkpoint, checkpoint.restore(optimizer))
+    if resume.restored is None:
+        return Position(), resume
+    restored = resume.restored
+    done.steps, done.losses = restored.at.step, restored.losses
+    done.rows[:] = restored.rows  # (the list the rows are written to)
+    return restored.at, resume
 
 
 def _stop(checkpoint: FitCheckpoint, optimizer, at: Position, done: FitResult, resume: _Resume, stop: dict,

@@ -34,8 +34,8 @@ def _run(folder, stop_at: int | None = None, sig=signal.SIGINT, epochs: bool = F
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
     mine = torch.Generator().manual_seed(1)  # the task's own generator, e.g. the linear probe's
     loader = torch.utils.data.DataLoader(_Noisy(), batch_size=4, shuffle=True, drop_last=True)
-    checkpoint = FitCheckpoint(folder, {"model": model}, settings=settings or {"lr": 0.3}, rngs={"mine": mine},
-                               command="test")
+    checkpoint = FitCheckpoint(folder, settings=settings or {"lr": 0.3}, command="test")
+    checkpoint.track({"model": model}, rngs={"mine": mine})
     taken = []
 
     def step(batch):
@@ -82,3 +82,67 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(InfoviewError, match=r"last.pt is truncated or corrupt.*remove .* to start afresh"):
         _run(tmp_path)
+
+
+_RANK = """
+import hashlib, os, signal, sys
+import torch, torch.nn.functional as F
+from torch import nn
+from infoview.errors import Interrupted
+from infoview.training import distributed as D
+from infoview.training.fit_state import FitCheckpoint
+from infoview.training.loop import fit
+
+folder, stop_at = sys.argv[1], int(sys.argv[2])
+info, device = D.setup("cpu")
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3))
+net = nn.parallel.DistributedDataParallel(model)
+opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+data = torch.randn(64, 5, generator=torch.Generator().manual_seed(info.rank))
+checkpoint = FitCheckpoint(folder, settings={"lr": 0.3}, command="test").track({"model": model})
+taken = []
+
+def step(i):
+    if info.rank == 1 and len(taken) + (checkpoint.state or {}).get("step", 0) == stop_at:
+        os.kill(os.getpid(), signal.SIGTERM)  # one process asked: both stop after the same step
+    taken.append(1)
+    x = data[i * 4:(i + 1) * 4] + 0.1 * torch.randn(4, 5)
+    return F.cross_entropy(net(x), torch.arange(4) % 3)
+
+try:
+    fit(step, opt, lambda e: range(16), steps=12, reduce=D.all_reduce_mean, checkpoint=checkpoint)
+except Interrupted as exc:
+    print("stopped:", exc, flush=True)
+else:
+    digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+    print("done", digest, flush=True)
+D.teardown()
+"""
+
+
+def _ddp(folder, stop_at: int, port: int) -> list[str]:
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _RANK, str(folder), str(stop_at)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    return [o[0].strip() for o in outs]
+
+
+@pytest.mark.slow
+def test_under_ddp_one_process_asked_to_stop_stops_every_one_after_the_same_step_and_the_run_resumes(tmp_path):
+    import random
+
+    port = random.randint(20000, 40000)
+    whole = _ddp(tmp_path / "whole", -1, port)
+    assert whole[0].startswith("done") and whole[0] == whole[1]
+    cut = _ddp(tmp_path / "cut", 4, port + 1)
+    assert all(o.startswith("stopped: stopped by ") and "at step 5 of 12" in o for o in cut), cut
+    assert "SIGTERM" in cut[1] and "another process" in cut[0]
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == 5
+    assert _ddp(tmp_path / "cut", -1, port + 2) == whole
