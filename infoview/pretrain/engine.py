@@ -29,9 +29,10 @@ from infoview.pretrain.resume import resume_state
 from infoview.pretrain.step_stats import reduce_step
 from infoview.training import distributed as D
 from infoview.training.checkpoint import (
-    LAST, RESUME_KEYS, find_resume, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
+    LAST, RESUME_KEYS, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
 )
 from infoview.backbones.encoder import build_encoder_from_config
+from infoview.training.nonfinite import stop_nonfinite
 from infoview.training.optim import build_optimizer, cut_schedule, fused_choice, lr_factor, scaled_lr, set_lr
 from infoview.training.signals import signals_deferred, stop_requests
 from infoview.utils.io import atomic_write_text
@@ -239,26 +240,13 @@ class Trainer:
             )
             seed_all(int(self.cfg.train.seed) + self.step)
 
-    def _dump_nonfinite(self, images, labels, stats, views_rng, index=None) -> Path:
-        """Everything needed to replay the step whose loss was not finite (a bank method's image indices too)."""
-        path = self.ckpt_dir / f"nonfinite_step{self.step}_rank{self.info.rank}.pt"
-        state = self._state(collective=False)
-        state.update({"images": images.cpu(), "labels": labels.cpu(), "views_rng_before": views_rng,
-                      "stats": stats, **({"indices": index.cpu()} if index is not None else {})})
-        save_checkpoint(state, path, keep_previous=False)
-        return path
-
     def _stop_nonfinite(self, images, labels, loss_v, mi_v, views_rng, index=None):
-        """Save what replays the step whose loss was not finite, and stop with a message that says so."""
-        path = self._dump_nonfinite(images, labels, [loss_v, mi_v], views_rng, index)
-        good = find_resume(self.ckpt_dir)
-        where = f"the last good checkpoint is {good}" if good is not None else "no checkpoint had been written yet"
-        raise InfoviewError(
-            f"the loss is not finite (loss={loss_v}, mi={mi_v}) at step {self.step} "
-            f"(epoch {self.step / self.steps_per_epoch:.2f}); the model, the optimizer and the batch are saved "
-            f"in {path} to investigate, and {where}. "
-            "Lower optim.lr, set optim.clip_grad, or try train.precision=fp32"
-        )
+        """Save what replays the step whose loss was not finite (a bank method's image indices too), and stop."""
+        replay = {"images": images.cpu(), "labels": labels.cpu(), "views_rng_before": views_rng,
+                  "stats": [loss_v, mi_v], **({"indices": index.cpu()} if index is not None else {})}
+        stop_nonfinite(self.ckpt_dir, self.step, self.info.rank, self._state(collective=False), replay,
+                       figures=f"loss={loss_v}, mi={mi_v}", when=f"epoch {self.step / self.steps_per_epoch:.2f}",
+                       hint="Lower optim.lr, set optim.clip_grad, or try train.precision=fp32")
 
     # -- one step ----------------------------------------------------------------
     def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
