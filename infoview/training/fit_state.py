@@ -150,13 +150,17 @@ class FitCheckpoint:
         """The run's state after step ``at.step`` (a collective under DDP: every process calls it)."""
         rngs = D.all_gather_object({"epoch": epoch_rng, "now": self.rng()})
         if self.main:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint({
+            state = {
                 "step": at.step, "epoch": at.epoch, "batch": at.batch, "world_size": self.world,
                 "settings": self.settings, "modules": {k: m.state_dict() for k, m in self.modules.items()},
                 "optimizer": optimizer.state_dict(), "losses": torch.tensor(losses, dtype=torch.float64),
                 "rows": rows, "rng": rngs,
-            }, self.path, keep_previous=False, format=FORMAT)
+            }
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(state, self.path, keep_previous=False, format=FORMAT)
+            except OSError as exc:  # (a full disk, no permission: the previous file, if any, is left whole)
+                raise InfoviewError(f"cannot save {self.path} ({exc.strerror or exc})") from None
         D.barrier()
         return self.path
 
