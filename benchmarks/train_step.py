@@ -187,10 +187,10 @@ def peak_mb(device: torch.device) -> float:
 
 
 def one_step(trainer, views, labels) -> None:
-    lr, values, _ = trainer.train_step(views, labels)
-    if values[-1]:
+    lr, stats, _ = trainer.train_step(views, labels)
+    if stats.nonfinite:
         raise NonFiniteLoss(
-            f"the loss is not finite (loss={values[0]}) at step {trainer.step}: train_step then skips the backward "
+            f"the loss is not finite (loss={stats.loss}) at step {trainer.step}: train_step then skips the backward "
             "pass and the figures would be wrong; lower optim.lr (--set optim.lr=...) or give "
             "--set optim.warmup_epochs=..."
         )

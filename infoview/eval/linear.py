@@ -42,6 +42,7 @@ import numbers
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from infoview.augment import build_views
@@ -50,6 +51,7 @@ from infoview.backbones.spec import default_out_dir, frozen_splits
 from infoview.config import save_config
 from infoview.data import build_loader
 from infoview.errors import ConfigError, InfoviewError
+from infoview.training.fit_state import FitCheckpoint
 from infoview.training.loop import fit
 from infoview.training.memory import out_of_memory_said
 from infoview.training.optim import cosine_factor
@@ -104,29 +106,34 @@ def _new_layer(dim: int, num_classes: int, gen: torch.Generator, device) -> nn.L
 
 
 def _sgd_cosine(layer: nn.Linear, epoch_batches, *, epochs, steps_per_epoch, batch_size, lr, weight_decay, momentum,
-                progress, desc="linear probe") -> nn.Linear:
-    """Train ``layer`` on the (features, labels) minibatches ``epoch_batches()`` yields, once per epoch.
+                progress, desc="linear probe", features=None, checkpoint: FitCheckpoint | None = None,
+                rngs=None) -> nn.Linear:
+    """Train ``layer`` on the (features, labels) minibatches ``epoch_batches(epoch)`` yields, once per epoch.
 
     SGD with momentum on the cross-entropy; the learning rate peaks at
     ``lr * batch_size / 256`` and follows a cosine to 0 over
     ``epochs * steps_per_epoch`` steps. The shared fit loop (training.loop)
-    runs the epochs. Returns the layer, frozen.
+    runs the epochs. ``features(batch)``: the (features, labels) of a batch,
+    when the batches are something else (images). ``checkpoint``: the run
+    goes on from it and saves there when a signal stops it (``rngs``: the
+    generators the batches draw from). Returns the layer, frozen.
     """
     peak = float(lr) * batch_size / 256
     opt = torch.optim.SGD(layer.parameters(), lr=peak, momentum=float(momentum), weight_decay=float(weight_decay))
     total = max(1, epochs * steps_per_epoch)
 
     def step(batch):
-        feats, labels = batch
+        feats, labels = batch if features is None else features(batch)
         return F.cross_entropy(layer(feats), labels)
 
-    fit(step, opt, lambda epoch: epoch_batches(), epochs=epochs, steps_per_epoch=steps_per_epoch,
-        schedule=lambda s: cosine_factor(s, total), progress=progress, desc=desc, hint="lower the probe's lr")
+    fit(step, opt, epoch_batches, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        schedule=lambda s: cosine_factor(s, total), progress=progress, desc=desc, hint="lower the probe's lr",
+        checkpoint=checkpoint.track({"layer": layer}, rngs) if checkpoint is not None else None)
     return layer.requires_grad_(False)
 
 
 def _fit(x: Tensor, y: Tensor, num_classes: int, *, epochs, batch_size, lr, weight_decay, momentum, seed,
-         normalize, progress) -> tuple[nn.Linear, Tensor | None, Tensor | None]:
+         normalize, progress, checkpoint=None) -> tuple[nn.Linear, Tensor | None, Tensor | None]:
     """The training loop on checked features; returns (layer on standardised features, mean, std)."""
     n, dim = x.shape
     mean, std = _standardizer(x, normalize)
@@ -136,14 +143,15 @@ def _fit(x: Tensor, y: Tensor, num_classes: int, *, epochs, batch_size, lr, weig
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     layer = _new_layer(dim, num_classes, gen, x.device)
 
-    def batches():  # a fresh random order every epoch, drawn from gen
+    def batches(epoch):  # a fresh random order every epoch, drawn from gen
         order = torch.randperm(n, generator=gen).to(x.device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             yield x[idx], y[idx]
 
     layer = _sgd_cosine(layer, batches, epochs=epochs, steps_per_epoch=-(-n // batch_size), batch_size=batch_size,
-                        lr=lr, weight_decay=weight_decay, momentum=momentum, progress=progress)
+                        lr=lr, weight_decay=weight_decay, momentum=momentum, progress=progress,
+                        checkpoint=checkpoint, rngs={"order": gen})
     return layer, mean, std
 
 
@@ -208,6 +216,7 @@ def train_linear_probe(
     device="cpu",
     normalize: str = "standardize",
     progress: bool = False,
+    checkpoint: FitCheckpoint | None = None,
 ) -> dict:
     """Fit a linear probe on the train features, report accuracies in percent.
 
@@ -215,6 +224,8 @@ def train_linear_probe(
     Returns ``{"top1", "top5" (only with >= 5 classes), "train_top1", "epochs",
     "lr", "batch_size", "weight_decay", "normalize", "num_classes",
     "num_train", "num_test"}``; ``lr`` is the value given (at batch size 256).
+    ``checkpoint`` (a ``training.fit_state.FitCheckpoint``): the training goes
+    on from it, and saves there when Ctrl-C or SIGTERM stops it.
     """
     _check_settings(epochs, batch_size, lr, weight_decay, momentum, normalize)
     device = resolve_device(device)
@@ -222,7 +233,7 @@ def train_linear_probe(
                                                 device)
     layer, mean, std = _fit(
         x, y, num_classes, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        momentum=momentum, seed=seed, normalize=normalize, progress=progress,
+        momentum=momentum, seed=seed, normalize=normalize, progress=progress, checkpoint=checkpoint,
     )
     return _report(layer, mean, std, x, y, xt, yt, num_classes, epochs=int(epochs), lr=float(lr),
                    batch_size=int(batch_size), weight_decay=float(weight_decay), normalize=normalize)
@@ -269,6 +280,7 @@ def train_linear_probe_augmented(
     device="cpu",
     normalize: str = "standardize",
     progress: bool = False,
+    checkpoint: FitCheckpoint | None = None,
 ) -> dict:
     """The linear probe trained on augmented views of the train images, through the frozen encoder.
 
@@ -283,7 +295,8 @@ def train_linear_probe_augmented(
     the two splits: the standardisation comes from the train ones, and
     ``top1`` / ``top5`` are scored on the test ones (centre views).
     ``train_top1`` is scored on the un-augmented train features. Returns the
-    keys of :func:`train_linear_probe` plus ``"augment": True``.
+    keys of :func:`train_linear_probe` plus ``"augment": True``. ``checkpoint``:
+    as for :func:`train_linear_probe` (the views' random state saved too).
     """
     _check_settings(epochs, batch_size, lr, weight_decay, momentum, normalize)
     device = resolve_device(device)
@@ -298,28 +311,35 @@ def train_linear_probe_augmented(
     layer = _new_layer(x.shape[1], num_classes, gen, device)
     in_dtype = encoder_device_dtype(encoder)[1] or torch.float32
 
-    def batches():
+    def batches(epoch):
+        if hasattr(loader, "set_epoch"):  # (the epoch it would read next anyway; a resumed run's too)
+            loader.set_epoch(epoch)
         for index, (images, labels) in enumerate(loader):
-            with torch.no_grad():
-                view = views(images.to(device, non_blocking=True))[0]
-                feats = encoder(view.to(in_dtype)).float()
-                if feats.dim() != 2 or feats.shape[1] != x.shape[1]:
-                    raise InfoviewError(
-                        f"augmented batch {index}: the encoder returned shape {tuple(feats.shape)}; expected "
-                        f"(B, {x.shape[1]}) like the cached train features"
-                    )
-                if mean is not None:
-                    feats = (feats - mean) / std
-            labels = torch.as_tensor(labels).to(device=device, dtype=torch.int64)
-            if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
-                raise InfoviewError(f"augmented batch {index}: labels must lie in [0, {num_classes}), got "
-                                    f"{int(labels.min())}..{int(labels.max())}")
-            yield feats, labels
+            yield index, images, labels
+
+    def features(batch):  # in the step: a resumed run reads the batches it drops, but does not encode them
+        index, images, labels = batch
+        with torch.no_grad():
+            view = views(images.to(device, non_blocking=True))[0]
+            feats = encoder(view.to(in_dtype)).float()
+            if feats.dim() != 2 or feats.shape[1] != x.shape[1]:
+                raise InfoviewError(
+                    f"augmented batch {index}: the encoder returned shape {tuple(feats.shape)}; expected "
+                    f"(B, {x.shape[1]}) like the cached train features"
+                )
+            if mean is not None:
+                feats = (feats - mean) / std
+        labels = torch.as_tensor(labels).to(device=device, dtype=torch.int64)
+        if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
+            raise InfoviewError(f"augmented batch {index}: labels must lie in [0, {num_classes}), got "
+                                f"{int(labels.min())}..{int(labels.max())}")
+        return feats, labels
 
     with eval_mode(encoder):
         layer = _sgd_cosine(layer, batches, epochs=epochs, steps_per_epoch=steps, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, momentum=momentum, progress=progress,
-                            desc="linear probe (augmented)")
+                            desc="linear probe (augmented)", features=features, checkpoint=checkpoint,
+                            rngs={"order": gen, "views": views})
     return _report(layer, mean, std, x, y, xt, yt, num_classes, epochs=int(epochs), lr=float(lr),
                    batch_size=int(batch_size), weight_decay=float(weight_decay), normalize=normalize, augment=True)
 
@@ -335,18 +355,20 @@ def run(cfg) -> dict:
     _check_settings(t.epochs, t.batch_size, o.lr, o.weight_decay, 0.9, "standardize")  # before any extraction
     with hold_result_folder(cfg.out_dir or default_out_dir(cfg.backbone, "linear"), "linear.json", cfg.overwrite,
                             "linear") as out:
+        checkpoint = FitCheckpoint(out / "checkpoints", settings=OmegaConf.to_container(cfg, resolve=True),
+                                   command="linear")  # a stopped run's, checked before any extraction
         with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} images per batch of the frozen encoder and "
                                 f"train.batch_size={t.batch_size} for the classifier",
                                 "data.batch_size or train.batch_size"):
-            return _run(cfg, out)
+            return _run(cfg, out, checkpoint)
 
 
-def _run(cfg, out) -> dict:
+def _run(cfg, out, checkpoint: FitCheckpoint) -> dict:
     t = cfg.train
     bb, device, (xtr, ytr), (xte, yte), (source, test_source) = frozen_splits(cfg, "linear")
     d = cfg.data
     settings = dict(epochs=t.epochs, batch_size=t.batch_size, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                    seed=t.seed, device=device, progress=t.progress)
+                    seed=t.seed, device=device, progress=t.progress, checkpoint=checkpoint)
     if cfg.augment:
         views = build_views("simclr", bb.size, num_views=1, seed=t.seed, normalize=bb.normalize,
                             overrides=PROBE_VIEW_OVERRIDES)
@@ -360,4 +382,5 @@ def _run(cfg, out) -> dict:
               **result, "out_dir": str(out)}
     save_config(cfg, out / "config.yaml")
     atomic_write_text(out / "linear.json", json.dumps(result, indent=2))
+    checkpoint.remove()  # a way back into an unfinished run only
     return result

@@ -26,11 +26,13 @@ from infoview.pretrain.folder import run_folder
 from infoview.pretrain.methods import check_needs, get_method
 from infoview.pretrain.monitor import OnlineEvalFactory, Report
 from infoview.pretrain.resume import resume_state
+from infoview.pretrain.step_stats import reduce_step
 from infoview.training import distributed as D
 from infoview.training.checkpoint import (
-    LAST, RESUME_KEYS, find_resume, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
+    LAST, RESUME_KEYS, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
 )
 from infoview.backbones.encoder import build_encoder_from_config
+from infoview.training.nonfinite import stop_nonfinite
 from infoview.training.optim import build_optimizer, cut_schedule, fused_choice, lr_factor, scaled_lr, set_lr
 from infoview.training.signals import signals_deferred, stop_requests
 from infoview.utils.io import atomic_write_text
@@ -238,26 +240,13 @@ class Trainer:
             )
             seed_all(int(self.cfg.train.seed) + self.step)
 
-    def _dump_nonfinite(self, images, labels, stats, views_rng, index=None) -> Path:
-        """Everything needed to replay the step whose loss was not finite (a bank method's image indices too)."""
-        path = self.ckpt_dir / f"nonfinite_step{self.step}_rank{self.info.rank}.pt"
-        state = self._state(collective=False)
-        state.update({"images": images.cpu(), "labels": labels.cpu(), "views_rng_before": views_rng,
-                      "stats": stats, **({"indices": index.cpu()} if index is not None else {})})
-        save_checkpoint(state, path, keep_previous=False)
-        return path
-
     def _stop_nonfinite(self, images, labels, loss_v, mi_v, views_rng, index=None):
-        """Save what replays the step whose loss was not finite, and stop with a message that says so."""
-        path = self._dump_nonfinite(images, labels, [loss_v, mi_v], views_rng, index)
-        good = find_resume(self.ckpt_dir)
-        where = f"the last good checkpoint is {good}" if good is not None else "no checkpoint had been written yet"
-        raise InfoviewError(
-            f"the loss is not finite (loss={loss_v}, mi={mi_v}) at step {self.step} "
-            f"(epoch {self.step / self.steps_per_epoch:.2f}); the model, the optimizer and the batch are saved "
-            f"in {path} to investigate, and {where}. "
-            "Lower optim.lr, set optim.clip_grad, or try train.precision=fp32"
-        )
+        """Save what replays the step whose loss was not finite (a bank method's image indices too), and stop."""
+        replay = {"images": images.cpu(), "labels": labels.cpu(), "views_rng_before": views_rng,
+                  "stats": [loss_v, mi_v], **({"indices": index.cpu()} if index is not None else {})}
+        stop_nonfinite(self.ckpt_dir, self.step, self.info.rank, self._state(collective=False), replay,
+                       figures=f"loss={loss_v}, mi={mi_v}", when=f"epoch {self.step / self.steps_per_epoch:.2f}",
+                       hint="Lower optim.lr, set optim.clip_grad, or try train.precision=fp32")
 
     # -- one step ----------------------------------------------------------------
     def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -269,8 +258,8 @@ class Trainer:
     def train_step(self, views: list[torch.Tensor], labels: torch.Tensor, stop: bool = False, indices=None):
         """One optimisation step at ``self.step`` (which the caller advances).
 
-        Returns ``(lr, [loss, mi, mi_estimate, probe_loss, probe_correct, probe_count, stop, nonfinite],
-        ceiling)``, averaged or summed over ranks; ``stop`` counts the ranks asked to stop (Ctrl-C,
+        Returns ``(lr, StepStats, ceiling)``: the step's figures over every process, by name
+        (:mod:`infoview.pretrain.step_stats`); ``stats.stop`` counts the processes asked to stop (Ctrl-C,
         SIGTERM), so that all of them stop after the same step. Parameters are left untouched when the
         loss is not finite, so the caller can save the state that produced it.
         """
@@ -278,17 +267,9 @@ class Trainer:
         lr = set_lr(self.optimizer, lr_factor(self.step, self.total_steps, self.warmup_steps, self.min_ratio))
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             out = self.model(views, labels) if indices is None else self.model(views, labels, indices)
-        stats = torch.stack([
-            out.ssl_loss.float(), out.mi.float(), out.mi_estimate.float(), out.probe_loss.float(),
-            out.probe_correct.float(), out.probe_count.float(), out.loss.new_tensor(float(stop)).float(),
-            (~torch.isfinite(out.loss)).float(),
-        ])
-        if D.is_distributed():
-            torch.distributed.all_reduce(stats)
-            stats[:4] /= self.info.world_size
-        values = stats.tolist()
-        if values[-1]:
-            return lr, values, out.ceiling
+        stats = reduce_step(out, stop, self.info.world_size)
+        if stats.nonfinite:
+            return lr, stats, out.ceiling
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         if self.cfg.optim.clip_grad > 0:
@@ -296,7 +277,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return lr, values, out.ceiling
+        return lr, stats, out.ceiling
 
     # -- the loop --------------------------------------------------------------
     def _write_config(self) -> None:
@@ -312,7 +293,8 @@ class Trainer:
 
     def fit(self) -> dict:
         self._write_config()
-        report = Report(self)
+        report = Report(self.out, self.step, self.total_steps, self.steps_per_epoch, self.global_batch,
+                        main=self.info.is_main, progress=bool(self.cfg.train.progress))
         if self.step >= self.total_steps and self.info.is_main:
             print(f"infoview pretrain: {self.resume_path} is at step {self.step} of {self.total_steps}: already "
                   "done (raise train.epochs or train.max_steps to train on)", flush=True)
@@ -337,17 +319,17 @@ class Trainer:
         for images, labels, *index in self.loader:  # index: each image's, for a method that keys a bank by it
             with signals_deferred():  # a pre-emption hook runs between steps, never inside one
                 views_rng, asked = self.views.get_rng_state(), stop["signal"] is not None
-                lr, values, ceiling = self.train_step(self.make_views(images), labels, asked, *index)
-                loss_v, mi_v, est_v, probe_loss_v, correct_v, count_v, stopping, bad = values
-                if bad:
-                    self._stop_nonfinite(images, labels, loss_v, mi_v, views_rng, *index)
+                lr, stats, ceiling = self.train_step(self.make_views(images), labels, asked, *index)
+                if stats.nonfinite:
+                    self._stop_nonfinite(images, labels, stats.loss, stats.mi, views_rng, *index)
                 self.step += 1
-                last = {"loss": loss_v, "mi": mi_v if math.isfinite(mi_v) else None,  # None: no bound
-                        "mi_estimate": est_v, "lr": lr, "mi_ceiling": ceiling if math.isfinite(ceiling) else None}
+                last = {"loss": stats.loss, "mi": stats.mi if math.isfinite(stats.mi) else None,  # None: no bound
+                        "mi_estimate": stats.mi_estimate, "lr": lr,
+                        "mi_ceiling": ceiling if math.isfinite(ceiling) else None}
                 self.metrics.update(last)
                 done = self.step >= self.total_steps
-                report.step(last, mi_v, ceiling, probe_loss_v, correct_v, count_v, write=self.step % t.log_every == 0 or done)
-                if stopping and not done:
+                report.step(self.step, last, stats, ceiling, write=self.step % t.log_every == 0 or done)
+                if stats.stop and not done:
                     self.save()
                     raise Interrupted(
                         f"stopped by {stop['signal'] or 'another rank'} at step {self.step} of "
@@ -373,7 +355,7 @@ class Trainer:
         if self.online_eval is not None:  # rank 0
             online = self.online_eval(self.method)
             self.metrics.update(online)
-            report.online(online)
+            report.online(self.step, online)
         D.barrier()
         if final:
             self.save()  # the final checkpoint carries the final figures too
@@ -413,7 +395,8 @@ def run(cfg, command: str = "pretrain") -> dict | None:
         result, is_main = _fit(cfg, command)
         return result if is_main else None  # one rank reports
     finally:
-        # reference cycles (the report) kept the DDP wrapper, and the process group, past destroy_process_group;
-        # gloo's threads then ended at exit, where a finished rank sometimes aborted (SIGABRT). Collect first.
+        # reference cycles kept the DDP wrapper, and the process group, past destroy_process_group; gloo's threads
+        # then ended at exit, where a finished rank sometimes aborted (SIGABRT). Collect first. (The report holds
+        # no trainer; the cycles are frames of Trainer.__init__ and fit that exceptions caught on the way keep.)
         gc.collect()
         D.teardown()

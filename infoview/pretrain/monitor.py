@@ -162,46 +162,46 @@ class OnlineEvalFactory:
 
 
 class Report:
-    """What rank 0 shows and writes while a run trains: the progress bar, metrics.csv rows, curves.png."""
+    """What rank 0 shows and writes while a run trains: the progress bar, metrics.csv rows, curves.png.
 
-    def __init__(self, trainer):
-        self.spe = trainer.steps_per_epoch
-        self.trainer = trainer
-        main, t = trainer.info.is_main, trainer.cfg.train
-        self.log = metrics_log(trainer.out, start_step=trainer.step) if main else None
+    It is handed what it shows (the step, the step's figures) and holds nothing of the trainer. ``main``:
+    this is rank 0 (other ranks show and write nothing); ``start_step``: the step a resumed run starts at.
+    """
+
+    def __init__(self, out_dir, start_step: int, total_steps: int, steps_per_epoch: int, global_batch: int, *,
+                 main: bool, progress: bool):
+        self.spe, self.global_batch = steps_per_epoch, global_batch
+        self.log = metrics_log(out_dir, start_step=start_step) if main else None
         self.bar = None
-        if main and t.progress:
-            self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="pretrain", unit="step",
-                            dynamic_ncols=True)
-        self.global_batch = trainer.global_batch
+        if main and progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True)
         self._reset()
 
     def _reset(self) -> None:
         self.seen, self.t0, self.probe_correct, self.probe_count = 0, time.perf_counter(), 0.0, 0.0
 
-    def step(self, last: dict, mi_v: float, ceiling: float, probe_loss_v, correct_v, count_v, write: bool) -> None:
-        """One step's figures: the bar every step; a metrics.csv row (rates since the last row) when ``write``."""
+    def step(self, step: int, last: dict, stats, ceiling: float, write: bool) -> None:
+        """Step ``step``'s figures (``stats``: a ``StepStats``; ``last``: the figures as the run keeps them): the
+        bar every step; a metrics.csv row (rates since the last row) when ``write``."""
         self.seen += self.global_batch
-        self.probe_correct += correct_v
-        self.probe_count += count_v
+        self.probe_correct += stats.probe_correct
+        self.probe_count += stats.probe_count
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{last['loss']:.3f}", mi=f"{mi_v:.2f}/{ceiling:.2f}", lr=f"{last['lr']:.3g}",
-                                 refresh=False)
+            self.bar.set_postfix(loss=f"{last['loss']:.3f}", mi=f"{stats.mi:.2f}/{ceiling:.2f}",
+                                 lr=f"{last['lr']:.3g}", refresh=False)
         if not write:
             return
-        step = self.trainer.step
         elapsed = time.perf_counter() - self.t0
         row = {"step": step, "epoch": round(step / self.spe, 4), **last,
                "images_per_sec": self.seen / elapsed if elapsed > 0 else None,
-               "online_probe_loss": probe_loss_v if count_v else None,
+               "online_probe_loss": stats.probe_loss if stats.probe_count else None,
                "online_probe_train_top1": 100.0 * self.probe_correct / self.probe_count if self.probe_count else None}
         if self.log is not None:
             self.log.write(row)
         self._reset()
 
-    def online(self, online: dict) -> None:
-        step = self.trainer.step
+    def online(self, step: int, online: dict) -> None:
         if self.log is not None:
             self.log.write({"step": step, "epoch": round(step / self.spe, 4), **online})
         if self.bar is not None:

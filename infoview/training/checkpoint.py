@@ -31,11 +31,12 @@ FORMAT = "infoview-pretrain-1"
 TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike, keep_previous: bool = True) -> Path:
+def save_checkpoint(state: dict, path: str | os.PathLike, keep_previous: bool = True, format: str = FORMAT) -> Path:
+    """``state`` (tensors and plain values) in ``path`` under ``format``, atomically; see the module docstring."""
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:  # through a Python file, a full disk is an OSError torch's error chains to
-            torch.save({"format": FORMAT, **state}, f)
+            torch.save({"format": format, **state}, f)
         if keep_previous and path.exists():
             os.replace(path, path.with_name(PREV))
     return path
@@ -69,6 +70,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     hint = f"; the previous checkpoint {prev} may be good: resume from it with train.resume={prev}" if (
         prev.is_file() and prev != path
     ) else ""
+    state = read_state(path, hint)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise InfoviewError(
+            f"{path} is not an infoview pretraining checkpoint (expected a dict with format={FORMAT!r})"
+        )
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise InfoviewError(f"{path} claims to be an infoview checkpoint but lacks {', '.join(map(repr, missing))}"
+                            f"{hint}")
+    return state
+
+
+def read_state(path: Path, hint: str = "") -> Any:
+    """What ``torch.save`` wrote in ``path``, read with ``weights_only=True``; every way the file can be bad is
+    one InfoviewError naming it, followed by ``hint``."""
     if not path.is_file():
         raise InfoviewError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
@@ -82,7 +98,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"model.safetensors; this file starts with {head!r}"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many kinds on foreign bytes (a text file gives KeyError)
         text = str(exc).strip()
         if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in text.lower():
@@ -96,15 +112,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {path} is truncated or corrupt, or not a checkpoint, and cannot be read "
             f"({type(exc).__name__}: {first}){hint}"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise InfoviewError(
-            f"{path} is not an infoview pretraining checkpoint (expected a dict with format={FORMAT!r})"
-        )
-    missing = [k for k in REQUIRED if k not in state]
-    if missing:
-        raise InfoviewError(f"{path} claims to be an infoview checkpoint but lacks {', '.join(map(repr, missing))}"
-                            f"{hint}")
-    return state
 
 
 # --------------------------------------------------------------------------- RNG state

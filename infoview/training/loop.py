@@ -35,6 +35,13 @@ number of steps taken before it (the first is step 0), and a row's ``step`` is
 the number of steps taken when it is written (the first row of
 ``log_every=1`` is step 1).
 
+Given a ``checkpoint`` (``training.fit_state.FitCheckpoint``), the run goes
+on from the step it holds; Ctrl-C or SIGTERM (``training.signals.stop_requests``)
+saves after the step in progress and stops with ``Interrupted``, one line
+saying how to go on (the request is reduced with the step's loss, so every
+process stops after the same step); and the run saves after its last step,
+before the task scores it. ``training.fit_state`` says what is saved.
+
 What is not here stays with the task: building the model, its loss, the data,
 ``model.train()``, evaluation and the report. Pretraining keeps a loop of its
 own (``pretrain/engine.py``: checkpoints, resume, signals, DDP's collective
@@ -53,9 +60,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from infoview.errors import InfoviewError
+from infoview.errors import InfoviewError, Interrupted
+from infoview.training.distributed import is_distributed
+from infoview.training.fit_state import FitCheckpoint, Position, Restored
 from infoview.training.metrics import MetricsLog
 from infoview.training.optim import set_lr
+from infoview.training.signals import stop_requests
 
 #: what a step function returns: the loss, or the loss and the named terms it is made of
 StepOutput = Union[Tensor, tuple[Tensor, dict[str, Tensor]]]
@@ -82,9 +92,10 @@ class FitResult:
         return self.losses[-1] if self.losses else float("nan")
 
 
-def progress_bar(total: int | None, desc: str, progress: bool = True) -> tqdm:
+def progress_bar(total: int | None, desc: str, progress: bool = True, initial: int = 0) -> tqdm:
     """The bar every loop shows on stderr: one tick a step, redrawn at most twice a second."""
-    return tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5)
+    return tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5,
+                initial=initial)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor, clip_grad: float = 0.0,
@@ -103,20 +114,51 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor, clip_grad: fl
     optimizer.step()
 
 
-def _batches(batches, steps: int | None, epochs: int | None, desc: str):
-    """Every batch of the run, epoch after epoch, until ``steps`` batches or ``epochs`` passes."""
-    epoch = taken = 0
-    while (steps is None or taken < steps) and (epochs is None or epoch < epochs):
-        empty = True
-        for batch in batches(epoch) if callable(batches) else batches:
+def _batches(batches, steps: int | None, epochs: int | None, desc: str, at: Position, resume: _Resume | None):
+    """Every batch of the run from ``at`` on, epoch after epoch, until ``steps`` steps or ``epochs`` passes;
+    ``at`` follows the batches handed out. ``resume``: the random states of each epoch's start are read
+    (for a checkpoint), and a resumed run's first epoch drops the batches it had trained on."""
+    while (steps is None or at.step < steps) and (epochs is None or at.epoch < epochs):
+        if resume is not None:
+            resume.epoch_begins(at)
+        epoch = iter(batches(at.epoch) if callable(batches) else batches)
+        if resume is not None:
+            resume.skip(epoch, at)
+        empty = at.batch == 0
+        for batch in epoch:
             empty = False
+            at.batch += 1
             yield batch
-            taken += 1
-            if steps is not None and taken >= steps:
+            if steps is not None and at.step >= steps:
                 return
         if empty:
-            raise InfoviewError(f"{desc}: epoch {epoch} gave no batch to train on")
-        epoch += 1
+            raise InfoviewError(f"{desc}: epoch {at.epoch} gave no batch to train on")
+        at.epoch, at.batch = at.epoch + 1, 0
+
+
+class _Resume:
+    """``fit``'s side of a :class:`FitCheckpoint`: the epoch's random states, and a resumed run's way back in."""
+
+    def __init__(self, checkpoint: FitCheckpoint, restored: Restored | None):
+        self.checkpoint, self.restored = checkpoint, restored
+        self.epoch_rng = restored.epoch_rng if restored is not None else None
+
+    def epoch_begins(self, at: Position) -> None:
+        if self.restored is None:
+            self.epoch_rng = self.checkpoint.rng()
+        else:  # the resumed epoch begins as it did, from the states it began with
+            self.epoch_rng = self.restored.epoch_rng
+            self.checkpoint.set_rng(self.epoch_rng)
+
+    def skip(self, epoch, at: Position) -> None:
+        """A resumed run: the epoch's first ``at.batch`` batches read again (not trained on), then the random
+        states of the step it stopped after."""
+        if self.restored is None:
+            return
+        for _ in range(at.batch):
+            next(epoch, None)
+        self.checkpoint.set_rng(self.restored.rng)
+        self.restored = None
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, schedule: Schedule | None, step: int) -> float:
@@ -152,6 +194,17 @@ class _Rows:
             self.on_log(row)
 
 
+def _loss_and_stop(reduce, loss: Tensor, stop: dict | None) -> tuple[float, bool]:
+    """The loss over the processes and whether any was asked to stop, in the one reduction a step makes."""
+    if stop is None:
+        return float(reduce(loss.detach())), False
+    if not is_distributed():  # (this process's request is every process's)
+        return float(reduce(loss.detach())), stop["signal"] is not None
+    both = reduce(torch.stack([loss.detach(), loss.detach().new_tensor(float(stop["signal"] is not None))]))
+    value, asked = both.tolist()
+    return value, asked > 0
+
+
 def fit(
     step_fn: Callable[[Any], StepOutput],
     optimizer: torch.optim.Optimizer,
@@ -170,6 +223,7 @@ def fit(
     progress: bool = False,
     desc: str = "train",
     hint: str = "lower the learning rate",
+    checkpoint: FitCheckpoint | None = None,
 ) -> FitResult:
     """Train through ``step_fn`` for ``steps`` steps or ``epochs`` epochs of ``batches``; see the module docstring.
 
@@ -179,6 +233,9 @@ def fit(
     (``training.distributed.all_reduce_mean``); ``steps_per_epoch`` gives the
     rows an ``epoch`` column and the bar its length in ``epochs`` mode.
     ``log_every=0``: no rows. ``desc`` names the loop in the bar and in errors.
+    ``checkpoint``: the run goes on from what it holds, saves there when
+    Ctrl-C or SIGTERM stops it (then raises ``Interrupted``) and after its
+    last step (``training.fit_state``).
     """
     if steps is None and epochs is None:
         raise ValueError("fit: give steps or epochs")
@@ -191,28 +248,58 @@ def fit(
         autocast = torch.autocast(optimizer.param_groups[0]["params"][0].device.type, dtype=amp_dtype)
     rows = _Rows(on_log, steps_per_epoch, reduce)
     done = FitResult(rows=rows.rows)
+    at, resume = _restore(checkpoint, optimizer, done)
     total = steps if steps is not None else epochs * steps_per_epoch if steps_per_epoch else None
-    bar = progress_bar(total, desc, progress)
-    start = time.perf_counter()
+    bar = progress_bar(total, desc, progress, initial=at.step)
+    start, took = time.perf_counter(), False
     try:
-        for step, batch in enumerate(_batches(batches, steps, epochs, desc)):
-            lr = _set_lr(optimizer, schedule, step)
-            with autocast:
-                out = step_fn(batch)
-            loss, terms = out if isinstance(out, tuple) else (out, {})
-            value = float(reduce(loss.detach()))
-            if not math.isfinite(value):
-                raise _nonfinite(desc, value, step, lr, terms, hint)
-            optimizer_step(optimizer, loss, clip_grad, clip_params)
-            done.losses.append(value)
-            done.steps = step + 1
-            if log_every > 0 and done.steps % log_every == 0:
-                rows.write(done.steps, lr, value, terms)
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2g}", refresh=False)
-        if log_every > 0 and done.steps % log_every:
-            rows.write(done.steps, lr, value, terms)  # the last step's row
+        with stop_requests() if checkpoint is not None else contextlib.nullcontext() as stop:
+            for batch in _batches(batches, steps, epochs, desc, at, resume):
+                step = at.step
+                lr = _set_lr(optimizer, schedule, step)
+                with autocast:
+                    out = step_fn(batch)
+                loss, terms = out if isinstance(out, tuple) else (out, {})
+                value, stopping = _loss_and_stop(reduce, loss, stop)
+                if not math.isfinite(value):
+                    raise _nonfinite(desc, value, step, lr, terms, hint)
+                optimizer_step(optimizer, loss, clip_grad, clip_params)
+                done.losses.append(value)
+                done.steps = at.step = step + 1
+                took = True
+                if log_every > 0 and done.steps % log_every == 0:
+                    rows.write(done.steps, lr, value, terms)
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2g}", refresh=False)
+                if stopping and (total is None or done.steps < total):
+                    _stop(checkpoint, optimizer, at, done, resume, stop, total)
+            if took and log_every > 0 and done.steps % log_every:
+                rows.write(done.steps, lr, value, terms)  # the last step's row
+            if checkpoint is not None:  # before the task scores the model
+                checkpoint.save(optimizer, at, done.losses, rows.rows, resume.epoch_rng)
     finally:
         bar.close()
     done.seconds = time.perf_counter() - start
     return done
+
+
+def _restore(checkpoint: FitCheckpoint | None, optimizer, done: FitResult) -> tuple[Position, _Resume | None]:
+    """Where the run starts: step 0, or where its checkpoint left it (``done`` then holds the steps before)."""
+    if checkpoint is None:
+        return Position(), None
+    resume = _Resume(checkpoint, checkpoint.restore(optimizer))
+    if resume.restored is None:
+        return Position(), resume
+    restored = resume.restored
+    done.steps, done.losses = restored.at.step, restored.losses
+    done.rows[:] = restored.rows  # (the list the rows are written to)
+    return restored.at, resume
+
+
+def _stop(checkpoint: FitCheckpoint, optimizer, at: Position, done: FitResult, resume: _Resume, stop: dict,
+          total: int | None) -> None:
+    """Save the run after the step it was asked to stop in, and stop with one line that says how to go on."""
+    path = checkpoint.save(optimizer, at, done.losses, done.rows, resume.epoch_rng)
+    of = f" of {total}" if total is not None else ""
+    raise Interrupted(f"stopped by {stop['signal'] or 'another process'} at step {done.steps}{of}; saved {path}. "
+                      "Run the same command again to resume")

@@ -92,13 +92,13 @@ def ctrl_c_answered(command: str, grace_s: float = 2.0) -> Iterator[None]:
     """Answer Ctrl-C within moments while ``infoview <command>`` runs, even when the main thread is inside
     one long C call (see the module docstring).
 
-    - A loop that saves on a stop request (:func:`stop_requests`: pretraining) is told by its handler as
-      soon as the main thread gets back; the first Ctrl-C is acknowledged at once (it saves between two
-      steps).
-    - Otherwise (an evaluator, which cannot resume; or a second Ctrl-C) the main thread gets ``grace_s``
-      seconds to stop in order (KeyboardInterrupt, ``finally`` blocks); a main thread still inside a C
-      call then is not waited for: the folders this process holds are let go of, one line is said, and the
-      process ends with code 130.
+    - A loop that saves on a stop request (:func:`stop_requests`: pretraining, and the evaluators' fit loop
+      while it trains) is told by its handler as soon as the main thread gets back; the first Ctrl-C is
+      acknowledged at once (it saves between two steps).
+    - Otherwise (no such loop runs: a kNN vote, feature extraction, scoring; or a second Ctrl-C) the main
+      thread gets ``grace_s`` seconds to stop in order (KeyboardInterrupt, ``finally`` blocks); a main
+      thread still inside a C call then is not waited for: the folders this process holds are let go of,
+      one line is said, and the process ends with code 130.
 
     Only in the main thread, with Python's own Ctrl-C handler in place; elsewhere nothing is changed.
     """

@@ -191,9 +191,9 @@ def train(trainer, images, labels, steps: int = STEPS) -> tuple[list[float], dic
         views = trainer.make_views(images)
         if trainer.channels_last:
             assert all(v.is_contiguous(memory_format=torch.channels_last) for v in views)
-        _, values, _ = trainer.train_step(views, labels)
-        assert not values[-1], f"the loss is not finite: {values[0]}"
-        losses.append(values[0])
+        _, stats, _ = trainer.train_step(views, labels)
+        assert not stats.nonfinite, f"the loss is not finite: {stats.loss}"
+        losses.append(stats.loss)
         trainer.step += 1
     params = {n: p.detach().float().clone() for n, p in trainer.method.named_parameters()}
     return losses, params

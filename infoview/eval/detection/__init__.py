@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from infoview.augment.recipes import normalization
@@ -23,6 +24,7 @@ from infoview.eval.detection.model import build_detector, timm_model_of
 from infoview.eval.detection.scoring import evaluate
 from infoview.eval.detection.train import train
 from infoview.training import distributed as D
+from infoview.training.fit_state import FitCheckpoint
 from infoview.training.loop import FitResult
 from infoview.training.memory import out_of_memory_said
 from infoview.utils.io import atomic_write_text
@@ -175,10 +177,16 @@ def run(cfg) -> dict | None:
         with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} (the global batch) of images resized to "
                                 f"model.min_size={m.min_size} px (long side at most model.max_size={m.max_size})",
                                 "data.batch_size, or model.min_size and model.max_size"):
-            return _run(cfg, out)
+            return _run(cfg, out, _checkpoint(cfg, out))
 
 
-def _run(cfg, out) -> dict | None:
+def _checkpoint(cfg, out) -> FitCheckpoint:
+    """Where a run stopped by Ctrl-C or SIGTERM saves, and goes on from when run again (checked here, first)."""
+    return FitCheckpoint(out / "checkpoints", settings=OmegaConf.to_container(cfg, resolve=True), command="detect",
+                         may_change=("eval.",))
+
+
+def _run(cfg, out, checkpoint: FitCheckpoint) -> dict | None:
     t = cfg.train
     if t.threads:
         torch.set_num_threads(int(t.threads))
@@ -188,7 +196,7 @@ def _run(cfg, out) -> dict | None:
     try:
         per_rank, steps_per_epoch, total = _steps(cfg, info, device, len(train_set))
         bb, model, net = _build(cfg, info, device, train_set.num_classes)
-        trained = train(net, model, train_set, cfg, info, device, per_rank, steps_per_epoch, total)
+        trained = train(net, model, train_set, cfg, info, device, per_rank, steps_per_epoch, total, checkpoint)
         start = time.time()
         scores = evaluate(model, val_set, gt, train_set.label_to_cat, cfg.task == "segm", per_rank,
                           int(cfg.data.num_workers), info, device, bool(t.progress))
@@ -199,6 +207,7 @@ def _run(cfg, out) -> dict | None:
                 print(scores[2], file=sys.stderr, flush=True)
             result = _result(cfg, bb, model, data, trained, scores, steps_per_epoch, eval_time, info, device, out)
             _write(cfg, out, trained.rows, result)
+            checkpoint.remove()  # a way back into an unfinished run only
         D.barrier()
         return result
     finally:

@@ -8,6 +8,7 @@ from torch import nn
 
 from infoview.data.detection import collate
 from infoview.training import distributed as D
+from infoview.training.fit_state import FitCheckpoint
 from infoview.training.loop import FitResult, fit
 from infoview.training.optim import build_optimizer, cut_schedule, warmup_decay_factors
 
@@ -42,12 +43,13 @@ def _loader(train_set, cfg, info: D.DistInfo, device: torch.device, per_rank: in
 
 
 def train(net: nn.Module, model: nn.Module, train_set, cfg, info: D.DistInfo, device: torch.device,
-          per_rank: int, steps_per_epoch: int, total: int) -> FitResult:
+          per_rank: int, steps_per_epoch: int, total: int, checkpoint: FitCheckpoint | None = None) -> FitResult:
     """Fine-tune ``model`` (through ``net``, its DDP wrapper or itself) for ``total`` steps of the shared fit loop.
 
     A step is the detector's summed losses (its terms are the log's columns),
     averaged over the processes so that all of them stop together on a loss
-    that is not finite; the lr follows Detectron2's warm-up and decay.
+    that is not finite; the lr follows Detectron2's warm-up and decay. ``checkpoint``: the run goes on from
+    it, and saves there when Ctrl-C or SIGTERM stops it and after its last step (training.fit_state).
     """
     t, o = cfg.train, cfg.optim
     warm, cut = cut_schedule(int(o.warmup_steps), total, int(t.epochs) * steps_per_epoch, steps_per_epoch)
@@ -74,4 +76,5 @@ def train(net: nn.Module, model: nn.Module, train_set, cfg, info: D.DistInfo, de
         amp_dtype=torch.bfloat16 if t.precision == "bf16" else None, reduce=D.all_reduce_mean,
         log_every=max(int(t.log_every), 1), progress=bool(t.progress and info.is_main), desc="detect",
         hint="lower optim.lr or raise optim.warmup_steps, or set optim.clip_grad",
+        checkpoint=checkpoint.track({"model": model}) if checkpoint is not None else None,
     )

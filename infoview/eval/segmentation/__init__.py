@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -24,6 +25,7 @@ from infoview.errors import ConfigError, InfoviewError
 from infoview.eval.segmentation.metrics import confusion_matrix, constant_baseline, segmentation_metrics, void_values
 from infoview.eval.segmentation.model import SegmentationModel, dilated_backbone
 from infoview.eval.segmentation.plot import plot_predictions
+from infoview.training.fit_state import FitCheckpoint
 from infoview.training.loop import fit
 from infoview.training.memory import out_of_memory_said
 from infoview.training.optim import build_optimizer, poly_factor
@@ -101,10 +103,12 @@ def _void_to(target: torch.Tensor, ignore_index: int, fill: int = -1) -> torch.T
     return target
 
 
-def train_head(model, loader, steps, optimizer, mean, std, ignore_index, device, progress) -> list[float]:
+def train_head(model, loader, steps, optimizer, mean, std, ignore_index, device, progress,
+               checkpoint: FitCheckpoint | None = None) -> list[float]:
     """``steps`` steps of per-pixel cross-entropy (void pixels carry none) under the poly schedule; the losses.
 
-    The shared fit loop (training.loop) runs them; what is segmentation's is the step's loss.
+    The shared fit loop (training.loop) runs them; what is segmentation's is the step's loss. ``checkpoint``:
+    the run goes on from it, and saves there when Ctrl-C or SIGTERM stops it and after its last step.
     """
 
     def step(batch):
@@ -116,8 +120,10 @@ def train_head(model, loader, steps, optimizer, mean, std, ignore_index, device,
         return F.cross_entropy(model(images), target, ignore_index=-1, reduction="sum") / labelled.clamp(min=1)
 
     model.train()
+    if checkpoint is not None:  # the weights, and the generator of the loader's order
+        checkpoint.track({"model": model}, {"order": loader.generator} if loader.generator is not None else {})
     return fit(step, optimizer, loader, steps=steps, schedule=lambda s: poly_factor(s, steps), progress=progress,
-               desc="segment train", hint="lower optim.lr").losses
+               desc="segment train", hint="lower optim.lr", checkpoint=checkpoint).losses
 
 
 @torch.no_grad()
@@ -259,10 +265,12 @@ def run(cfg) -> dict:
                             cfg.overwrite, "segment") as out:
         with out_of_memory_said(f"data.batch_size={cfg.data.batch_size} images of data.size={cfg.data.size} px",
                                 "data.batch_size or data.size"):
-            return _run(cfg, out, start)
+            checkpoint = FitCheckpoint(out / "checkpoints", settings=OmegaConf.to_container(cfg, resolve=True),
+                                       command="segment", may_change=("eval.", "plot."))
+            return _run(cfg, out, start, checkpoint)
 
 
-def _run(cfg, out, start: float) -> dict:
+def _run(cfg, out, start: float, checkpoint: FitCheckpoint) -> dict:
     t = cfg.train
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
@@ -273,7 +281,8 @@ def _run(cfg, out, start: float) -> dict:
     o = cfg.optim
     optimizer = build_optimizer(o.name, model, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
     t0 = time.perf_counter()
-    losses = train_head(model, data.train_loader, steps, optimizer, mean, std, data.ignore_index, device, t.progress)
+    losses = train_head(model, data.train_loader, steps, optimizer, mean, std, data.ignore_index, device, t.progress,
+                        checkpoint)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     conf, n_val, samples = evaluate(model, data.val_loader, data.num_classes, data.ignore_index, mean, std, device,
@@ -281,4 +290,5 @@ def _run(cfg, out, start: float) -> dict:
     eval_s = time.perf_counter() - t0
     result = _result(cfg, bb, model, stride_note, data, conf, n_val, losses, steps, (train_s, eval_s), device, out)
     _write(cfg, out, result, samples, bb, data, n_val, start)
+    checkpoint.remove()  # a way back into an unfinished run only
     return result
