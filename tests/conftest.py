@@ -22,6 +22,19 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_as_at_a_terminal():
+    """Ctrl-C reaches the tests as it reaches a user at a terminal, also when the suite was started in the
+    background (``make test &``, ``nohup``), where the shell starts it with SIGINT ignored: the tests of what
+    Ctrl-C does (in this process, and in the commands they start, which inherit an ignored SIGINT) need
+    Python's own handler."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (CIFAR-10 JPEGs, Penn-Fudan, COCO128); skip when it is missing."""
