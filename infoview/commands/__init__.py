@@ -45,12 +45,15 @@ class Command:
     - ``distributed``: runs one process per GPU under torch.distributed; a
       command that is not is launched as a single task, and asking ``launch``
       for more tasks or nodes is an error;
-    - ``resume``: the ``key=value`` that makes a re-run continue where a
-      stopped run left off (``train.resume=auto``), or None when the command
-      cannot resume: a pre-empted job of such a command is not requeued;
+    - ``resume``: what makes a re-run continue where a stopped run left off:
+      the ``key=value`` added to its arguments (``train.resume=auto``), ""
+      when the same arguments do (the evaluators: a run goes on from the
+      checkpoint in its own folder), or None when the command cannot resume:
+      a pre-empted job of such a command is not requeued;
     - ``save_on_preempt``: called in the job's first task when SLURM signals
       pre-emption or the time limit; saves the run's state and returns a
-      line saying what was saved (or None);
+      line saying what was saved (or None); :func:`save_fit_on_preempt` is
+      the evaluators';
     - ``check_launch``: checks a job's effective config before anything is
       submitted (a pretraining run that could not resume, say);
     - ``positional``: keys filled by positional arguments (``prepare SRC OUT``);
@@ -73,6 +76,16 @@ class Command:
     section_resets: dict[str, str] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)
     usage: str | None = None
+
+
+def save_fit_on_preempt() -> str | None:
+    """The evaluators' ``save_on_preempt``: the ``fit`` run going on saves the step it last finished, from the
+    first task alone (``training.fit_state.current_fit``); None when none runs (extracting, scoring)."""
+    from infoview.training.fit_state import current_fit
+
+    run = current_fit()
+    path = run.save_now() if run is not None else None
+    return f"pre-empted or out of time at step {run.step}; saved {path}" if path is not None else None
 
 
 def _command_name(module: str) -> str:

@@ -9,10 +9,13 @@ builds the process group: NCCL on GPUs, gloo on CPUs.
 
 Pre-emption and time-out: SLURM signals the job (``--signal=USR2@<delay>``);
 submitit calls :meth:`CommandJob.checkpoint` in task 0. For a command that
-declares how it resumes (``Command.resume``: pretrain's ``train.resume=auto``)
-it calls the command's ``save_on_preempt`` (pretrain: the running trainer
-saves between two steps; the loop defers the signal while a step runs) and
-returns the same job with the resume key, which submitit requeues. A job
+declares how it resumes (``Command.resume``: pretrain's ``train.resume=auto``;
+"" for linear, detect and segment, which go on from their folder's checkpoint
+when run again as they were) it calls the command's ``save_on_preempt``
+(pretrain: the running trainer saves between two steps, the loop deferring
+the signal while a step runs; the evaluators: their ``fit`` loop, which holds
+the signal until a step ends) and returns the same job with the resume key
+(none for the evaluators), which submitit requeues. A job
 requeued by SLURM itself (``scontrol requeue``, a node failure) starts again
 from its pickle and resumes from ``checkpoints/last.pt`` the same way, losing
 only the steps after the last save. A command that cannot resume is not
@@ -51,9 +54,10 @@ class CommandJob(submitit.helpers.Checkpointable):
 
 
 def resumable(command: str, args: list[str]) -> list[str]:
-    """The arguments of a job that continues where its previous run stopped (the command's ``resume`` key)."""
+    """The arguments of a job that continues where its previous run stopped (the command's ``resume`` key;
+    the same arguments for a command whose ``resume`` is "")."""
     resume = spec(command).resume
-    if resume is None:
+    if not resume:
         return list(args)
     key = resume.split("=", 1)[0] + "="
     return [*[a for a in args if not a.startswith(key)], resume]

@@ -28,6 +28,8 @@ then step decay (x0.1 at optim.milestones, fractions of the run) or cosine.
 train.max_steps > 0 sets the length in iterations, else train.epochs; a
 max_steps that cuts the run short scales the warm-up with it (said at start).
 data.batch_size is the global batch (split across DDP processes).
+Stopped (Ctrl-C, SIGTERM, or pre-emption under infoview launch), a run
+saves OUT/checkpoints/last.pt; the same command run again resumes it.
 
 backbone: a pretraining checkpoint (or its run folder), random:<checkpoint>,
 random:<timm arch>, or whatever else infoview.backbones.spec accepts.
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infoview.commands import Command
+from infoview.commands import Command, save_fit_on_preempt
 from infoview.schema import Key
 
 from infoview.eval.choices import OPTIMIZERS, PRECISIONS, SCHEDULES, TASKS  # noqa: E402 - imports nothing
@@ -100,7 +102,7 @@ RENAMED = {"train.optimizer": "optim.name",
            **{f"train.{k}": f"optim.{k}" for k in ("lr", "momentum", "weight_decay", "warmup_steps", "schedule",
                                                   "milestones", "clip_grad")}}
 COMMAND = Command(help='Fine-tune Mask/Faster R-CNN with FPN on a backbone; COCO box and mask AP (pycocotools).',
-                  distributed=True, renamed=RENAMED)
+                  distributed=True, resume="", save_on_preempt=save_fit_on_preempt, renamed=RENAMED)
 
 
 def run(cfg) -> dict | None:

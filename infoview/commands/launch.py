@@ -21,10 +21,10 @@ What a job does follows what the command declares (infoview.commands.Command):
   others at once, and launch.wait names the rank that ended first (srun's
   report in the job's first log);
 - pre-emption and time-out (SLURM's USR2, launch.signal_delay_s before the
-  limit): a command that can resume (pretrain) saves a checkpoint and is
-  requeued, resuming from checkpoints/last.pt, up to launch.max_requeues
-  time-outs; one that cannot is not requeued (the job ends; rerun it with a
-  longer launch.timeout_min).
+  limit): a command that can resume (pretrain, distill, linear, detect,
+  segment) saves a checkpoint and is requeued, resuming from
+  checkpoints/last.pt, up to launch.max_requeues time-outs; one that cannot
+  is not requeued (the job ends; rerun it with a longer launch.timeout_min).
 
 launch.sweep: a list of override strings, one job each (a SLURM job array);
 an entry that sets no out_dir runs in <out_dir>/sweep<i>.

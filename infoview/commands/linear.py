@@ -11,6 +11,8 @@ train images (the encoder stays frozen; slower: one encoder pass per image
 per epoch); standardisation and the test split use the un-augmented features.
 The classifier's SGD is optim.lr and optim.weight_decay (train.lr and
 train.weight_decay, their names on main, still work with a note).
+Stopped (Ctrl-C, SIGTERM, or pre-emption under infoview launch), a run
+saves OUT/checkpoints/last.pt; the same command run again resumes it.
 
 {frozen}
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infoview.commands import Command
+from infoview.commands import Command, save_fit_on_preempt
 from infoview.commands._frozen import frozen_doc, frozen_keys
 from infoview.schema import Key
 
@@ -42,7 +44,7 @@ DEFAULTS: dict[str, Any] = frozen_keys(
 #: the classifier's optimiser keys were train.* until they joined every command's optim section
 RENAMED = {"train.lr": "optim.lr", "train.weight_decay": "optim.weight_decay"}
 COMMAND = Command(help="Linear probe of a frozen encoder (a checkpoint, or random:<...> for the baseline): top-1/top-5.",
-                  renamed=RENAMED)
+                  resume="", save_on_preempt=save_fit_on_preempt, renamed=RENAMED)
 
 
 def run(cfg) -> dict:

@@ -31,6 +31,8 @@ embeddings resampled). freeze_backbone=true trains the head only on frozen
 features. Optimiser (optim.*; train.optimizer, train.lr, train.momentum and
 train.weight_decay, their names on main, still work with a note): SGD with
 momentum and a poly schedule (adamw for ViTs).
+Stopped (Ctrl-C, SIGTERM, or pre-emption under infoview launch), a run
+saves OUT/checkpoints/last.pt; the same command run again resumes it.
 out_dir '' writes beside the backbone: runs/x/segment (segment_random for
 random:), and runs/x/export_segment for an export folder runs/x/export, which
 holds the export only.
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infoview.commands import Command
+from infoview.commands import Command, save_fit_on_preempt
 from infoview.schema import Key
 
 from infoview.eval.choices import HEADS, OPTIMIZERS  # noqa: E402 - imports nothing
@@ -87,7 +89,7 @@ DEFAULTS: dict[str, Any] = {
 RENAMED = {"train.optimizer": "optim.name", "train.lr": "optim.lr", "train.momentum": "optim.momentum",
            "train.weight_decay": "optim.weight_decay"}
 COMMAND = Command(help='Train an FCN/DeepLabV3 head on a backbone; mIoU and pixel accuracy, with a PNG of predictions.',
-                  distributed=False, renamed=RENAMED)
+                  distributed=False, resume="", save_on_preempt=save_fit_on_preempt, renamed=RENAMED)
 
 
 def run(cfg) -> dict | None:

@@ -28,10 +28,11 @@ one more number in a reduction the loop already makes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -39,6 +40,7 @@ from torch import nn
 from infoview.errors import InfoviewError
 from infoview.training import distributed as D
 from infoview.training.checkpoint import read_state, remove_stale_temps, rng_state, save_checkpoint, set_rng_state
+from infoview.training.signals import HeldSignals, held_between_steps
 
 FORMAT = "infoview-fit-1"
 LAST = "last.pt"
@@ -146,9 +148,11 @@ class FitCheckpoint:
 
     # -- save, restore, remove -----------------------------------------------------
     def save(self, optimizer: torch.optim.Optimizer, at: Position, losses: list[float], rows: list[dict],
-             epoch_rng: dict) -> Path:
-        """The run's state after step ``at.step`` (a collective under DDP: every process calls it)."""
-        rngs = D.all_gather_object({"epoch": epoch_rng, "now": self.rng()})
+             epoch_rng: dict, collective: bool = True) -> Path:
+        """The run's state after step ``at.step`` (a collective under DDP: every process calls it; with
+        ``collective=False`` this process writes alone, its own random states only: see :func:`current_fit`)."""
+        mine = {"epoch": epoch_rng, "now": self.rng()}
+        rngs = D.all_gather_object(mine) if collective else [mine]
         if self.main:
             state = {
                 "step": at.step, "epoch": at.epoch, "batch": at.batch, "world_size": self.world,
@@ -161,7 +165,8 @@ class FitCheckpoint:
                 save_checkpoint(state, self.path, keep_previous=False, format=FORMAT)
             except OSError as exc:  # (a full disk, no permission: the previous file, if any, is left whole)
                 raise InfoviewError(f"cannot save {self.path} ({exc.strerror or exc})") from None
-        D.barrier()
+        if collective:
+            D.barrier()
         return self.path
 
     def restore(self, optimizer: torch.optim.Optimizer) -> Restored | None:
@@ -176,7 +181,8 @@ class FitCheckpoint:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise InfoviewError(f"{self.path} does not fit this run's model ({str(exc).splitlines()[0]}); remove "
                                 f"{self.path.parent} to start afresh") from None
-        mine = state["rng"][self.rank]
+        saved = state["rng"]  # (a pre-emption hook's save holds the first process's only: the others keep theirs)
+        mine = saved[self.rank] if self.rank < len(saved) else {"epoch": self.rng(), "now": self.rng()}
         return Restored(Position(int(state["step"]), int(state["epoch"]), int(state["batch"])),
                         state["losses"].tolist(), list(state["rows"]), mine["epoch"], mine["now"])
 
@@ -196,3 +202,54 @@ def remove_checkpoint(folder: str | os.PathLike) -> None:
         folder.rmdir()
     except OSError:
         pass
+
+
+# -- the run going on now, for a pre-emption hook ------------------------------------
+_RUNNING: list["RunningFit"] = []  # the fit runs with a checkpoint going on in this process
+
+
+@dataclass
+class RunningFit:
+    """A :func:`~infoview.training.loop.fit` run with a checkpoint, while it runs: what :meth:`save_now` saves
+    (``resume``: the loop's, whose ``epoch_rng`` are the random states its epoch began with)."""
+
+    checkpoint: FitCheckpoint
+    optimizer: torch.optim.Optimizer
+    at: Position
+    losses: list[float]
+    rows: list[dict]
+    resume: Any
+
+    @property
+    def step(self) -> int:
+        return self.at.step
+
+    def save_now(self) -> Path | None:
+        """Save the state after the last finished step, from the first process alone, with no collective: for
+        a pre-emption or time-out hook, which ``fit`` runs between two steps only
+        (``training.signals.held_between_steps``). Other processes' random states are not saved: a run
+        resumed from it goes on with theirs as seeded. Other processes: None."""
+        if not self.checkpoint.main:
+            return None
+        return self.checkpoint.save(self.optimizer, self.at, self.losses, self.rows, self.resume.epoch_rng,
+                                    collective=False)
+
+
+def current_fit() -> RunningFit | None:
+    """The fit run with a checkpoint going on in this process, for a pre-emption hook (``infoview launch``)."""
+    return _RUNNING[-1] if _RUNNING else None
+
+
+@contextlib.contextmanager
+def running(run: RunningFit | None) -> Iterator[HeldSignals]:
+    """While ``fit`` runs: ``run`` is :func:`current_fit`, and SIGUSR2/SIGTERM's own handlers are held until
+    the loop is between two steps (a :class:`HeldSignals` it delivers; an empty one without a ``run``)."""
+    if run is None:
+        yield HeldSignals()
+        return
+    with held_between_steps() as held:
+        _RUNNING.append(run)
+        try:
+            yield held
+        finally:
+            _RUNNING.remove(run)  # (before a held signal's handler runs: the run has saved its last step)

@@ -40,7 +40,11 @@ on from the step it holds; Ctrl-C or SIGTERM (``training.signals.stop_requests``
 saves after the step in progress and stops with ``Interrupted``, one line
 saying how to go on (the request is reduced with the step's loss, so every
 process stops after the same step); and the run saves after its last step,
-before the task scores it. ``training.fit_state`` says what is saved.
+before the task scores it. ``training.fit_state`` says what is saved. While
+such a run goes on, ``training.fit_state.current_fit()`` reaches it (a
+pre-emption hook saves it), and the handlers of SIGUSR2/SIGTERM that someone
+else installed (SLURM's, through submitit) run between two steps only
+(``training.signals.held_between_steps``).
 
 What is not here stays with the task: building the model, its loss, the data,
 ``model.train()``, evaluation and the report. Pretraining keeps a loop of its
@@ -62,7 +66,7 @@ from tqdm.auto import tqdm
 
 from infoview.errors import InfoviewError, Interrupted
 from infoview.training.distributed import is_distributed
-from infoview.training.fit_state import FitCheckpoint, Position, Restored
+from infoview.training.fit_state import FitCheckpoint, Position, Restored, RunningFit, running
 from infoview.training.metrics import MetricsLog
 from infoview.training.optim import set_lr
 from infoview.training.signals import stop_requests
@@ -235,7 +239,8 @@ def fit(
     ``log_every=0``: no rows. ``desc`` names the loop in the bar and in errors.
     ``checkpoint``: the run goes on from what it holds, saves there when
     Ctrl-C or SIGTERM stops it (then raises ``Interrupted``) and after its
-    last step (``training.fit_state``).
+    last step (``training.fit_state``); a pre-emption hook reaches it
+    meanwhile (``training.fit_state.current_fit``).
     """
     if steps is None and epochs is None:
         raise ValueError("fit: give steps or epochs")
@@ -253,7 +258,8 @@ def fit(
     bar = progress_bar(total, desc, progress, initial=at.step)
     start, took = time.perf_counter(), False
     try:
-        with stop_requests() if checkpoint is not None else contextlib.nullcontext() as stop:
+        run = RunningFit(checkpoint, optimizer, at, done.losses, rows.rows, resume) if checkpoint is not None else None
+        with running(run) as held, stop_requests() if checkpoint is not None else contextlib.nullcontext() as stop:
             for batch in _batches(batches, steps, epochs, desc, at, resume):
                 step = at.step
                 lr = _set_lr(optimizer, schedule, step)
@@ -273,6 +279,8 @@ def fit(
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2g}", refresh=False)
                 if stopping and (total is None or done.steps < total):
                     _stop(checkpoint, optimizer, at, done, resume, stop, total)
+                if held.pending and (total is None or done.steps < total):  # (after the last: once saved)
+                    held.deliver()  # a pre-emption hook's signal, held until now: a save sees this step's end
             if took and log_every > 0 and done.steps % log_every:
                 rows.write(done.steps, lr, value, terms)  # the last step's row
             if checkpoint is not None:  # before the task scores the model

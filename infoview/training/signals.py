@@ -14,7 +14,7 @@ import select
 import signal
 import sys
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 from infoview.utils.lock import release_all
 
@@ -52,6 +52,50 @@ def signals_deferred():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+
+
+class HeldSignals:
+    """SIGUSR2 and SIGTERM handlers someone else installed (a SLURM job's, through submitit) held while a loop
+    runs: a signal that comes is kept in ``pending`` and handed to its handler by :meth:`deliver`, which the
+    loop calls between two steps (``if held.pending: held.deliver()``: nothing else a step)."""
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+        self.handlers: dict[int, Any] = {}
+
+    def _hold(self, signum, frame) -> None:
+        self.pending.append(signum)
+
+    def deliver(self) -> None:
+        while self.pending:
+            signum = self.pending.pop(0)
+            self.handlers[signum](signum, sys._getframe(1))
+
+
+@contextlib.contextmanager
+def held_between_steps() -> Iterator[HeldSignals]:
+    """Hold SIGUSR2/SIGTERM's own handlers (SLURM's pre-emption and time-out signals) until the loop says it is
+    between two steps (:class:`HeldSignals`), like :func:`signals_deferred` but for the batches' loading too:
+    a pre-emption hook that saves then sees the state after the last step, never half of one, nor a batch
+    taken and not yet trained on. The default handlers and those of :func:`stop_requests` are left alone
+    (they only ask the loop to stop); off the main thread nothing is held. A signal still held when the block
+    ends is raised again then."""
+    held = HeldSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    for s in _DEFERRED:
+        handler = signal.getsignal(s)
+        if callable(handler):
+            held.handlers[s] = handler
+            signal.signal(s, held._hold)
+    try:
+        yield held
+    finally:
+        for s, handler in held.handlers.items():
+            signal.signal(s, handler)
+        for s in held.pending:
+            signal.raise_signal(s)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 
 import pytest
 
@@ -143,10 +146,12 @@ def test_a_preempted_job_requeues_only_when_its_command_can_resume(monkeypatch, 
     from infoview.commands import _launch_job
 
     job = _launch_job.CommandJob()
-    assert job.checkpoint("segment", ["--config", "c.yaml"]) is None  # starting over would meet its own folder
-    assert "'segment' cannot resume, so the job is not requeued" in capsys.readouterr().err
+    assert job.checkpoint("knn", ["--config", "c.yaml"]) is None  # starting over would meet its own folder
+    assert "'knn' cannot resume, so the job is not requeued" in capsys.readouterr().err
     delayed = job.checkpoint("pretrain", ["--config", "c.yaml"])  # no trainer running here: nothing to save
     assert delayed.args == ("pretrain", ["--config", "c.yaml", "train.resume=auto"])
+    for evaluator in ("linear", "detect", "segment"):  # they resume when run again as they were
+        assert job.checkpoint(evaluator, ["--config", "c.yaml"]).args == (evaluator, ["--config", "c.yaml"])
 
 
 @pytest.mark.parametrize("override", [
@@ -175,3 +180,51 @@ def test_setup_lines_are_commands_by_design(tmp_path, capsys):
     assert main(["launch", "pretrain", "launch.dry_run=true", 'launch.setup=["module load cuda", "export A=1"]',
                  f"launch.folder={tmp_path}"]) == 0
     assert "\nmodule load cuda\nexport A=1\n" in capsys.readouterr().out
+
+
+SEGMENT = ["backbone=random:resnet18", "data.source=shapes", "data.size=32", "data.batch_size=2", "train.max_steps=4",
+           "data.num_workers=0", "train.progress=false", "ignore_index=0", "train.device=cpu", "plot.num_images=0",
+           "eval.max_images=4", "output_stride=32"]
+
+
+@pytest.mark.slow
+def test_a_preempted_evaluator_saves_after_its_step_is_requeued_as_it_was_and_ends_as_a_run_never_stopped(
+        tmp_path, monkeypatch, capsys):
+    import torch
+
+    from infoview.commands._launch_job import CommandJob
+    from infoview.training import loop
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")  # (the job's environment: one task)
+    job, times = CommandJob(), ("out_dir", "time_s", "train_s", "eval_s")
+    expected = job("segment", [*SEGMENT, f"out_dir={tmp_path / 'whole'}"])
+    args, requeued = [*SEGMENT, f"out_dir={tmp_path / 'cut'}"], []
+
+    def submitits(signum, frame):  # what submitit's handler does in task 0: the job's checkpoint, requeue, exit
+        requeued.append(job.checkpoint("segment", args))
+        sys.exit(-1)
+
+    real, taken = loop.optimizer_step, []
+
+    def step(*a, **k):  # SLURM's signal comes during the second step: held until that step ends
+        if len(taken) == 1:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        real(*a, **k)
+        taken.append(1)
+
+    monkeypatch.setattr(loop, "optimizer_step", step)
+    previous = signal.signal(signal.SIGUSR2, submitits)
+    try:
+        with pytest.raises(SystemExit):
+            job("segment", args)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    assert len(taken) == 2 and torch.load(last, weights_only=True)["step"] == 2
+    assert f"infoview launch: pre-empted or out of time at step 2; saved {last}" in capsys.readouterr().out
+    (delayed,) = requeued
+    assert delayed.args == ("segment", args)  # run again as it was
+    monkeypatch.setattr(loop, "optimizer_step", real)
+    result = delayed.function(*delayed.args)
+    assert {k: v for k, v in result.items() if k not in times} == {k: v for k, v in expected.items() if k not in times}
+    assert not last.exists()

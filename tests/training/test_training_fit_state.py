@@ -146,3 +146,29 @@ def test_under_ddp_one_process_asked_to_stop_stops_every_one_after_the_same_step
     assert "SIGTERM" in cut[1] and "another process" in cut[0]
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == 5
     assert _ddp(tmp_path / "cut", -1, port + 2) == whole
+
+
+@pytest.mark.parametrize("at, epochs", [(5, False), (3, True)])  # (3, True): the step that ends the first epoch
+def test_a_preemption_hook_saves_after_the_step_in_progress_and_the_run_goes_on_exactly(tmp_path, at, epochs):
+    from infoview.training.fit_state import current_fit
+
+    whole, expected, _ = _run(tmp_path / "whole", epochs=epochs)
+    seen = []
+
+    def submitits(signum, frame):  # a SLURM job's handler (submitit's): the command's hook, then the job ends
+        seen.append(current_fit().step)
+        current_fit().save_now()
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, submitits)
+    try:
+        with pytest.raises(SystemExit):
+            _run(tmp_path / "cut", stop_at=at, sig=signal.SIGUSR2, epochs=epochs)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == [at + 1] and current_fit() is None  # held until the step ended; cleared once fit is left
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == at + 1
+    resumed, result, _ = _run(tmp_path / "cut", epochs=epochs)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert result.losses == expected.losses and result.rows == expected.rows and result.steps == expected.steps
