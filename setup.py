@@ -8,7 +8,7 @@ EXTRAS = {
     # Fast .beton loading. Needs libturbojpeg and OpenCV headers (see README).
     "ffcv": ["ffcv==1.0.2", "numba>=0.60"],
     "detection": ["pycocotools>=2.0.7"],
-    "dev": ["pytest>=8", "pytest-timeout"],
+    "dev": ["pytest>=8", "pytest-timeout", "pytest-xdist"],
 }
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
 

@@ -248,14 +248,22 @@ def last_error_line(text: str) -> str | None:
     return None
 
 
-def _log_error(path: Path, tail: int = 1 << 16) -> str | None:
-    """:func:`last_error_line` of the last ``tail`` bytes of the log at ``path`` (None if it cannot be read)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(f.seek(0, 2) - tail, 0))
-            return last_error_line(f.read().decode("utf-8", "replace"))
-    except OSError:
-        return None
+def _log_error(path: Path, tail: int = 1 << 16, wait_s: float = 5.0) -> str | None:
+    """:func:`last_error_line` of the last ``tail`` bytes of the log at ``path`` (None if it cannot be read).
+
+    SLURM may report a job FAILED before the task's last lines have reached its log (slurmstepd forwards
+    them; on a busy node that lags), so a log without an error line is read again for up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(f.seek(0, 2) - tail, 0))
+                found = last_error_line(f.read().decode("utf-8", "replace"))
+        except OSError:
+            found = None
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.25)
 
 
 def _failure(job, state: str, error: str | None) -> str | None:
