@@ -33,7 +33,7 @@ Names are imported on first use: importing this package (or its light
 """
 from __future__ import annotations
 
-import importlib
+from infoview.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "NORMALIZATION": "infoview.augment.recipes",
@@ -48,15 +48,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    if name != "RECIPES":  # read afresh each time: a recipe file may have joined
-        globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, fresh=("RECIPES",))

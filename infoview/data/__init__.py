@@ -19,7 +19,7 @@ nothing imports ffcv (or numba) until an ffcv path runs.
 """
 from __future__ import annotations
 
-import importlib
+from infoview.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "BetonFile": "infoview.data.beton",
@@ -44,14 +44,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'infoview.data' has no attribute '{name}'")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

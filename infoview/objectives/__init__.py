@@ -9,7 +9,7 @@ it is built, so that listing the objectives imports no torch. Names are imported
 """
 from __future__ import annotations
 
-import importlib
+from infoview.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "available": "registry", "build": "registry", "objective_class": "registry", "objective_params": "registry",
@@ -22,14 +22,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

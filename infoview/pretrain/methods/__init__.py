@@ -88,7 +88,7 @@ each module's ``@register_method`` class, its docstring, ``DEFAULTS`` and
 torch; the module is imported when a run builds its method. Names here are
 imported on first use.
 """
-import importlib
+from infoview.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "register_method": "registry", "available_methods": "registry", "get_method": "registry",
@@ -99,14 +99,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
