@@ -42,12 +42,13 @@ $(VENV)/.installed-%: setup.py constraints.txt | $(BIN)/python
 	$(PIP) install $(PIP_FLAGS) -c constraints.txt -e ".[$*]"
 	@touch $@
 
-# Two workers (pytest-xdist): alone, the suite keeps one of a 2-core machine's cores busy (23 minutes of wall
-# time for 21 of CPU); with two it takes about 17. The SLURM tests share one local cluster and run in one
-# worker (tests/conftest.py). `pytest tests/x.py` alone still runs in one process.
+# Two workers (pytest-xdist), each taking whole test files, the files with slow tests first: in one process
+# the suite keeps one of a 2-core machine's cores busy (23 minutes of wall time for 21 of CPU). The SLURM
+# tests start one local cluster at a time (a lock in tests/commands/conftest.py). `pytest tests/x.py`
+# alone still runs in one process.
 PYTEST_WORKERS ?= 2
 test: sysdeps $(VENV)/.installed-dev,ffcv,detection
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # The demo: SimCLR + ML-CPC on scikit-learn's digits (infoview/configs/demo.yaml), then a
 # linear probe on the frozen features of the pretrained encoder and of the same

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,6 +58,18 @@ def _kill_by_pid_files(folder: Path) -> None:
                 pass
 
 
+#: held while a local cluster runs: under pytest-xdist (make test) the two workers' SLURM modules would
+#: otherwise start two clusters at once, which share this machine's host name and collide on ports
+_CLUSTER_LOCK = Path(tempfile.gettempdir()) / f"infoview-tests-slurm-{os.geteuid()}.lock"
+
+
+@contextlib.contextmanager
+def _one_cluster_at_a_time():
+    with open(_CLUSTER_LOCK, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        yield
+
+
 @contextlib.contextmanager
 def _cluster(tmp_path_factory, nodes: int):
     """munged, slurmctld and one slurmd per node, with SLURM_CONF pointing at them; stopped by pid, whatever happens.
@@ -67,24 +81,25 @@ def _cluster(tmp_path_factory, nodes: int):
         pytest.skip(f"SLURM binaries missing ({', '.join(missing)}): apt-get install slurm-wlm munge (see README)")
     if os.geteuid() != 0:
         pytest.skip("the local SLURM cluster runs slurmd as root; run the tests as root (CI does)")
-    folder = tmp_path_factory.mktemp(f"slurm{nodes}")
-    env = {**os.environ, "SLURM_LOCAL_DIR": str(folder), "SLURM_LOCAL_PORT": str(_free_ports(nodes + 1)),
-           "SLURM_LOCAL_NODES": str(nodes)}
-    old = {k: os.environ.get(k) for k in ("SLURM_CONF", "PYTHONPATH")}
-    try:
-        proc = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, f"slurm-local.sh start failed:\n{proc.stdout}\n{proc.stderr}"
-        os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), old["PYTHONPATH"]) if p)
-        yield folder
-    finally:
-        subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=60)
-        _kill_by_pid_files(folder)
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with _one_cluster_at_a_time():
+        folder = tmp_path_factory.mktemp(f"slurm{nodes}")
+        env = {**os.environ, "SLURM_LOCAL_DIR": str(folder), "SLURM_LOCAL_PORT": str(_free_ports(nodes + 1)),
+               "SLURM_LOCAL_NODES": str(nodes)}
+        old = {k: os.environ.get(k) for k in ("SLURM_CONF", "PYTHONPATH")}
+        try:
+            proc = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, f"slurm-local.sh start failed:\n{proc.stdout}\n{proc.stderr}"
+            os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
+            os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), old["PYTHONPATH"]) if p)
+            yield folder
+        finally:
+            subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=60)
+            _kill_by_pid_files(folder)
+            for key, value in old.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
