@@ -186,8 +186,6 @@ def pytest_collection_modifyitems(config, items):
     skip_cuda_only = pytest.mark.skip(
         reason=f"needs a CUDA device ({GPU_TESTS_ON_CPU}=1 runs only the gpu tests that take the gpu_device fixture)")
     on_cpu = _gpu_tests_on_cpu()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # under xdist (make test) the files with slow tests start first
-        items.sort(key=lambda item: "slow" not in item.keywords)
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             if not on_cpu:
