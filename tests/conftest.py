@@ -277,3 +277,22 @@ def gloo_ranks(tmp_path):
         return [torch.load(f"{out}.{r}") for r in range(world)]
 
     return run
+
+
+@pytest.fixture
+def same_steps():
+    """``same_steps(models, optimizers, x, rtol=, atol=)``: five steps of each model with its optimiser on the
+    same loss of ``x``; their parameters then agree within the tolerance (a fused kernel against torch's loop)."""
+
+    def check(models, optimizers, x, **tolerance):
+        import torch
+
+        for _ in range(5):
+            for model, optimizer in zip(models, optimizers):
+                optimizer.zero_grad()
+                model(x).square().mean().backward()
+                optimizer.step()
+        for a, b in zip(*(m.parameters() for m in models)):
+            torch.testing.assert_close(a, b, **tolerance)
+
+    return check

@@ -79,8 +79,9 @@ class Command:
 
 
 def save_fit_on_preempt() -> str | None:
-    """The evaluators' ``save_on_preempt``: the ``fit`` run going on saves the step it last finished, from the
-    first task alone (``training.fit_state.current_fit``); None when none runs (extracting, scoring)."""
+    """Every training command's ``save_on_preempt`` (pretrain, distill, linear, detect, segment): the ``fit`` run
+    going on saves the step it last finished, from the first task alone (``training.fit_state.current_fit``);
+    None when none runs (extracting, scoring)."""
     from infoview.training.fit_state import current_fit
 
     run = current_fit()

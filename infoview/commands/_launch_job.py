@@ -12,10 +12,10 @@ submitit calls :meth:`CommandJob.checkpoint` in task 0. For a command that
 declares how it resumes (``Command.resume``: pretrain's ``train.resume=auto``;
 "" for linear, detect and segment, which go on from their folder's checkpoint
 when run again as they were) it calls the command's ``save_on_preempt``
-(pretrain: the running trainer saves between two steps, the loop deferring
-the signal while a step runs; the evaluators: their ``fit`` loop, which holds
-the signal until a step ends) and returns the same job with the resume key
-(none for the evaluators), which submitit requeues. A job
+(``commands.save_fit_on_preempt``: the ``fit`` loop they all train on holds
+the signal until the step in progress has ended, then saves) and returns the
+same job with the resume key (none for the evaluators), which submitit
+requeues. A job
 requeued by SLURM itself (``scontrol requeue``, a node failure) starts again
 from its pickle and resumes from ``checkpoints/last.pt`` the same way, losing
 only the steps after the last save. A command that cannot resume is not

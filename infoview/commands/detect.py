@@ -93,6 +93,8 @@ DEFAULTS: dict[str, Any] = {
         "seed": Key(0, "seed of the heads' weights, the data order and random:<arch>"),
         "threads": Key(0, "CPU threads for torch; 0 keeps torch's default", min=0),
         "log_every": Key(20, "write a train_log.csv row every N iterations"),
+        "ckpt_every_steps": Key(0, "also save checkpoints/last.pt every N steps; 0: when stopped and at the end",
+                                min=0),
         "progress": Key(True, "show a progress bar"),
     },
     "eval": {"max_images": Key(0, "evaluate on the first N held-out images; 0 = all", min=0)},

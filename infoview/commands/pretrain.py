@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infoview.commands import Command
+from infoview.commands import Command, save_fit_on_preempt
 from infoview.pretrain.renamed import RENAMED
 from infoview.schema import Key
 
@@ -178,16 +178,6 @@ def __getattr__(name: str):
     return keys
 
 
-def _save_on_preempt() -> str | None:
-    from infoview.pretrain.engine import current_trainer
-
-    trainer = current_trainer()
-    if trainer is None:
-        return None
-    path = trainer.save_now()
-    return f"pre-empted or out of time at step {trainer.step}; saved {path}"
-
-
 def _check_launch(cfg) -> None:
     """A requeued job resumes from its checkpoint: train.resume=never on a folder that holds one cannot work."""
     from pathlib import Path
@@ -201,7 +191,7 @@ COMMAND = Command(
     help="Pretrain an encoder without labels (simclr, moco, moco_v3, ir, cmc, la; any objective); resumes.",
     distributed=True,
     resume="train.resume=auto",
-    save_on_preempt=_save_on_preempt,
+    save_on_preempt=save_fit_on_preempt,
     check_launch=_check_launch,
     open_sections=OPEN_SECTIONS,
     section_resets=SECTION_RESETS,

@@ -80,6 +80,8 @@ DEFAULTS: dict[str, Any] = {
         "max_steps": Key(0, "the run's length in steps when > 0", min=0),
         "device": Key("auto", "auto (a GPU when there is one), cpu, cuda or cuda:<index>"),
         "seed": Key(0, "seed of the head's weights, the data order and random:<arch>"),
+        "ckpt_every_steps": Key(0, "also save checkpoints/last.pt every N steps; 0: when stopped and at the end",
+                                min=0),
         "progress": Key(True, "show progress bars"),
     },
     "eval": {"max_images": Key(0, "score the first N val images; 0 = all", min=0)},

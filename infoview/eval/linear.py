@@ -36,6 +36,7 @@ its weights (W / std, b - W mean / std), so it applies to raw features;
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import numbers
@@ -51,6 +52,7 @@ from infoview.backbones.spec import default_out_dir, frozen_splits
 from infoview.config import save_config
 from infoview.data import build_loader
 from infoview.errors import ConfigError, InfoviewError
+from infoview.training.components import EpochBatches
 from infoview.training.fit_state import FitCheckpoint
 from infoview.training.loop import fit
 from infoview.training.memory import out_of_memory_said
@@ -143,15 +145,13 @@ def _fit(x: Tensor, y: Tensor, num_classes: int, *, epochs, batch_size, lr, weig
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     layer = _new_layer(dim, num_classes, gen, x.device)
 
-    def batches(epoch):  # a fresh random order every epoch, drawn from gen
+    def batches(epoch, first=0):  # a fresh random order every epoch, drawn from gen as the epoch begins
         order = torch.randperm(n, generator=gen).to(x.device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            yield x[idx], y[idx]
+        return ((x[idx], y[idx]) for idx in order[first * batch_size:].split(batch_size))
 
-    layer = _sgd_cosine(layer, batches, epochs=epochs, steps_per_epoch=-(-n // batch_size), batch_size=batch_size,
-                        lr=lr, weight_decay=weight_decay, momentum=momentum, progress=progress,
-                        checkpoint=checkpoint, rngs={"order": gen})
+    layer = _sgd_cosine(layer, _Epochs(batches), epochs=epochs, steps_per_epoch=-(-n // batch_size),
+                        batch_size=batch_size, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                        progress=progress, checkpoint=checkpoint, rngs={"order": gen})
     return layer, mean, std
 
 
@@ -311,13 +311,12 @@ def train_linear_probe_augmented(
     layer = _new_layer(x.shape[1], num_classes, gen, device)
     in_dtype = encoder_device_dtype(encoder)[1] or torch.float32
 
-    def batches(epoch):
+    def batches(epoch, start=0):
         if hasattr(loader, "set_epoch"):  # (the epoch it would read next anyway; a resumed run's too)
-            loader.set_epoch(epoch)
-        for index, (images, labels) in enumerate(loader):
-            yield index, images, labels
+            loader.set_epoch(epoch, start_batch=start) if start else loader.set_epoch(epoch)
+        return ((index, images, labels) for index, (images, labels) in enumerate(iter(loader), start))
 
-    def features(batch):  # in the step: a resumed run reads the batches it drops, but does not encode them
+    def features(batch):  # in the step: a plain iterable's resumed run reads the batches it drops, unencoded
         index, images, labels = batch
         with torch.no_grad():
             view = views(images.to(device, non_blocking=True))[0]
@@ -336,10 +335,11 @@ def train_linear_probe_augmented(
         return feats, labels
 
     with eval_mode(encoder):
-        layer = _sgd_cosine(layer, batches, epochs=epochs, steps_per_epoch=steps, batch_size=batch_size, lr=lr,
-                            weight_decay=weight_decay, momentum=momentum, progress=progress,
-                            desc="linear probe (augmented)", features=features, checkpoint=checkpoint,
-                            rngs={"order": gen, "views": views})
+        starts = "start_batch" in inspect.signature(getattr(loader, "set_epoch", len)).parameters  # infoview's
+        layer = _sgd_cosine(layer, _Epochs(batches) if starts else batches, epochs=epochs, steps_per_epoch=steps,
+                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                            progress=progress, desc="linear probe (augmented)", features=features,
+                            checkpoint=checkpoint, rngs={"order": gen, "views": views})
     return _report(layer, mean, std, x, y, xt, yt, num_classes, epochs=int(epochs), lr=float(lr),
                    batch_size=int(batch_size), weight_decay=float(weight_decay), normalize=normalize, augment=True)
 
@@ -361,6 +361,17 @@ def run(cfg) -> dict:
                                 f"train.batch_size={t.batch_size} for the classifier",
                                 "data.batch_size or train.batch_size"):
             return _run(cfg, out, checkpoint)
+
+
+class _Epochs(EpochBatches):
+    """The probe's epochs, which start at any batch (``batches(epoch, start)``): a resumed probe reads only
+    what it trains on."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def epoch(self, number: int, start: int):
+        return self.batches(number, start)
 
 
 def _run(cfg, out, checkpoint: FitCheckpoint) -> dict:

@@ -1,13 +1,14 @@
 """The pretraining engine behind `infoview pretrain` (infoview.commands.pretrain says what it does).
 
-:class:`Trainer` builds the loader, views, encoder, method and optimiser from a config and
-runs the loop: checkpoints, resume, the online monitors, signals that stop a run cleanly.
+:class:`Trainer` builds the loader, views, encoder, method and optimiser from a config, and trains them on
+the one training loop (``training.loop.fit``) with pretraining's components: its checkpoint
+(``pretrain.checkpoint``), its metrics and online monitors (``pretrain.monitor``), its step figures in one
+reduction (``pretrain.step_stats``) and its non-finite dump (``training.nonfinite``).
 """
 from __future__ import annotations
 
 import gc
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,37 +21,31 @@ from infoview.augment.recipes import normalization
 from infoview.config import save_config
 from infoview.data import build_loader
 from infoview.data.resident import cap_bytes
-from infoview.errors import ConfigError, InfoviewError, Interrupted
+from infoview.errors import ConfigError
 from infoview.pretrain.building import build_method, build_objective, precision_dtype, seed_all
+from infoview.pretrain.checkpoint import PretrainCheckpoint
 from infoview.pretrain.folder import run_folder
 from infoview.pretrain.methods import check_needs, get_method
-from infoview.pretrain.monitor import OnlineEvalFactory, Report
+from infoview.pretrain.monitor import OnlineEvalFactory, OnlineMonitors, Report
 from infoview.pretrain.resume import resume_state
 from infoview.pretrain.step_stats import reduce_step
 from infoview.training import distributed as D
-from infoview.training.checkpoint import (
-    LAST, RESUME_KEYS, remove_stale_temps, rng_state, save_checkpoint, set_rng_state,
-)
+from infoview.training.checkpoint import remove_stale_temps
 from infoview.backbones.encoder import build_encoder_from_config
+from infoview.training.components import Component, StepEnd, loader_epochs
+from infoview.training.loop import Saves, fit, optimizer_step
 from infoview.training.nonfinite import stop_nonfinite
 from infoview.training.optim import build_optimizer, cut_schedule, fused_choice, lr_factor, scaled_lr, set_lr
-from infoview.training.signals import signals_deferred, stop_requests
 from infoview.utils.io import atomic_write_text
 from infoview.utils.provenance import provenance
-
-_ACTIVE: list["Trainer"] = []  # the trainer whose fit() is running in this process
-
-
-def current_trainer() -> "Trainer | None":
-    """The trainer running in this process, for a pre-emption hook (``infoview launch``)."""
-    return _ACTIVE[-1] if _ACTIVE else None
 
 
 # --------------------------------------------------------------------------- the run
 
 
-class Trainer:
-    """Builds everything a run needs from its config; :meth:`fit` trains.
+class Trainer(Component):
+    """Builds everything a run needs from its config; :meth:`fit` trains (a component of the loop: it
+    follows the step its method's schedules read).
 
     ``source``: an ``ImageSource`` to train on instead of opening
     ``data.source`` (notebooks, benchmarks); the online monitors still read
@@ -82,8 +77,11 @@ class Trainer:
         self._build_optimizer()
         self.step = 0
         self.metrics: dict[str, Any] = {}  # the latest figures; saved in checkpoints
+        self.checkpoint = PretrainCheckpoint(self.ckpt_dir, cfg, method=self.method, optimizer=self.optimizer,
+                                             scaler=self.scaler, views=self.views,
+                                             steps_per_epoch=self.steps_per_epoch, figures=self.metrics)
         if state is not None:
-            self._restore(state)
+            self.step = self.checkpoint.load(state, self.resume_path)
         if world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.method, device_ids=[self.device] if self.device.type == "cuda" else None,
@@ -171,80 +169,14 @@ class Trainer:
             exclude=probe, fused=fused_choice(cfg.optim.fused, cfg.optim.name, self.device),
         )
         self.min_ratio = cfg.optim.min_lr / peak if peak > 0 else 0.0
+        self._clip_params = list(method.parameters())  # (the order of the norm's sum, as it always was)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-
-    # -- checkpoints -----------------------------------------------------------
-    def _state(self, collective: bool = True) -> dict:
-        """The run's state; ``collective=False`` takes no part in collectives and keeps this rank's RNG only."""
-        mine = {"global": rng_state(), "views": self.views.get_rng_state()}
-        rngs = D.all_gather_object(mine) if collective else [mine]
-        return {
-            "step": self.step,
-            "epoch": self.step / self.steps_per_epoch,
-            "model": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rngs,
-            "world_size": self.info.world_size,
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "provenance": provenance(),
-            "metrics": dict(self.metrics),
-        }
-
-    def save(self) -> None:
-        state = self._state()  # every rank takes part in gathering the RNG states
-        if self.info.is_main:
-            save_checkpoint(state, self.ckpt_dir / LAST)
-        D.barrier()
-
-    def save_now(self) -> Path | None:
-        """Save from rank 0 alone, with no collective: for a pre-emption or time-out hook.
-
-        The training loop defers SIGUSR2 and SIGTERM while a step runs, so a
-        signal handler that calls this sees the state between two steps. Other
-        ranks' RNG states are not gathered; a run resumed from it re-seeds
-        their augmentations.
-        """
-        if not self.info.is_main:
-            return None
-        return save_checkpoint(self._state(collective=False), self.ckpt_dir / LAST)
-
-    def _restore(self, state: dict) -> None:
-        missing = [k for k in RESUME_KEYS if k not in state]
-        if missing:
-            raise InfoviewError(f"{self.resume_path} holds no {' or '.join(missing)} state to resume training from "
-                                "(an export or a trimmed checkpoint?); start a new run in another out_dir")
-
-        try:
-            self.method.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise InfoviewError(
-                f"checkpoint {self.resume_path} does not fit this model ({str(exc).splitlines()[0]}); was it "
-                "made with another model.*, method or objective config? Use another out_dir for a new run"
-            ) from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        for g in self.optimizer.param_groups:  # the schedule is recomputed from the step
-            g.setdefault("base_lr", g["lr"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.metrics = dict(state.get("metrics") or {})
-        rngs = state.get("rng") or []
-        if len(rngs) == self.info.world_size:
-            mine = rngs[self.info.rank]
-            set_rng_state(mine["global"])
-            self.views.set_rng_state(mine["views"])
-        else:
-            print(
-                f"infoview pretrain: resuming a run of {len(rngs)} process(es) on {self.info.world_size}: "
-                "random augmentations continue from a fresh seed, not the saved states", flush=True,
-            )
-            seed_all(int(self.cfg.train.seed) + self.step)
 
     def _stop_nonfinite(self, images, labels, loss_v, mi_v, views_rng, index=None):
         """Save what replays the step whose loss was not finite (a bank method's image indices too), and stop."""
         replay = {"images": images.cpu(), "labels": labels.cpu(), "views_rng_before": views_rng,
                   "stats": [loss_v, mi_v], **({"indices": index.cpu()} if index is not None else {})}
-        stop_nonfinite(self.ckpt_dir, self.step, self.info.rank, self._state(collective=False), replay,
+        stop_nonfinite(self.ckpt_dir, self.step, self.info.rank, self.checkpoint.state(self.step, False), replay,
                        figures=f"loss={loss_v}, mi={mi_v}", when=f"epoch {self.step / self.steps_per_epoch:.2f}",
                        hint="Lower optim.lr, set optim.clip_grad, or try train.precision=fp32")
 
@@ -255,28 +187,43 @@ class Trainer:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return views
 
+    def _forward(self, views: list[torch.Tensor], labels: torch.Tensor, indices=None):
+        """The method on one step's views at ``self.step``: ``(loss, its StepOutput)``."""
+        self.method.set_progress(self.step, self.total_steps, self.step / self.steps_per_epoch)
+        out = self.model(views, labels) if indices is None else self.model(views, labels, indices)
+        return out.loss, out
+
+    def _step(self, batch):
+        """``fit``'s step: the views of a batch (the views' random state kept for a non-finite dump), the method."""
+        images, labels, *index = batch  # index: each image's, for a method that keys a bank by it
+        self._views_rng = self.views.get_rng_state()
+        return self._forward(self.make_views(images), labels, *index)
+
+    def _reduce(self, output, asked: bool):
+        """``fit``'s ``reduce_step``: the step's figures over every process in one collective (``StepStats``)."""
+        return reduce_step(output[1], asked, self.info.world_size)
+
+    def _on_nonfinite(self, step: int, stats, batch, output) -> None:
+        images, labels, *index = batch
+        self._stop_nonfinite(images, labels, stats.loss, stats.mi, self._views_rng, *index)
+
+    def _lr_factor(self, step: int) -> float:
+        return lr_factor(step, self.total_steps, self.warmup_steps, self.min_ratio)
+
     def train_step(self, views: list[torch.Tensor], labels: torch.Tensor, stop: bool = False, indices=None):
-        """One optimisation step at ``self.step`` (which the caller advances).
+        """One step at ``self.step`` (which the caller advances) outside ``fit``: for benchmarks/train_step.py
+        and the GPU tests, which time and compare the step itself; the pieces are ``fit``'s.
 
         Returns ``(lr, StepStats, ceiling)``: the step's figures over every process, by name
-        (:mod:`infoview.pretrain.step_stats`); ``stats.stop`` counts the processes asked to stop (Ctrl-C,
-        SIGTERM), so that all of them stop after the same step. Parameters are left untouched when the
-        loss is not finite, so the caller can save the state that produced it.
+        (:mod:`infoview.pretrain.step_stats`). Parameters are left untouched when the loss is not finite.
         """
-        self.method.set_progress(self.step, self.total_steps, self.step / self.steps_per_epoch)
-        lr = set_lr(self.optimizer, lr_factor(self.step, self.total_steps, self.warmup_steps, self.min_ratio))
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            out = self.model(views, labels) if indices is None else self.model(views, labels, indices)
+        lr = set_lr(self.optimizer, self._lr_factor(self.step))
+        amp = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, out = self._forward(views, labels, indices)
         stats = reduce_step(out, stop, self.info.world_size)
-        if stats.nonfinite:
-            return lr, stats, out.ceiling
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
-        if self.cfg.optim.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if not stats.nonfinite:
+            optimizer_step(self.optimizer, loss, self.cfg.optim.clip_grad, self._clip_params, self.scaler)
         return lr, stats, out.ceiling
 
     # -- the loop --------------------------------------------------------------
@@ -292,74 +239,27 @@ class Trainer:
                                               "changed_on_resume": list(self.config_changes)})
 
     def fit(self) -> dict:
+        """Train to ``train.epochs`` (or ``train.max_steps``) on the fit loop; the run's figures (pretrain.json)."""
         self._write_config()
-        report = Report(self.out, self.step, self.total_steps, self.steps_per_epoch, self.global_batch,
-                        main=self.info.is_main, progress=bool(self.cfg.train.progress))
-        if self.step >= self.total_steps and self.info.is_main:
+        t, main = self.cfg.train, self.info.is_main
+        report = Report(self.out, self.step, self.steps_per_epoch, self.global_batch, int(t.log_every),
+                        figures=self.metrics, main=main, progress=bool(t.progress))
+        monitors = OnlineMonitors(self.online_eval, int(t.eval_every), self.steps_per_epoch, report, self.method,
+                                  self.metrics)
+        if self.step >= self.total_steps and main:
             print(f"infoview pretrain: {self.resume_path} is at step {self.step} of {self.total_steps}: already "
                   "done (raise train.epochs or train.max_steps to train on)", flush=True)
-        _ACTIVE.append(self)
-        try:
-            with stop_requests() as stop:
-                while self.step < self.total_steps:
-                    self._train_epoch(stop, report)
-                    if self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps:
-                        self._end_of_epoch(report)
-        finally:
-            _ACTIVE.remove(self)
-            report.close()
+        fit(self._step, self.optimizer, loader_epochs(self.loader, before=self.method.train), steps=self.total_steps,
+            schedule=self._lr_factor, clip_grad=float(self.cfg.optim.clip_grad), clip_params=self._clip_params,
+            amp_dtype=self.amp_dtype, scaler=self.scaler, reduce_step=self._reduce,
+            steps_per_epoch=self.steps_per_epoch, progress=bool(t.progress) and main, postfix=report.postfix, desc="pretrain",
+            hint="Lower optim.lr, set optim.clip_grad, or try train.precision=fp32", checkpoint=self.checkpoint,
+            saves=Saves(int(t.ckpt_every_steps), int(t.ckpt_every_epochs)), components=[self, report, monitors],
+            on_nonfinite=self._on_nonfinite)
         return self._result()
 
-    def _train_epoch(self, stop: dict, report: "Report") -> None:
-        """Steps until the epoch ends, the run's length is reached, or a stop request saves and raises."""
-        t, spe = self.cfg.train, self.steps_per_epoch
-        epoch, start = divmod(self.step, spe)
-        self.loader.set_epoch(epoch, start_batch=start)
-        self.method.train()
-        for images, labels, *index in self.loader:  # index: each image's, for a method that keys a bank by it
-            with signals_deferred():  # a pre-emption hook runs between steps, never inside one
-                views_rng, asked = self.views.get_rng_state(), stop["signal"] is not None
-                lr, stats, ceiling = self.train_step(self.make_views(images), labels, asked, *index)
-                if stats.nonfinite:
-                    self._stop_nonfinite(images, labels, stats.loss, stats.mi, views_rng, *index)
-                self.step += 1
-                last = {"loss": stats.loss, "mi": stats.mi if math.isfinite(stats.mi) else None,  # None: no bound
-                        "mi_estimate": stats.mi_estimate, "lr": lr,
-                        "mi_ceiling": ceiling if math.isfinite(ceiling) else None}
-                self.metrics.update(last)
-                done = self.step >= self.total_steps
-                report.step(self.step, last, stats, ceiling, write=self.step % t.log_every == 0 or done)
-                if stats.stop and not done:
-                    self.save()
-                    raise Interrupted(
-                        f"stopped by {stop['signal'] or 'another rank'} at step {self.step} of "
-                        f"{self.total_steps}; saved {self.ckpt_dir / 'last.pt'}. Run the same command "
-                        "again to resume (train.resume=auto)"
-                    )
-                epoch_end_saves = self.step % spe == 0 and (self.step // spe) % t.ckpt_every_epochs == 0
-                if t.ckpt_every_steps > 0 and self.step % t.ckpt_every_steps == 0 and not epoch_end_saves \
-                        and not done:
-                    self.save()  # (an epoch's end saves below)
-                if done:
-                    break
-
-    def _end_of_epoch(self, report: "Report") -> None:
-        """Save, then (every train.eval_every epochs and at the end) the online monitors, then the plot.
-        Every rank decides alike, so all meet at the barrier where the others wait for rank 0's evaluation."""
-        spe, final, every = self.steps_per_epoch, self.step >= self.total_steps, self.cfg.train.eval_every
-        evaluate = every > 0 and (final or (self.step // spe) % every == 0)
-        if final or evaluate or (self.step // spe) % self.cfg.train.ckpt_every_epochs == 0:
-            self.save()  # before the monitors: an evaluation killed half-way loses nothing
-        if not evaluate:
-            return
-        if self.online_eval is not None:  # rank 0
-            online = self.online_eval(self.method)
-            self.metrics.update(online)
-            report.online(self.step, online)
-        D.barrier()
-        if final:
-            self.save()  # the final checkpoint carries the final figures too
-        report.plot()  # (rank 0's)
+    def step_end(self, end: StepEnd) -> None:
+        self.step = end.step
 
     def _result(self) -> dict:
         """The run's final figures (pretrain.json, written by rank 0)."""

@@ -10,6 +10,7 @@ under its own names; the two are never mixed.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from infoview.backbones.knn import knn_accuracy
 from infoview.data import build_loader, check_held_out, open_source
 from infoview.data.resident import cap_bytes
 from infoview.errors import ConfigError, InfoviewError
+from infoview.training import distributed as D
+from infoview.training.components import Component
 from infoview.training.metrics import MetricsLog
 from infoview.utils.io import save_figure
 
@@ -161,39 +164,40 @@ class OnlineEvalFactory:
         return self._eval(method)
 
 
-class Report:
-    """What rank 0 shows and writes while a run trains: the progress bar, metrics.csv rows, curves.png.
+class Report(Component):
+    """What rank 0 writes while a run trains: metrics.csv rows, the online figures, curves.png; and the
+    figures the progress bar shows (:meth:`postfix`). A component of the fit loop: it is handed each step
+    (``StepEnd``, whose figures are a ``StepStats``) and holds nothing of the trainer or the loop.
 
-    It is handed what it shows (the step, the step's figures) and holds nothing of the trainer. ``main``:
-    this is rank 0 (other ranks show and write nothing); ``start_step``: the step a resumed run starts at.
+    ``figures``: the dict of the run's latest figures (saved in checkpoints and pretrain.json), updated every
+    step; ``main``: this is rank 0 (other ranks write nothing); ``start_step``: the step a resumed run starts
+    at; a row every ``log_every`` steps and after the last.
     """
 
-    def __init__(self, out_dir, start_step: int, total_steps: int, steps_per_epoch: int, global_batch: int, *,
-                 main: bool, progress: bool):
-        self.spe, self.global_batch = steps_per_epoch, global_batch
+    def __init__(self, out_dir, start_step: int, steps_per_epoch: int, global_batch: int, log_every: int, *,
+                 figures: dict, main: bool, progress: bool):
+        self.spe, self.global_batch, self.log_every, self.figures = steps_per_epoch, global_batch, log_every, figures
         self.log = metrics_log(out_dir, start_step=start_step) if main else None
-        self.bar = None
-        if main and progress:
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True)
+        self.progress = main and progress
         self._reset()
 
     def _reset(self) -> None:
         self.seen, self.t0, self.probe_correct, self.probe_count = 0, time.perf_counter(), 0.0, 0.0
 
-    def step(self, step: int, last: dict, stats, ceiling: float, write: bool) -> None:
-        """Step ``step``'s figures (``stats``: a ``StepStats``; ``last``: the figures as the run keeps them): the
-        bar every step; a metrics.csv row (rates since the last row) when ``write``."""
+    def step_end(self, end) -> None:
+        """The step's figures kept; a metrics.csv row (rates since the last row) every ``log_every`` steps."""
+        stats, ceiling = end.figures, end.output[1].ceiling
+        last = {"loss": stats.loss, "mi": stats.mi if math.isfinite(stats.mi) else None,  # None: no bound
+                "mi_estimate": stats.mi_estimate, "lr": end.lr,
+                "mi_ceiling": ceiling if math.isfinite(ceiling) else None}
+        self.figures.update(last)
         self.seen += self.global_batch
         self.probe_correct += stats.probe_correct
         self.probe_count += stats.probe_count
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{last['loss']:.3f}", mi=f"{stats.mi:.2f}/{ceiling:.2f}",
-                                 lr=f"{last['lr']:.3g}", refresh=False)
-        if not write:
+        if end.step % self.log_every and not end.last:
             return
         elapsed = time.perf_counter() - self.t0
-        row = {"step": step, "epoch": round(step / self.spe, 4), **last,
+        row = {"step": end.step, "epoch": round(end.step / self.spe, 4), **last,
                "images_per_sec": self.seen / elapsed if elapsed > 0 else None,
                "online_probe_loss": stats.probe_loss if stats.probe_count else None,
                "online_probe_train_top1": 100.0 * self.probe_correct / self.probe_count if self.probe_count else None}
@@ -201,19 +205,45 @@ class Report:
             self.log.write(row)
         self._reset()
 
+    @staticmethod
+    def postfix(end) -> dict:
+        """The bar's figures: the loss, the bound over its ceiling, the lr."""
+        return dict(loss=f"{end.loss:.3f}", mi=f"{end.figures.mi:.2f}/{end.output[1].ceiling:.2f}", lr=f"{end.lr:.3g}")
+
     def online(self, step: int, online: dict) -> None:
         if self.log is not None:
             self.log.write({"step": step, "epoch": round(step / self.spe, 4), **online})
-        if self.bar is not None:
-            self.bar.write(f"epoch {step / self.spe:.2f}: " + ", ".join(f"{k} {v:.2f}" for k, v in online.items()))
+        if self.progress:
+            tqdm.write(f"epoch {step / self.spe:.2f}: " + ", ".join(f"{k} {v:.2f}" for k, v in online.items()))
 
     def plot(self) -> None:
         if self.log is not None:
             self.log.flush_plot()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
         if self.log is not None:
             self.log.close()
             self.log.flush_plot()  # curves.png, also for a run that stopped early
+
+
+class OnlineMonitors(Component):
+    """The online monitors at an epoch's end, every ``every`` epochs and after the last step (0: never): the
+    kNN and probe top-1 of ``method`` (``evaluate``: rank 0's :class:`OnlineEvalFactory`; None on the other
+    ranks, which wait at a barrier meanwhile), kept in ``figures`` and written by ``report``; then curves.png.
+    The loop saves the run before them and, at the end, after them."""
+
+    def __init__(self, evaluate: OnlineEvalFactory | None, every: int, steps_per_epoch: int, report: Report,
+                 method, figures: dict):
+        self.evaluate, self.every, self.spe, self.report = evaluate, every, steps_per_epoch, report
+        self.method, self.figures = method, figures
+
+    def wants_epoch_end(self, at, final: bool) -> bool:
+        return self.every > 0 and (final or (at.step // self.spe) % self.every == 0)
+
+    def epoch_end(self, at, final: bool) -> None:
+        if self.evaluate is not None:  # rank 0
+            online = self.evaluate(self.method)
+            self.figures.update(online)
+            self.report.online(at.step, online)
+        D.barrier()  # every rank decides alike: the others wait here for rank 0's evaluation
+        self.report.plot()  # (rank 0's)

@@ -8,7 +8,8 @@ its folder. Then:
   :class:`~infoview.errors.Interrupted`, one line that says how to resume. Under DDP every process stops
   after the same step (the request travels with the step's loss in the one reduction it already makes).
 - After its last step the loop saves here too, before the task scores the model: scoring that fails or is
-  stopped does not cost the training again.
+  stopped does not cost the training again. ``train.ckpt_every_steps`` (detect, segment) saves every N steps
+  besides: a way back in after a kill that leaves no time to save.
 - The same command run again finds the file and goes on from the step it holds, with the same result as a
   run never stopped: the file holds the trained modules, the optimizer (its momentum buffers, its groups'
   ``base_lr``), the step, the position in the data (epoch, batch), the losses and rows so far, and every
@@ -22,6 +23,9 @@ its folder. Then:
   is refused with one line naming the differences and the file, before anything trains.
 - The task removes the file (:meth:`FitCheckpoint.remove`) once it has written its result: an evaluator's
   checkpoint is only a way back into an unfinished run, not a product (pretraining's is, and stays).
+- A step whose loss is not finite stops the run before its backward; the modules, the optimizer and the
+  batch of that step are saved beside ``last.pt`` first (:meth:`FitCheckpoint.dump`), and the error names
+  the file.
 
 Nothing of this costs a step anything: the random states are read once an epoch, and the stop request is
 one more number in a reduction the loop already makes.
@@ -45,7 +49,8 @@ from infoview.training.signals import HeldSignals, held_between_steps
 FORMAT = "infoview-fit-1"
 LAST = "last.pt"
 #: keys that change how a run goes, not what it trains: a resumed run may change them
-MAY_CHANGE = ("out_dir", "overwrite", "train.progress", "train.device", "train.threads", "data.num_workers")
+MAY_CHANGE = ("out_dir", "overwrite", "train.progress", "train.device", "train.threads", "data.num_workers",
+              "train.ckpt_every_steps")
 
 
 @dataclass
@@ -189,6 +194,33 @@ class FitCheckpoint:
     def remove(self) -> None:
         """Once the task's result is written (see :func:`remove_checkpoint`)."""
         remove_checkpoint(self.path.parent)
+
+    def dump(self, step: int, optimizer: torch.optim.Optimizer, batch: Any) -> Path:
+        """What replays step ``step``, whose loss was not finite: the modules and the optimizer as they were
+        before it (the loop stops before its backward) and its batch, in ``nonfinite_step<S>_rank<R>.pt``
+        beside ``last.pt`` (read with ``weights_only=True``); every process writes its own. It stays when
+        the folder is removed."""
+        path = self.path.parent / f"nonfinite_step{step}_rank{self.rank}.pt"
+        state = {"step": step, "modules": {k: m.state_dict() for k, m in self.modules.items()},
+                 "optimizer": optimizer.state_dict(), "batch": _on_cpu(batch)}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(state, path, keep_previous=False, format=FORMAT + "-nonfinite")
+        except OSError as exc:
+            raise InfoviewError(f"the loss is not finite at step {step}, and {path} cannot be saved "
+                                f"({exc.strerror or exc})") from None
+        return path
+
+
+def _on_cpu(batch: Any) -> Any:
+    """A batch's tensors on the CPU, in the lists, tuples and dicts that hold them."""
+    if isinstance(batch, torch.Tensor):
+        return batch.detach().cpu()
+    if isinstance(batch, Mapping):
+        return {k: _on_cpu(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return [_on_cpu(v) for v in batch]
+    return batch
 
 
 def remove_checkpoint(folder: str | os.PathLike) -> None:

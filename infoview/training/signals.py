@@ -37,21 +37,6 @@ def _no_wakeup_in_child() -> None:
 os.register_at_fork(after_in_child=_no_wakeup_in_child)
 
 _DEFERRED = tuple(getattr(signal, n) for n in ("SIGUSR2", "SIGTERM") if hasattr(signal, n))
-@contextlib.contextmanager
-def signals_deferred():
-    """Hold SIGUSR2/SIGTERM (SLURM's pre-emption and time-out signals) until the block ends.
-
-    A handler that saves a checkpoint then never sees a half-applied step.
-    Only the main thread can do this; elsewhere the block runs as it is.
-    """
-    if threading.current_thread() is not threading.main_thread() or not _DEFERRED:
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
 
 
 class HeldSignals:
@@ -71,13 +56,26 @@ class HeldSignals:
             signum = self.pending.pop(0)
             self.handlers[signum](signum, sys._getframe(1))
 
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        """A while between two steps (an online evaluation at an epoch's end, which may outlast SLURM's notice):
+        what is held is delivered, and the handlers run as their signals come until the block ends."""
+        self.deliver()
+        for s, handler in self.handlers.items():
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s in self.handlers:
+                signal.signal(s, self._hold)
+
 
 @contextlib.contextmanager
 def held_between_steps() -> Iterator[HeldSignals]:
     """Hold SIGUSR2/SIGTERM's own handlers (SLURM's pre-emption and time-out signals) until the loop says it is
-    between two steps (:class:`HeldSignals`), like :func:`signals_deferred` but for the batches' loading too:
-    a pre-emption hook that saves then sees the state after the last step, never half of one, nor a batch
-    taken and not yet trained on. The default handlers and those of :func:`stop_requests` are left alone
+    between two steps (:class:`HeldSignals`), the batches' loading and an epoch's end included: a pre-emption
+    hook that saves then sees the state after the last step, never half of one, nor a batch taken and not yet
+    trained on. (The fit loop delivers them after every step and after an epoch's end.) The default handlers and those of :func:`stop_requests` are left alone
     (they only ask the loop to stop); off the main thread nothing is held. A signal still held when the block
     ends is raised again then."""
     held = HeldSignals()

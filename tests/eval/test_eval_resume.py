@@ -153,3 +153,18 @@ def test_ctrl_c_in_a_long_detect_step_is_answered_at_once_and_saves_after_the_st
     said = proc.stderr.read().strip().splitlines()[-1]
     assert said.startswith("infoview detect: stopped by SIGINT at step 3 of 20; saved "), said
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
+
+
+@pytest.mark.parametrize("case", ["segment", "detect"])
+def test_train_ckpt_every_steps_saves_as_the_run_goes_and_the_checkpoint_goes_once_the_result_is_written(
+        tmp_path, monkeypatch, case):
+    from infoview.training.fit_state import FitCheckpoint
+
+    real, saved = FitCheckpoint.save, []
+    monkeypatch.setattr(FitCheckpoint, "save", lambda self, opt, at, *a, **k: saved.append(at.step)
+                        or real(self, opt, at, *a, **k))
+    args, name = CASES[case]
+    assert main([*args, f"out_dir={tmp_path}", "train.ckpt_every_steps=2"]) == 0
+    steps = int(next(a for a in args if a.startswith("train.max_steps=")).split("=")[1])
+    assert saved == list(range(2, steps + 1, 2))  # every 2 steps, the last one the run's end
+    assert (tmp_path / name).is_file() and not (tmp_path / "checkpoints").exists()

@@ -84,7 +84,7 @@ def test_the_devices_row_lse_path_matches_float64_on_the_cpu(gpu_device, scales)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_fused_optimisers_on_the_device_take_the_foreach_steps(gpu_device, name):
+def test_fused_optimisers_on_the_device_take_the_foreach_steps(gpu_device, name, same_steps):
     from infoview.training.optim import build_optimizer, fused_choice
 
     torch.manual_seed(0)
@@ -95,10 +95,4 @@ def test_fused_optimisers_on_the_device_take_the_foreach_steps(gpu_device, name)
     opts = [build_optimizer(name, m, 0.05, weight_decay=0.01, fused=f) for m, f in zip(models, (False, fused))]
     assert opts[1].defaults["fused"] is True
     x = torch.randn(64, 16, device=gpu_device)
-    for _ in range(5):
-        for m, o in zip(models, opts):
-            o.zero_grad()
-            m(x).square().mean().backward()
-            o.step()
-    for a, b in zip(*(m.parameters() for m in models)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    same_steps(models, opts, x, rtol=1e-4, atol=1e-5)

@@ -352,11 +352,11 @@ def test_curves_png_shows_the_run_beside_metrics_csv(tiny, tmp_path, capsys, obj
 
 
 def test_epoch_end_checkpoints_every_n_epochs_and_always_at_the_end(tiny, tmp_path, monkeypatch):
-    from infoview.pretrain import engine
+    from infoview.pretrain import checkpoint
 
     saved = []
-    real = engine.save_checkpoint
-    monkeypatch.setattr(engine, "save_checkpoint", lambda state, path, **kw: saved.append(state["step"])
+    real = checkpoint.save_checkpoint
+    monkeypatch.setattr(checkpoint, "save_checkpoint", lambda state, path, **kw: saved.append(state["step"])
                         or real(state, path, **kw))
     # digits' test split: 360 images, 22 steps of 16 an epoch; 5 epochs
     assert pretrain([*tiny, f"out_dir={tmp_path}", "data.split=test", "data.eval_split=train", "train.epochs=5",
@@ -459,7 +459,7 @@ def test_out_of_memory_is_one_line_naming_what_to_lower_and_leaves_no_half_start
         tiny, tmp_path, capsys, monkeypatch, error):
     from infoview.pretrain.engine import Trainer
 
-    real_step, steps = Trainer.train_step, []
+    real_step, steps = Trainer._step, []
 
     def step(self, *args, **kwargs):
         steps.append(self.step)
@@ -467,7 +467,7 @@ def test_out_of_memory_is_one_line_naming_what_to_lower_and_leaves_no_half_start
             raise error
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "train_step", step)
+    monkeypatch.setattr(Trainer, "_step", step)
     device = "GPU" if isinstance(error, torch.OutOfMemoryError) else "CPU"
     fail_at, out = 1, tmp_path / "runs" / "a"
     assert pretrain([*tiny, f"out_dir={out}", "train.max_steps=3"]) == 2
@@ -513,7 +513,7 @@ import hashlib, sys
 from infoview.cli import main
 from infoview.pretrain.engine import Trainer
 
-real = Trainer.train_step
+real = Trainer._step
 
 def step(self, *args, **kwargs):  # step 3 stays inside one C call (a long backward pass on a CPU)
     if self.step == 2:
@@ -521,7 +521,7 @@ def step(self, *args, **kwargs):  # step 3 stays inside one C call (a long backw
         hashlib.pbkdf2_hmac("sha256", b"x", b"salt", int(sys.argv[1]))
     return real(self, *args, **kwargs)
 
-Trainer.train_step = step
+Trainer._step = step
 sys.exit(main(["pretrain", *sys.argv[2:]]))
 """
 

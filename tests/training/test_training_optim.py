@@ -213,7 +213,7 @@ def test_detection_optimizer_is_the_old_one(name):
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_the_fused_kernel_takes_the_same_steps(name):
+def test_the_fused_kernel_takes_the_same_steps(name, same_steps):
     from infoview.training.optim import build_optimizer
 
     torch.manual_seed(0)
@@ -224,13 +224,7 @@ def test_the_fused_kernel_takes_the_same_steps(name):
     opts = [build_optimizer(name, m, 0.1, weight_decay=0.01, fused=f) for m, f in zip(models, (None, True))]
     assert opts[1].defaults["fused"] and not opts[0].defaults.get("fused")
     x = torch.randn(16, 6)
-    for _ in range(5):
-        for m, o in zip(models, opts):
-            o.zero_grad()
-            m(x).square().mean().backward()
-            o.step()
-    for a, b in zip(*(m.parameters() for m in models)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    same_steps(models, opts, x, rtol=1e-5, atol=1e-6)
 
 
 def test_fused_is_on_a_gpu_where_torch_can_and_asking_for_it_elsewhere_is_clear():

@@ -8,8 +8,9 @@ from torch import nn
 
 from infoview.data.detection import collate
 from infoview.training import distributed as D
+from infoview.training.components import SkippingSampler, dataloader_epochs
 from infoview.training.fit_state import FitCheckpoint
-from infoview.training.loop import FitResult, fit
+from infoview.training.loop import FitResult, Saves, fit
 from infoview.training.optim import build_optimizer, cut_schedule, warmup_decay_factors
 
 #: parameters without weight decay besides the 1-d ones: a ViT's position embedding, class and register tokens
@@ -28,18 +29,19 @@ def _to_device(target: dict, device: torch.device) -> dict:
 
 
 def _loader(train_set, cfg, info: D.DistInfo, device: torch.device, per_rank: int, masks: bool):
-    """``(sampler, loader)``: each process's share of the shuffled training images, dropping the last partial batch."""
+    """Each process's share of the shuffled training images, dropping the last partial batch: a loader whose
+    sampler starts an epoch at any batch (a resumed run loads only what it trains on)."""
 
     t, d = cfg.train, cfg.data
     train_view = train_set.configure(masks=masks, flip=float(d.flip), targets=True)
-    sampler = torch.utils.data.DistributedSampler(
+    sampler = SkippingSampler(torch.utils.data.DistributedSampler(
         train_view, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=int(t.seed), drop_last=True,
-    )
+    ))
     loader = torch.utils.data.DataLoader(
         train_view, batch_size=per_rank, sampler=sampler, num_workers=int(d.num_workers), collate_fn=collate,
         drop_last=True, persistent_workers=d.num_workers > 0, pin_memory=device.type == "cuda",
     )
-    return sampler, loader
+    return loader
 
 
 def train(net: nn.Module, model: nn.Module, train_set, cfg, info: D.DistInfo, device: torch.device,
@@ -56,11 +58,7 @@ def train(net: nn.Module, model: nn.Module, train_set, cfg, info: D.DistInfo, de
     if cut and info.is_main:
         print(f"infoview detect: {cut}", file=sys.stderr, flush=True)
     optimizer = detection_optimizer(model, o)
-    sampler, loader = _loader(train_set, cfg, info, device, per_rank, masks=cfg.task == "segm")
-
-    def epoch(number: int):
-        sampler.set_epoch(number)
-        return loader
+    loader = _loader(train_set, cfg, info, device, per_rank, masks=cfg.task == "segm")
 
     def step(batch):
         images, targets = batch
@@ -70,11 +68,12 @@ def train(net: nn.Module, model: nn.Module, train_set, cfg, info: D.DistInfo, de
 
     net.train()
     return fit(
-        step, optimizer, epoch, steps=total, steps_per_epoch=steps_per_epoch,
+        step, optimizer, dataloader_epochs(loader), steps=total, steps_per_epoch=steps_per_epoch,
         schedule=lambda s: warmup_decay_factors(s, total, warm, o.schedule, o.milestones),
         clip_grad=float(o.clip_grad), clip_params=[p for p in model.parameters() if p.requires_grad],
         amp_dtype=torch.bfloat16 if t.precision == "bf16" else None, reduce=D.all_reduce_mean,
         log_every=max(int(t.log_every), 1), progress=bool(t.progress and info.is_main), desc="detect",
         hint="lower optim.lr or raise optim.warmup_steps, or set optim.clip_grad",
         checkpoint=checkpoint.track({"model": model}) if checkpoint is not None else None,
+        saves=Saves(every_steps=int(t.ckpt_every_steps)),
     )

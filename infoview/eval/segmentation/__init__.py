@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from infoview.augment.recipes import normalization
@@ -25,8 +25,9 @@ from infoview.errors import ConfigError, InfoviewError
 from infoview.eval.segmentation.metrics import confusion_matrix, constant_baseline, segmentation_metrics, void_values
 from infoview.eval.segmentation.model import SegmentationModel, dilated_backbone
 from infoview.eval.segmentation.plot import plot_predictions
+from infoview.training.components import SkippingSampler, dataloader_epochs
 from infoview.training.fit_state import FitCheckpoint
-from infoview.training.loop import fit
+from infoview.training.loop import Saves, fit
 from infoview.training.memory import out_of_memory_said
 from infoview.training.optim import build_optimizer, poly_factor
 from infoview.utils.device import resolve_device
@@ -104,11 +105,12 @@ def _void_to(target: torch.Tensor, ignore_index: int, fill: int = -1) -> torch.T
 
 
 def train_head(model, loader, steps, optimizer, mean, std, ignore_index, device, progress,
-               checkpoint: FitCheckpoint | None = None) -> list[float]:
+               checkpoint: FitCheckpoint | None = None, save_every: int = 0) -> list[float]:
     """``steps`` steps of per-pixel cross-entropy (void pixels carry none) under the poly schedule; the losses.
 
     The shared fit loop (training.loop) runs them; what is segmentation's is the step's loss. ``checkpoint``:
-    the run goes on from it, and saves there when Ctrl-C or SIGTERM stops it and after its last step.
+    the run goes on from it, and saves there when Ctrl-C or SIGTERM stops it, every ``save_every`` steps (0:
+    never) and after its last step. ``loader``: a DataLoader on a ``SkippingSampler`` (:func:`_data`'s).
     """
 
     def step(batch):
@@ -122,8 +124,9 @@ def train_head(model, loader, steps, optimizer, mean, std, ignore_index, device,
     model.train()
     if checkpoint is not None:  # the weights, and the generator of the loader's order
         checkpoint.track({"model": model}, {"order": loader.generator} if loader.generator is not None else {})
-    return fit(step, optimizer, loader, steps=steps, schedule=lambda s: poly_factor(s, steps), progress=progress,
-               desc="segment train", hint="lower optim.lr", checkpoint=checkpoint).losses
+    return fit(step, optimizer, dataloader_epochs(loader), steps=steps, schedule=lambda s: poly_factor(s, steps),
+               progress=progress, desc="segment train", hint="lower optim.lr", checkpoint=checkpoint,
+               saves=Saves(every_steps=save_every)).losses
 
 
 @torch.no_grad()
@@ -187,7 +190,8 @@ def _data(cfg, device: torch.device) -> _Data:
         raise InfoviewError("head=deeplabv3 needs at least 2 training images")
     common = dict(num_workers=d.num_workers, pin_memory=device.type == "cuda",
                   persistent_workers=d.num_workers > 0)
-    train_loader = DataLoader(train_set, batch_size=d.batch_size, shuffle=True, drop_last=drop_last,
+    order = SkippingSampler(RandomSampler(train_set, generator=generator))  # shuffle=True's, starting anywhere
+    train_loader = DataLoader(train_set, batch_size=d.batch_size, sampler=order, drop_last=drop_last,
                               generator=generator, **common)
     val_loader = DataLoader(val_set, batch_size=d.batch_size, shuffle=False, **common)
     return _Data(train_src, val_src, ignore_index, ignore_from, num_classes, train_set, val_set,
@@ -282,7 +286,7 @@ def _run(cfg, out, start: float, checkpoint: FitCheckpoint) -> dict:
     optimizer = build_optimizer(o.name, model, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
     t0 = time.perf_counter()
     losses = train_head(model, data.train_loader, steps, optimizer, mean, std, data.ignore_index, device, t.progress,
-                        checkpoint)
+                        checkpoint, int(t.ckpt_every_steps))
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     conf, n_val, samples = evaluate(model, data.val_loader, data.num_classes, data.ignore_index, mean, std, device,
