@@ -252,10 +252,10 @@ class Trainer(Component):
         fit(self._step, self.optimizer, loader_epochs(self.loader, before=self.method.train), steps=self.total_steps,
             schedule=self._lr_factor, clip_grad=float(self.cfg.optim.clip_grad), clip_params=self._clip_params,
             amp_dtype=self.amp_dtype, scaler=self.scaler, reduce_step=self._reduce,
-            steps_per_epoch=self.steps_per_epoch, progress=bool(t.progress) and main, postfix=report.postfix, desc="pretrain",
-            hint="Lower optim.lr, set optim.clip_grad, or try train.precision=fp32", checkpoint=self.checkpoint,
-            saves=Saves(int(t.ckpt_every_steps), int(t.ckpt_every_epochs)), components=[self, report, monitors],
-            on_nonfinite=self._on_nonfinite)
+            steps_per_epoch=self.steps_per_epoch, progress=bool(t.progress) and main, postfix=report.postfix,
+            desc="pretrain", hint="Lower optim.lr, set optim.clip_grad, or try train.precision=fp32",
+            checkpoint=self.checkpoint, saves=Saves(int(t.ckpt_every_steps), int(t.ckpt_every_epochs)),
+            components=[self, report, monitors], on_nonfinite=self._on_nonfinite)
         return self._result()
 
     def step_end(self, end: StepEnd) -> None:
