@@ -43,7 +43,7 @@ $(VENV)/.installed-%: setup.py constraints.txt | $(BIN)/python
 	@touch $@
 
 # Two workers (pytest-xdist), each taking whole test files: in one process the suite keeps one of a 2-core
-# machine's cores busy (23.5 minutes of wall time for 21 of CPU); in two it took 16 (1111 passed). The SLURM
+# machine's cores busy (23.5 minutes of wall time for 21 of CPU); in two it took 14 to 16 (1118 passed). The SLURM
 # tests start one local cluster at a time (a lock in tests/commands/conftest.py). `pytest tests/x.py` alone
 # still runs in one process.
 PYTEST_WORKERS ?= 2

@@ -1,7 +1,9 @@
 """What :func:`infoview.training.loop.fit` hands the parts of a run that are not the step: components.
 
 A run's step is the task's (``step_fn``); everything around it that differs between pretraining and the
-evaluators is a :class:`Component`: the metrics rows, the online monitors, the task's own latest figures.
+evaluators is a :class:`Component`: the progress bar, the metrics rows, the online monitors, the task's own
+latest figures. (The checkpoint, the signals and the non-finite check are the loop's own, through the
+checkpoint it is given: ``training.fit_state``.)
 The loop calls each at its events and hands it what it needs, by name (:class:`StepEnd`); a component holds
 no reference to the loop, and the loop none to what a component holds.
 
@@ -98,6 +100,26 @@ class Rows(Component):
             self.on_log.write(row)
         elif self.on_log is not None:
             self.on_log(row)
+
+
+class Progress(Component):
+    """The bar on stderr (tqdm): one tick a step, redrawn at most twice a second, with the figures
+    ``postfix(end)`` gives (by default the loss and the lr); ``initial``: the step a resumed run starts at."""
+
+    def __init__(self, total: int | None, desc: str, initial: int = 0,
+                 postfix: Callable[[StepEnd], dict] | None = None, show: bool = True):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="step", disable=not show, dynamic_ncols=True, mininterval=0.5,
+                        initial=initial)
+        self.postfix = postfix or (lambda end: dict(loss=f"{end.loss:.3f}", lr=f"{end.lr:.2g}"))
+
+    def step_end(self, end: StepEnd) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(self.postfix(end), refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class EpochBatches:

@@ -25,7 +25,7 @@ tensors the loss is made of; or ``(loss, output)``, anything the task's
    ``{"step", "epoch" (when ``steps_per_epoch`` is given), "lr", "loss",
    *terms}``, kept and handed to ``on_log``, a function or a
    ``training.metrics.MetricsLog``), and the task's own (pretraining's
-   metrics.csv and online monitors); then the progress bar (tqdm).
+   metrics.csv and online monitors), and the progress bar (tqdm).
 
 The batches: ``batches`` is an iterable that is iterated again for every
 epoch (a DataLoader), a function of the epoch that returns that epoch's
@@ -69,7 +69,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from infoview.errors import InfoviewError, Interrupted
-from infoview.training.components import Component, EpochBatches, Rows, StepEnd
+from infoview.training.components import Component, EpochBatches, Progress, Rows, StepEnd
 from infoview.training.distributed import is_distributed
 from infoview.training.fit_state import FitCheckpoint, Position, Restored, RunningFit, running
 from infoview.training.metrics import MetricsLog
@@ -102,9 +102,9 @@ class FitResult:
 
 
 def progress_bar(total: int | None, desc: str, progress: bool = True, initial: int = 0) -> tqdm:
-    """The bar every loop shows on stderr: one tick a step, redrawn at most twice a second."""
-    return tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5,
-                initial=initial)
+    """The bar every loop shows on stderr: one tick a step, redrawn at most twice a second (``fit``'s is a
+    ``training.components.Progress``)."""
+    return Progress(total, desc, initial, show=progress).bar
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor, clip_grad: float = 0.0,
@@ -301,17 +301,16 @@ def fit(
     done = FitResult(rows=rows.rows if rows is not None else [])
     at, resume = _restore(checkpoint, optimizer, done)
     total = steps if steps is not None else epochs * steps_per_epoch if steps_per_epoch else None
+    components = [*components, *([rows] if rows is not None else []),
+                  Progress(total, desc, at.step, postfix, show=progress)]
     loop = _Loop(step_fn, optimizer, schedule, (clip_grad, clip_params, scaler), _autocast(optimizer, amp_dtype),
-                 reduce_step or reduce_loss(reduce), steps_per_epoch, total, postfix, desc, hint, checkpoint,
-                 saves or Saves(), [*components, *([rows] if rows is not None else [])], on_nonfinite, done, at,
-                 resume)
-    bar = progress_bar(total, desc, progress, initial=at.step)
+                 reduce_step or reduce_loss(reduce), steps_per_epoch, total, desc, hint, checkpoint, saves or Saves(),
+                 components, on_nonfinite, done, at, resume)
     start = time.perf_counter()
     try:
-        loop.run(batches, steps, epochs, bar)
+        loop.run(batches, steps, epochs)
     finally:
-        bar.close()
-        for c in loop.components:
+        for c in components:
             c.close()
     done.seconds = time.perf_counter() - start
     return done
@@ -336,7 +335,6 @@ class _Loop:
     reduce_step: Callable[[Any, bool], Any]
     steps_per_epoch: int | None
     total: int | None
-    postfix: Callable[[StepEnd], dict] | None
     desc: str
     hint: str
     checkpoint: Any
@@ -349,16 +347,13 @@ class _Loop:
     held: HeldSignals = field(default_factory=HeldSignals)
     stop: dict | None = None
 
-    def run(self, batches, steps: int | None, epochs: int | None, bar) -> None:
+    def run(self, batches, steps: int | None, epochs: int | None) -> None:
         c = self.checkpoint
         run = RunningFit(c, self.optimizer, self.at, self.done.losses, self.done.rows, self.resume) if c else None
         with running(run) as self.held, stop_requests() if c is not None else contextlib.nullcontext() as self.stop:
             end = None
             for batch in _batches(batches, steps, epochs, self.desc, self.at, self.resume, self.epoch_end):
                 end = self.step(batch)
-                bar.update(1)
-                shown = self.postfix(end) if self.postfix else dict(loss=f"{end.loss:.3f}", lr=f"{end.lr:.2g}")
-                bar.set_postfix(shown, refresh=False)
                 self.after(end)
             if end is not None:  # before the task scores the model
                 for component in self.components:
