@@ -13,10 +13,10 @@ tensors the loss is made of; or ``(loss, output)``, anything the task's
 3. reduces the step's figures over the processes in one reduction
    (``reduce_step``; by default the loss and the stop request, averaged by
    ``reduce``), so every process decides alike: a loss that is not finite
-   stops the run (``on_nonfinite``, or a ``FitCheckpoint``'s ``dump``, saves
-   what replays the step first) with
-   :class:`NonFiniteLoss`, one line that names the step, the learning rate,
-   the terms and what to change (``hint``);
+   stops the run before its backward with :class:`NonFiniteLoss`, one line
+   that names the step, the learning rate, the terms and what to change
+   (``hint``), after ``on_nonfinite`` (pretraining's dump) or the
+   checkpoint's ``dump`` has saved what replays the step;
 4. ``zero_grad``, ``backward``, clips the gradients' global norm to
    ``clip_grad`` when it is positive, and steps the optimizer (through a
    ``GradScaler`` when given: :func:`optimizer_step`);
