@@ -52,7 +52,7 @@ from infoview.backbones.spec import default_out_dir, frozen_splits
 from infoview.config import save_config
 from infoview.data import build_loader
 from infoview.errors import ConfigError, InfoviewError
-from infoview.training.components import EpochBatches
+from infoview.training.components import epochs_of
 from infoview.training.fit_state import FitCheckpoint
 from infoview.training.loop import fit
 from infoview.training.memory import out_of_memory_said
@@ -149,7 +149,7 @@ def _fit(x: Tensor, y: Tensor, num_classes: int, *, epochs, batch_size, lr, weig
         order = torch.randperm(n, generator=gen).to(x.device)
         return ((x[idx], y[idx]) for idx in order[first * batch_size:].split(batch_size))
 
-    layer = _sgd_cosine(layer, _Epochs(batches), epochs=epochs, steps_per_epoch=-(-n // batch_size),
+    layer = _sgd_cosine(layer, epochs_of(batches), epochs=epochs, steps_per_epoch=-(-n // batch_size),
                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, momentum=momentum,
                         progress=progress, checkpoint=checkpoint, rngs={"order": gen})
     return layer, mean, std
@@ -336,7 +336,7 @@ def train_linear_probe_augmented(
 
     with eval_mode(encoder):
         starts = "start_batch" in inspect.signature(getattr(loader, "set_epoch", len)).parameters  # infoview's
-        layer = _sgd_cosine(layer, _Epochs(batches) if starts else batches, epochs=epochs, steps_per_epoch=steps,
+        layer = _sgd_cosine(layer, epochs_of(batches) if starts else batches, epochs=epochs, steps_per_epoch=steps,
                             batch_size=batch_size, lr=lr, weight_decay=weight_decay, momentum=momentum,
                             progress=progress, desc="linear probe (augmented)", features=features,
                             checkpoint=checkpoint, rngs={"order": gen, "views": views})
@@ -361,17 +361,6 @@ def run(cfg) -> dict:
                                 f"train.batch_size={t.batch_size} for the classifier",
                                 "data.batch_size or train.batch_size"):
             return _run(cfg, out, checkpoint)
-
-
-class _Epochs(EpochBatches):
-    """The probe's epochs, which start at any batch (``batches(epoch, start)``): a resumed probe reads only
-    what it trains on."""
-
-    def __init__(self, batches):
-        self.batches = batches
-
-    def epoch(self, number: int, start: int):
-        return self.batches(number, start)
 
 
 def _run(cfg, out, checkpoint: FitCheckpoint) -> dict:

@@ -16,7 +16,7 @@ no reference to the loop, and the loop none to what a component holds.
 
 The batches: what ``fit`` reads every epoch is an iterable, a function of the epoch, or an
 :class:`EpochBatches` (:func:`loader_epochs` for an infoview loader, :func:`dataloader_epochs` for a torch
-DataLoader on a :class:`SkippingSampler`), which starts an epoch at any batch without reading the ones
+DataLoader on a :class:`SkippingSampler`, :func:`epochs_of` for a function of the epoch and its first batch), which starts an epoch at any batch without reading the ones
 before: a run resumed in the middle of an epoch then reads only what it trains on. Its ``epoch`` returns
 the epoch's batches already started, so that the loop can set the random states of the step it stopped
 after before the first batch is read.
@@ -130,24 +130,31 @@ class EpochBatches:
         raise NotImplementedError
 
 
-class _LoaderEpochs(EpochBatches):
-    def __init__(self, loader, before: Callable[[], object] | None):
-        self.loader, self.before = loader, before
+class _Epochs(EpochBatches):
+    def __init__(self, function: Callable[[int, int], Iterable]):
+        self.function = function
 
     def epoch(self, number: int, start: int) -> Iterable:
-        self.loader.set_epoch(number, start_batch=start)
-        if self.before is not None:
-            self.before()
-        return self.loader
+        return self.function(number, start)
 
-    def __len__(self) -> int:
-        return len(self.loader)
+
+def epochs_of(epoch: Callable[[int, int], Iterable]) -> EpochBatches:
+    """``epoch(number, start)``, a function giving epoch ``number``'s batches from batch ``start`` on (already
+    started: see the module docstring), as :class:`EpochBatches`."""
+    return _Epochs(epoch)
 
 
 def loader_epochs(loader, before: Callable[[], object] | None = None) -> EpochBatches:
     """An infoview loader (``infoview.data.build_loader``: its ``set_epoch(epoch, start_batch)``) as
     :class:`EpochBatches`; ``before()`` runs as each epoch begins (``model.train()``, after an evaluation)."""
-    return _LoaderEpochs(loader, before)
+
+    def epoch(number: int, start: int) -> Iterable:
+        loader.set_epoch(number, start_batch=start)
+        if before is not None:
+            before()
+        return loader
+
+    return epochs_of(epoch)
 
 
 class SkippingSampler(torch.utils.data.Sampler):

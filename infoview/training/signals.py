@@ -75,9 +75,9 @@ def held_between_steps() -> Iterator[HeldSignals]:
     """Hold SIGUSR2/SIGTERM's own handlers (SLURM's pre-emption and time-out signals) until the loop says it is
     between two steps (:class:`HeldSignals`), the batches' loading and an epoch's end included: a pre-emption
     hook that saves then sees the state after the last step, never half of one, nor a batch taken and not yet
-    trained on. (The fit loop delivers them after every step and after an epoch's end.) The default handlers and those of :func:`stop_requests` are left alone
-    (they only ask the loop to stop); off the main thread nothing is held. A signal still held when the block
-    ends is raised again then."""
+    trained on. (The fit loop delivers them after every step and after an epoch's end.) The default handlers
+    and those of :func:`stop_requests` are left alone (they only ask the loop to stop); off the main thread
+    nothing is held. A signal still held when the block ends is raised again then."""
     held = HeldSignals()
     if threading.current_thread() is not threading.main_thread():
         yield held
